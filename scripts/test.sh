@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every test of the project, in stages: lint, db (pgTAP), deno, py (pytest).
+# `scripts/test.sh` runs them all; `scripts/test.sh STAGE...` runs some.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(lint db deno py)
+
+run_lint() {
+  echo "== lint: ruff, mypy"
+  python3 -m ruff check worker tests bench
+  python3 -m mypy
+}
+
+run_db() {
+  echo "== db: pgTAP (supabase/tests/database) on a fresh database"
+  agent-tasks stack up --db-only >/dev/null
+  local name="pgtap_$$" url
+  url=$(python3 -c "from worker import stack; s=stack.require_running(); print(stack.create_database(s, '$name'))")
+  trap "python3 -c \"from worker import stack; stack.drop_database(stack.require_running(), '$name')\"" RETURN
+  psql -q "$url" -c 'create extension if not exists pgtap with schema extensions' >/dev/null
+  PGOPTIONS='-c search_path=public,extensions' pg_prove --ext .sql -r -d "$url" supabase/tests/database/
+}
+
+run_deno() {
+  echo "== deno: check, lint, test (supabase/functions)"
+  local fn=supabase/functions
+  (cd "$fn/chat" && deno check index.ts && deno lint .. && deno test --allow-env --allow-read ..)
+}
+
+run_py() {
+  echo "== py: pytest (unit, integration, end to end)"
+  agent-tasks stack up --db-only >/dev/null
+  python3 -m pytest -q -p no:cacheprovider tests
+}
+
+for s in "${stages[@]}"; do "run_$s"; done

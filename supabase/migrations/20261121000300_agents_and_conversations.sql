@@ -1,0 +1,146 @@
+-- Agents, conversations and messages.
+
+-- An agent a user owns: its system prompt, model and settings.
+create table public.agents (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
+  name text not null check (char_length(btrim(name)) between 1 and 100),
+  system_prompt text not null default '' check (char_length(system_prompt) <= 20000),
+  model text not null default 'gpt-4o-mini' check (char_length(model) between 1 and 200),
+  -- temperature, max_tokens, history_messages, history_token_budget, tools
+  settings jsonb not null default '{}'::jsonb check (jsonb_typeof(settings) = 'object'),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  -- target of the composite foreign keys that keep an agent's conversations
+  -- and tasks with the agent's owner
+  unique (id, user_id)
+);
+comment on table public.agents is 'An AI agent owned by a user.';
+create index agents_user_id_idx on public.agents (user_id, created_at desc);
+create trigger agents_set_updated_at before update on public.agents
+  for each row execute function scheduler.set_updated_at();
+
+-- A conversation between a user and one of their agents. The counters and the
+-- preview are kept by a trigger on chat_messages_v2 so list pages read one row.
+create table public.conversation_sessions (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
+  agent_id uuid not null,
+  title text check (char_length(title) <= 200),
+  archived_at timestamptz,
+  deleted_at timestamptz,
+  last_message_at timestamptz,
+  message_count integer not null default 0 check (message_count >= 0),
+  last_message_preview text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  -- the agent must belong to the same user
+  foreign key (agent_id, user_id) references public.agents (id, user_id) on delete cascade,
+  -- target of the composite foreign key from agent_tasks
+  unique (id, user_id, agent_id)
+);
+comment on table public.conversation_sessions is
+  'A conversation (conversation_id) between a user and an agent; archived and soft-deleted states, list counters.';
+-- conversation list by user (and agent), most recent first
+create index conversation_sessions_user_recent_idx
+  on public.conversation_sessions (user_id, (coalesce(last_message_at, created_at)) desc, id desc)
+  where deleted_at is null;
+create index conversation_sessions_agent_idx on public.conversation_sessions (agent_id, user_id);
+create trigger conversation_sessions_set_updated_at before update on public.conversation_sessions
+  for each row execute function scheduler.set_updated_at();
+
+-- A message. Scheduled runs write a user message with
+-- metadata = {source: 'scheduler', task_id, execution_id, trigger_type} and the
+-- assistant's reply, both carrying execution_id.
+create table public.chat_messages_v2 (
+  id uuid primary key default gen_random_uuid(),
+  conversation_id uuid not null references public.conversation_sessions (id) on delete cascade,
+  user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
+  role text not null check (role in ('user', 'assistant', 'system', 'tool')),
+  content text not null,
+  metadata jsonb not null default '{}'::jsonb check (jsonb_typeof(metadata) = 'object'),
+  -- [{id, name, arguments, result, status, duration_ms}]
+  tool_calls jsonb check (tool_calls is null or jsonb_typeof(tool_calls) = 'array'),
+  execution_id uuid,
+  created_at timestamptz not null default clock_timestamp(),
+  constraint chat_messages_v2_user_content_length
+    check (role <> 'user' or char_length(content) <= 10000),
+  constraint chat_messages_v2_content_length check (char_length(content) <= 200000),
+  constraint chat_messages_v2_scheduler_metadata
+    check ((metadata ->> 'source') is distinct from 'scheduler' or execution_id is not null)
+);
+comment on table public.chat_messages_v2 is 'Messages of a conversation; execution_id is set only by scheduled runs.';
+-- history by conversation, oldest first
+create index chat_messages_v2_conversation_idx on public.chat_messages_v2 (conversation_id, created_at, id);
+create index chat_messages_v2_user_idx on public.chat_messages_v2 (user_id);
+-- one user message and one assistant reply per execution: retries never duplicate
+create unique index chat_messages_v2_execution_role_key
+  on public.chat_messages_v2 (execution_id, role)
+  where execution_id is not null and role in ('user', 'assistant');
+
+-- Nobody but the scheduler path writes scheduler messages. The scheduler's
+-- functions run as their owner; the API roles (even service_role, which
+-- bypasses RLS) are refused.
+create or replace function scheduler.guard_chat_message() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if (new.execution_id is not null or (new.metadata ->> 'source') = 'scheduler')
+     and current_user in ('anon', 'authenticated', 'service_role', 'authenticator') then
+    raise exception 'only the scheduler may write messages with metadata.source = ''scheduler'' or an execution_id'
+      using errcode = '42501';
+  end if;
+  if tg_op = 'UPDATE' and new.conversation_id is distinct from old.conversation_id then
+    raise exception 'a message cannot move to another conversation' using errcode = '42501';
+  end if;
+  return new;
+end
+$$;
+create trigger chat_messages_v2_guard before insert or update on public.chat_messages_v2
+  for each row execute function scheduler.guard_chat_message();
+
+-- Keep the conversation's counters, preview and title. security definer: the
+-- counters are not writable by users, yet every user message must move them.
+create or replace function scheduler.touch_conversation() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  update public.conversation_sessions c set
+    message_count = c.message_count + 1,
+    last_message_at = greatest(coalesce(c.last_message_at, new.created_at), new.created_at),
+    last_message_preview = left(regexp_replace(new.content, '\s+', ' ', 'g'), 160),
+    title = coalesce(c.title, case when new.role = 'user'
+                                   then nullif(left(btrim(regexp_replace(new.content, '\s+', ' ', 'g')), 200), '')
+                              end)
+  where c.id = new.conversation_id;
+  return null;
+end
+$$;
+create trigger chat_messages_v2_touch_conversation after insert on public.chat_messages_v2
+  for each row execute function scheduler.touch_conversation();
+
+-- A message's user_id is its conversation's owner.
+create or replace function scheduler.message_owner() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_owner uuid;
+begin
+  select user_id into v_owner from public.conversation_sessions where id = new.conversation_id;
+  if v_owner is not null and new.user_id is distinct from v_owner then
+    if current_user in ('anon', 'authenticated') then
+      raise exception 'conversation % does not belong to this user', new.conversation_id
+        using errcode = '42501';
+    end if;
+    new.user_id := v_owner;
+  end if;
+  return new;
+end
+$$;
+create trigger chat_messages_v2_owner before insert on public.chat_messages_v2
+  for each row execute function scheduler.message_owner();

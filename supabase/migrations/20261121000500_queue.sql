@@ -1,0 +1,850 @@
+-- The queue: every execution state transition is one function here, guarded on
+-- the current state (and, for the worker's writes, on worker_id and attempt,
+-- so a rescued execution cannot be finished twice). docs/state-machine.md
+-- draws the diagram and names the owner of each edge.
+--
+-- All functions take an optional p_now so tests control time. They are
+-- `security definer` so the worker's role (task_worker) needs no table
+-- privileges at all; EXECUTE is granted to task_worker and service_role only.
+
+-- Live workers, for `status` and operator views.
+create table scheduler.workers (
+  id text primary key,
+  hostname text not null,
+  pid integer not null,
+  concurrency integer not null,
+  in_flight integer not null default 0,
+  started_at timestamptz not null default now(),
+  last_seen_at timestamptz not null default now()
+);
+alter table scheduler.workers enable row level security;
+comment on table scheduler.workers is 'Workers that heartbeat; rows older than a few leases are removed by the rescuer.';
+
+create or replace function scheduler.is_terminal(p_status text) returns boolean
+language sql immutable
+set search_path = ''
+as $$
+  select p_status in ('succeeded', 'failed', 'timed_out', 'needs_input', 'cancelled', 'skipped')
+$$;
+
+-- Record a user notification (final failure, a question from the agent).
+create or replace function scheduler.notify_user(
+  p_user_id uuid, p_kind text, p_title text, p_body text, p_data jsonb
+) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  insert into public.notifications (user_id, kind, title, body, data)
+  values (p_user_id, p_kind, left(p_title, 200), left(p_body, 2000), coalesce(p_data, '{}'::jsonb))
+$$;
+
+-- enqueue_due: turn due occurrences of active tasks into executions.
+-- Idempotent: (task_id, scheduled_for) is unique and inserts do nothing on
+-- conflict, so pg_cron and any number of workers may call it at once. A due
+-- occurrence is recorded as `skipped` when overlap_policy = 'skip' finds the
+-- previous run still active, or when misfire_policy = 'skip' finds it later
+-- than misfire_grace_seconds. The next occurrence is computed here for
+-- interval and once schedules; cron tasks get next_run_at = NULL and the
+-- worker's planner (croniter) fills it in, woken by NOTIFY agent_tasks_plan.
+-- Returns the number of executions inserted.
+create or replace function scheduler.enqueue_due(p_now timestamptz default null, p_limit integer default 5000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_inserted integer;
+  v_cron integer;
+begin
+  with due as (
+    select t.id, t.user_id, t.agent_id, t.next_run_at, t.priority, t.max_retries,
+           t.timeout_seconds, t.overlap_policy, t.misfire_policy, t.misfire_grace_seconds,
+           t.schedule_type, t.interval_seconds, t.ends_at, t.max_runs, t.run_count
+    from public.agent_tasks t
+    where t.status = 'active' and t.next_run_at <= v_now
+    order by t.next_run_at
+    limit p_limit
+    for update skip locked
+  ),
+  decided as (
+    select d.*,
+      case
+        when d.misfire_policy = 'skip'
+             and d.next_run_at < v_now - make_interval(secs => d.misfire_grace_seconds) then 'misfire'
+        when d.overlap_policy = 'skip' and exists (
+               select 1 from public.agent_task_executions e
+               where e.task_id = d.id and e.status in ('queued', 'running')) then 'overlap'
+      end as skip_reason
+    from due d
+  ),
+  inserted as (
+    insert into public.agent_task_executions as e (
+      task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
+      max_attempts, timeout_seconds, exclusive, finished_at, error, error_kind)
+    select d.id, d.user_id, d.agent_id, 'schedule',
+           case when d.skip_reason is null then 'queued' else 'skipped' end,
+           d.next_run_at, d.next_run_at, d.priority, d.max_retries + 1, d.timeout_seconds,
+           d.overlap_policy <> 'allow',
+           case when d.skip_reason is null then null else v_now end,
+           case d.skip_reason
+             when 'overlap' then 'skipped: the previous run was still active (overlap_policy = skip)'
+             when 'misfire' then 'skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = skip)'
+           end,
+           d.skip_reason
+    from decided d
+    on conflict (task_id, scheduled_for) do nothing
+    returning e.task_id, e.status
+  ),
+  counted as (
+    select d.*, d.run_count + coalesce(q.n, 0) as new_run_count
+    from decided d
+    left join (select i.task_id, count(*)::integer as n from inserted i
+               where i.status = 'queued' group by i.task_id) q on q.task_id = d.id
+  ),
+  planned as (
+    select c.id, c.next_run_at as occurrence, c.new_run_count, c.schedule_type,
+      case
+        when c.max_runs is not null and c.new_run_count >= c.max_runs then null
+        when c.schedule_type = 'interval'
+             and (c.ends_at is null or c.next_run_at + make_interval(secs => c.interval_seconds) <= c.ends_at)
+          then c.next_run_at + make_interval(secs => c.interval_seconds)
+        else null  -- once: done; cron: the planner
+      end as next_run_at,
+      (c.max_runs is not null and c.new_run_count >= c.max_runs) as exhausted
+    from counted c
+  ),
+  advanced as (
+    update public.agent_tasks t set
+      last_scheduled_for = p.occurrence,
+      run_count = p.new_run_count,
+      next_run_at = p.next_run_at,
+      status = case when p.next_run_at is null and (p.schedule_type <> 'cron' or p.exhausted)
+                    then 'completed' else t.status end
+    from planned p
+    where t.id = p.id
+    returning t.id, t.schedule_type, t.next_run_at, t.status
+  )
+  select (select count(*) from inserted),
+         (select count(*) from advanced a where a.schedule_type = 'cron' and a.status = 'active')
+    into v_inserted, v_cron;
+
+  -- cron tasks need their next occurrence from the planner (which also
+  -- applies ends_at): wake it
+  if v_cron > 0 then
+    perform pg_notify('agent_tasks_plan', '');
+  end if;
+  return v_inserted;
+end
+$$;
+
+-- Cron tasks waiting for their next occurrence (the planner's input).
+create or replace function scheduler.tasks_to_plan(p_limit integer default 500)
+returns table (
+  id uuid, schedule_version integer, cron_expression text, timezone text,
+  starts_at timestamptz, ends_at timestamptz, max_runs integer, run_count integer,
+  last_scheduled_for timestamptz, created_at timestamptz, misfire_policy text,
+  misfire_grace_seconds integer
+)
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select t.id, t.schedule_version, t.cron_expression, t.timezone, t.starts_at, t.ends_at,
+         t.max_runs, t.run_count, t.last_scheduled_for, t.created_at, t.misfire_policy,
+         t.misfire_grace_seconds
+  from public.agent_tasks t
+  where t.status = 'active' and t.next_run_at is null and t.schedule_type = 'cron'
+  order by t.updated_at
+  limit p_limit
+$$;
+
+-- Apply the planner's result for one task: the next occurrence (NULL with
+-- p_complete = true ends the schedule), missed occurrences to record as
+-- skipped and missed occurrences to run (misfire_policy). Guarded on
+-- schedule_version so a plan made from an older copy of the task is dropped.
+-- Returns false when the guard dropped it.
+create or replace function scheduler.apply_plan(
+  p_task_id uuid,
+  p_schedule_version integer,
+  p_next_run_at timestamptz,
+  p_complete boolean default false,
+  p_skipped timestamptz[] default '{}',
+  p_run timestamptz[] default '{}',
+  p_now timestamptz default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_task public.agent_tasks;
+  v_queued integer := 0;
+begin
+  select * into v_task from public.agent_tasks
+  where id = p_task_id and schedule_version = p_schedule_version
+    and status = 'active' and next_run_at is null
+  for update;
+  if not found then
+    return false;
+  end if;
+
+  if cardinality(p_skipped) > 0 then
+    insert into public.agent_task_executions (
+      task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
+      max_attempts, timeout_seconds, exclusive, finished_at, error, error_kind)
+    select v_task.id, v_task.user_id, v_task.agent_id, 'schedule', 'skipped', s, v_now,
+           v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
+           v_task.overlap_policy <> 'allow', v_now,
+           format('skipped: occurrence missed while no scheduler ran (misfire_policy = %s)', v_task.misfire_policy),
+           'misfire'
+    from unnest(p_skipped) s
+    on conflict (task_id, scheduled_for) do nothing;
+  end if;
+
+  if cardinality(p_run) > 0 then
+    with ins as (
+      insert into public.agent_task_executions (
+        task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
+        max_attempts, timeout_seconds, exclusive)
+      select v_task.id, v_task.user_id, v_task.agent_id, 'schedule', 'queued', s, v_now,
+             v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
+             v_task.overlap_policy <> 'allow'
+      from unnest(p_run) s
+      on conflict (task_id, scheduled_for) do nothing
+      returning 1
+    )
+    select count(*) into v_queued from ins;
+  end if;
+
+  update public.agent_tasks set
+    next_run_at = case when p_complete then null else p_next_run_at end,
+    status = case when p_complete then 'completed' else status end,
+    run_count = run_count + v_queued,
+    last_scheduled_for = greatest(last_scheduled_for,
+                                  (select max(x) from unnest(p_skipped || p_run) x))
+  where id = p_task_id;
+  return true;
+end
+$$;
+
+-- claim_executions: take up to p_limit claimable executions for a worker.
+-- FOR UPDATE SKIP LOCKED in a CTE, priority first, then occurrence. Sets the
+-- lease and worker_id and increments attempt. Executions of a task whose
+-- overlap_policy is skip or queue (exclusive) never run two at a time, and
+-- p_per_user_limit caps how many executions of one user run at once across
+-- all workers, so one user cannot starve the others. Both caps are checked
+-- against committed rows: two workers claiming in the same instant can each
+-- pass them once (documented in docs/state-machine.md).
+create or replace function scheduler.claim_executions(
+  p_worker_id text,
+  p_limit integer,
+  p_lease_seconds integer default 30,
+  p_per_user_limit integer default null,
+  p_now timestamptz default null
+) returns table (
+  id uuid, task_id uuid, user_id uuid, agent_id uuid, trigger_type text, attempt integer,
+  max_attempts integer, scheduled_for timestamptz, timeout_seconds integer,
+  conversation_id uuid, user_message_id uuid, resolved_prompt text,
+  task_name text, prompt_template text, prompt_variables jsonb, timezone text,
+  conversation_mode text, task_conversation_id uuid, task_state jsonb
+)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+begin
+  if p_limit is null or p_limit < 1 then
+    return;
+  end if;
+  return query
+  with candidates as (
+    select e.id, e.user_id, e.task_id, e.exclusive, e.priority, e.scheduled_for
+    from public.agent_task_executions e
+    where e.status = 'queued' and e.run_after <= v_now
+      and (not e.exclusive or not exists (
+             select 1 from public.agent_task_executions r
+             where r.task_id = e.task_id and r.status = 'running'))
+    order by e.priority desc, e.scheduled_for
+    limit case when p_per_user_limit is null then p_limit else p_limit * 4 end
+    for update skip locked
+  ),
+  ranked as (
+    select c.*,
+           row_number() over (partition by c.task_id order by c.scheduled_for) as task_rank,
+           row_number() over (partition by c.user_id order by c.priority desc, c.scheduled_for) as user_rank
+    from candidates c
+  ),
+  running as (
+    select e.user_id, count(*)::integer as n
+    from public.agent_task_executions e
+    where p_per_user_limit is not null and e.status = 'running'
+      and e.user_id in (select c.user_id from candidates c)
+    group by e.user_id
+  ),
+  picked as (
+    select r.id
+    from ranked r
+    left join running u on u.user_id = r.user_id
+    where (not r.exclusive or r.task_rank = 1)
+      and (p_per_user_limit is null or r.user_rank + coalesce(u.n, 0) <= p_per_user_limit)
+    order by r.priority desc, r.scheduled_for
+    limit p_limit
+  ),
+  claimed as (
+    update public.agent_task_executions e set
+      status = 'running',
+      worker_id = p_worker_id,
+      attempt = e.attempt + 1,
+      started_at = v_now,
+      heartbeat_at = v_now,
+      lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
+      error = null,
+      error_kind = null
+    from picked p
+    where e.id = p.id
+    returning e.*
+  )
+  select c.id, c.task_id, c.user_id, c.agent_id, c.trigger_type, c.attempt, c.max_attempts,
+         c.scheduled_for, c.timeout_seconds, c.conversation_id, c.user_message_id, c.resolved_prompt,
+         t.name, t.prompt_template, t.prompt_variables, t.timezone, t.conversation_mode,
+         t.conversation_id, t.state
+  from claimed c
+  join public.agent_tasks t on t.id = c.task_id
+  order by c.priority desc, c.scheduled_for;
+end
+$$;
+
+-- Extend the leases of a worker's running executions. Returns the ones among
+-- p_ids this worker no longer owns (cancelled, rescued, finished elsewhere)
+-- so it can abandon them at once.
+create or replace function scheduler.heartbeat(
+  p_worker_id text,
+  p_ids uuid[],
+  p_lease_seconds integer default 30,
+  p_in_flight integer default null,
+  p_now timestamptz default null
+) returns table (id uuid, status text)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+begin
+  update scheduler.workers w set
+    last_seen_at = v_now,
+    in_flight = coalesce(p_in_flight, cardinality(p_ids))
+  where w.id = p_worker_id;
+
+  update public.agent_task_executions e set
+    heartbeat_at = v_now,
+    lease_expires_at = v_now + make_interval(secs => p_lease_seconds)
+  where e.id = any (p_ids) and e.worker_id = p_worker_id and e.status = 'running';
+
+  return query
+    select x.id, coalesce(e.status, 'missing')
+    from unnest(p_ids) as x(id)
+    left join public.agent_task_executions e on e.id = x.id
+    where e.id is null or e.status <> 'running' or e.worker_id is distinct from p_worker_id;
+end
+$$;
+
+-- Prepare a claimed execution: pick or create its conversation (task rule:
+-- reuse the task's conversation, create it on the first run and store it on
+-- the task, or a new one per run) and insert the scheduled user message,
+-- exactly once per execution whatever the number of attempts. Fenced on
+-- worker and attempt. Raises 'P0002' when the task's conversation is gone.
+create or replace function scheduler.start_execution(
+  p_execution_id uuid,
+  p_worker_id text,
+  p_attempt integer,
+  p_resolved_prompt text,
+  p_conversation_title text default null,
+  p_now timestamptz default null
+) returns table (conversation_id uuid, user_message_id uuid, created_conversation boolean)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec public.agent_task_executions;
+  v_task public.agent_tasks;
+  v_conversation uuid;
+  v_created boolean := false;
+  v_message uuid;
+begin
+  select * into v_exec from public.agent_task_executions e
+  where e.id = p_execution_id and e.status = 'running'
+    and e.worker_id = p_worker_id and e.attempt = p_attempt
+  for update;
+  if not found then
+    raise exception 'execution % is not running for worker % attempt %', p_execution_id, p_worker_id, p_attempt
+      using errcode = '55000';
+  end if;
+
+  if v_exec.user_message_id is not null then
+    return query select v_exec.conversation_id, v_exec.user_message_id, false;
+    return;
+  end if;
+
+  select * into v_task from public.agent_tasks t where t.id = v_exec.task_id;
+  v_conversation := v_exec.conversation_id;
+
+  if v_conversation is null and v_task.conversation_mode = 'reuse' then
+    if v_task.conversation_id is not null then
+      v_conversation := v_task.conversation_id;
+    else
+      -- first run of a reuse task: create the conversation and keep it
+      insert into public.conversation_sessions (user_id, agent_id, title)
+      values (v_task.user_id, v_task.agent_id, left(coalesce(p_conversation_title, v_task.name), 200))
+      returning id into v_conversation;
+      update public.agent_tasks t set conversation_id = v_conversation
+      where t.id = v_task.id and t.conversation_id is null;
+      if not found then
+        -- a concurrent run of the same task created it first: use theirs
+        delete from public.conversation_sessions c where c.id = v_conversation;
+        select t.conversation_id into v_conversation from public.agent_tasks t where t.id = v_task.id;
+      else
+        v_created := true;
+      end if;
+    end if;
+  elsif v_conversation is null then
+    insert into public.conversation_sessions (user_id, agent_id, title)
+    values (v_task.user_id, v_task.agent_id,
+            left(coalesce(p_conversation_title,
+                          v_task.name || ' — ' || to_char(coalesce(p_now, now()) at time zone v_task.timezone, 'YYYY-MM-DD')),
+                 200))
+    returning id into v_conversation;
+    v_created := true;
+  end if;
+
+  perform 1 from public.conversation_sessions c
+  where c.id = v_conversation and c.user_id = v_exec.user_id and c.agent_id = v_exec.agent_id
+    and c.deleted_at is null;
+  if not found then
+    raise exception 'conversation % of task % no longer exists', v_conversation, v_task.id
+      using errcode = 'P0002';
+  end if;
+
+  insert into public.chat_messages_v2 (conversation_id, user_id, role, content, metadata, execution_id)
+  values (v_conversation, v_exec.user_id, 'user', p_resolved_prompt,
+          jsonb_build_object('source', 'scheduler', 'task_id', v_exec.task_id,
+                             'execution_id', v_exec.id, 'trigger_type', v_exec.trigger_type),
+          v_exec.id)
+  on conflict (execution_id, role) where execution_id is not null and role in ('user', 'assistant')
+  do nothing
+  returning id into v_message;
+  if v_message is null then
+    select m.id into v_message from public.chat_messages_v2 m
+    where m.execution_id = v_exec.id and m.role = 'user';
+  end if;
+
+  update public.agent_task_executions e set
+    conversation_id = v_conversation,
+    resolved_prompt = p_resolved_prompt,
+    user_message_id = v_message
+  where e.id = v_exec.id;
+
+  return query select v_conversation, v_message, v_created;
+end
+$$;
+
+-- Task bookkeeping shared by every terminal transition.
+create or replace function scheduler.record_outcome(p_exec public.agent_task_executions, p_now timestamptz)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_task public.agent_tasks;
+begin
+  update public.agent_tasks t set
+    last_run_at = p_now,
+    success_count = t.success_count + (p_exec.status = 'succeeded')::integer,
+    failure_count = t.failure_count + (p_exec.status in ('failed', 'timed_out'))::integer,
+    last_error = case when p_exec.status in ('failed', 'timed_out') then p_exec.error
+                      when p_exec.status = 'succeeded' then null
+                      else t.last_error end,
+    status = case when p_exec.status = 'needs_input' and t.status = 'active' then 'waiting_input'
+                  else t.status end,
+    next_run_at = case when p_exec.status = 'needs_input' then null else t.next_run_at end,
+    state = case when p_exec.status = 'needs_input'
+                 then t.state || jsonb_build_object('pending_question', p_exec.output,
+                                                    'waiting_conversation_id', p_exec.conversation_id)
+                 else t.state end
+  where t.id = p_exec.task_id
+  returning * into v_task;
+
+  if p_exec.status in ('failed', 'timed_out') then
+    perform scheduler.notify_user(
+      p_exec.user_id, 'task_failed',
+      format('Scheduled task "%s" failed', coalesce(v_task.name, 'task')),
+      p_exec.error,
+      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
+                         'conversation_id', p_exec.conversation_id, 'error_kind', p_exec.error_kind));
+  elsif p_exec.status = 'needs_input' then
+    perform scheduler.notify_user(
+      p_exec.user_id, 'task_needs_input',
+      format('"%s" needs your input', coalesce(v_task.name, 'task')),
+      p_exec.output,
+      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
+                         'conversation_id', p_exec.conversation_id));
+  end if;
+end
+$$;
+
+-- finish_execution: running -> succeeded | failed | timed_out | needs_input.
+-- Fenced on status, worker and attempt; returns false when the fence drops
+-- the write (the execution was cancelled or rescued meanwhile).
+create or replace function scheduler.finish_execution(
+  p_execution_id uuid,
+  p_worker_id text,
+  p_attempt integer,
+  p_status text,
+  p_output text default null,
+  p_error text default null,
+  p_error_kind text default null,
+  p_assistant_message_id uuid default null,
+  p_usage jsonb default null,
+  p_now timestamptz default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_exec public.agent_task_executions;
+begin
+  if p_status not in ('succeeded', 'failed', 'timed_out', 'needs_input') then
+    raise exception 'finish_execution: % is not a finishing status', p_status using errcode = '22023';
+  end if;
+  update public.agent_task_executions e set
+    status = p_status,
+    finished_at = v_now,
+    duration_ms = greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer),
+    output = left(p_output, 2000),
+    error = left(p_error, 2000),
+    error_kind = p_error_kind,
+    assistant_message_id = coalesce(p_assistant_message_id, e.assistant_message_id),
+    usage = coalesce(p_usage, e.usage),
+    lease_expires_at = null
+  where e.id = p_execution_id and e.status = 'running'
+    and e.worker_id = p_worker_id and e.attempt = p_attempt
+  returning e.* into v_exec;
+  if not found then
+    return false;
+  end if;
+  perform scheduler.record_outcome(v_exec, v_now);
+  return true;
+end
+$$;
+
+-- retry_execution_later: running -> queued (run_after = now + backoff) while
+-- attempts remain, else running -> failed. Fenced like finish. Returns the new
+-- status, or NULL when the fence dropped the write.
+create or replace function scheduler.retry_later(
+  p_execution_id uuid,
+  p_worker_id text,
+  p_attempt integer,
+  p_error text,
+  p_error_kind text default 'transient',
+  p_delay_seconds double precision default null,
+  p_now timestamptz default null
+) returns text
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_exec public.agent_task_executions;
+begin
+  select * into v_exec from public.agent_task_executions e
+  where e.id = p_execution_id and e.status = 'running'
+    and e.worker_id = p_worker_id and e.attempt = p_attempt
+  for update;
+  if not found then
+    return null;
+  end if;
+  if v_exec.attempt < v_exec.max_attempts then
+    update public.agent_task_executions e set
+      status = 'queued',
+      run_after = v_now + make_interval(secs => coalesce(p_delay_seconds,
+                                                         least(600, 5 * power(2, v_exec.attempt - 1)))),
+      worker_id = null,
+      lease_expires_at = null,
+      error = left(p_error, 2000),
+      error_kind = p_error_kind
+    where e.id = p_execution_id;
+    perform pg_notify('agent_task_executions', '');
+    return 'queued';
+  end if;
+  perform scheduler.finish_execution(p_execution_id, p_worker_id, p_attempt, 'failed',
+                                     null, p_error, p_error_kind, null, null, v_now);
+  return 'failed';
+end
+$$;
+
+-- Give executions back to the queue without using up an attempt (graceful
+-- shutdown): running -> queued, runnable at once by any worker.
+create or replace function scheduler.release_executions(
+  p_worker_id text, p_ids uuid[], p_now timestamptz default null
+) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  update public.agent_task_executions e set
+    status = 'queued',
+    attempt = e.attempt - 1,
+    run_after = coalesce(p_now, now()),
+    worker_id = null,
+    lease_expires_at = null,
+    error = 'released by a worker shutting down',
+    error_kind = 'shutdown'
+  where e.id = any (p_ids) and e.worker_id = p_worker_id and e.status = 'running';
+  get diagnostics v_count = row_count;
+  if v_count > 0 then
+    perform pg_notify('agent_task_executions', '');
+  end if;
+  return v_count;
+end
+$$;
+
+-- rescue_expired: running executions whose lease expired (their worker died)
+-- go back to the queue, or fail when no attempt is left. Called by every
+-- worker on its tick and by pg_cron every minute. Returns rows moved.
+create or replace function scheduler.rescue_expired(p_now timestamptz default null)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_requeued integer;
+  v_exec public.agent_task_executions;
+  v_failed integer := 0;
+begin
+  update public.agent_task_executions e set
+    status = 'queued',
+    run_after = v_now,
+    worker_id = null,
+    lease_expires_at = null,
+    error = format('lease expired on worker %s (worker lost)', e.worker_id),
+    error_kind = 'lease_expired'
+  where e.status = 'running' and e.lease_expires_at < v_now and e.attempt < e.max_attempts;
+  get diagnostics v_requeued = row_count;
+
+  for v_exec in
+    update public.agent_task_executions e set
+      status = 'failed',
+      finished_at = v_now,
+      duration_ms = greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer),
+      lease_expires_at = null,
+      error = format('lease expired on worker %s and no attempt is left', e.worker_id),
+      error_kind = 'lease_expired'
+    where e.status = 'running' and e.lease_expires_at < v_now and e.attempt >= e.max_attempts
+    returning e.*
+  loop
+    perform scheduler.record_outcome(v_exec, v_now);
+    v_failed := v_failed + 1;
+  end loop;
+
+  delete from scheduler.workers w where w.last_seen_at < v_now - interval '5 minutes';
+
+  if v_requeued > 0 then
+    perform pg_notify('agent_task_executions', '');
+  end if;
+  return v_requeued + v_failed;
+end
+$$;
+
+-- cancel_execution: queued | running -> cancelled. A running execution's
+-- worker learns it through NOTIFY agent_task_cancel (payload: the id) or its
+-- next heartbeat and abandons the call; its late finish is fenced out.
+create or replace function scheduler.cancel_execution(
+  p_execution_id uuid, p_reason text default 'cancelled', p_now timestamptz default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_was text;
+begin
+  select e.status into v_was from public.agent_task_executions e
+  where e.id = p_execution_id for update;
+  if v_was is null or v_was not in ('queued', 'running') then
+    return false;
+  end if;
+  update public.agent_task_executions e set
+    status = 'cancelled',
+    finished_at = v_now,
+    duration_ms = case when e.started_at is null then null
+                       else greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer) end,
+    cancel_requested_at = v_now,
+    lease_expires_at = null,
+    error = left(p_reason, 2000),
+    error_kind = 'cancelled'
+  where e.id = p_execution_id;
+  if v_was = 'running' then
+    perform pg_notify('agent_task_cancel', p_execution_id::text);
+  end if;
+  return true;
+end
+$$;
+
+-- Re-run a finished execution as a new one (trigger_type 'retry') in the
+-- same conversation. Returns the new execution's id.
+create or replace function scheduler.retry_execution(p_execution_id uuid, p_now timestamptz default null)
+returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, clock_timestamp());
+  v_old public.agent_task_executions;
+  v_task public.agent_tasks;
+  v_id uuid;
+begin
+  select * into v_old from public.agent_task_executions where id = p_execution_id;
+  if not found then
+    raise exception 'execution % not found', p_execution_id using errcode = 'P0002';
+  end if;
+  if not scheduler.is_terminal(v_old.status) or v_old.status = 'succeeded' then
+    raise exception 'execution % is %: only failed, timed out, cancelled or skipped executions can be retried',
+      p_execution_id, v_old.status using errcode = '55000';
+  end if;
+  select * into v_task from public.agent_tasks where id = v_old.task_id;
+  insert into public.agent_task_executions (
+    task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
+    max_attempts, timeout_seconds, exclusive, conversation_id, retry_of)
+  values (v_task.id, v_task.user_id, v_task.agent_id, 'retry', 'queued', v_now, coalesce(p_now, now()),
+          v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
+          v_task.overlap_policy <> 'allow',
+          case when v_task.conversation_mode = 'reuse' then v_old.conversation_id end, v_old.id)
+  returning id into v_id;
+  return v_id;
+end
+$$;
+
+-- Enqueue a run of a task now (trigger_type 'manual'), whatever its schedule.
+create or replace function scheduler.enqueue_now(
+  p_task_id uuid, p_trigger_type text default 'manual', p_now timestamptz default null
+) returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, clock_timestamp());
+  v_task public.agent_tasks;
+  v_id uuid;
+begin
+  select * into v_task from public.agent_tasks where id = p_task_id;
+  if not found then
+    raise exception 'task % not found', p_task_id using errcode = 'P0002';
+  end if;
+  insert into public.agent_task_executions (
+    task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
+    max_attempts, timeout_seconds, exclusive)
+  values (v_task.id, v_task.user_id, v_task.agent_id, p_trigger_type, 'queued', v_now, coalesce(p_now, now()),
+          v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
+          v_task.overlap_policy <> 'allow')
+  returning id into v_id;
+  update public.agent_tasks set run_count = run_count + 1 where id = p_task_id;
+  return v_id;
+end
+$$;
+
+-- Worker registry.
+create or replace function scheduler.register_worker(
+  p_worker_id text, p_hostname text, p_pid integer, p_concurrency integer
+) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  insert into scheduler.workers (id, hostname, pid, concurrency)
+  values (p_worker_id, p_hostname, p_pid, p_concurrency)
+  on conflict (id) do update set last_seen_at = now(), concurrency = excluded.concurrency
+$$;
+
+create or replace function scheduler.unregister_worker(p_worker_id text) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  delete from scheduler.workers where id = p_worker_id
+$$;
+
+-- Delete finished executions older than p_older_than (their messages stay in
+-- the conversation; execution_id there is set to NULL by the foreign key).
+create or replace function scheduler.purge_history(
+  p_older_than interval default '30 days', p_now timestamptz default null
+) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  delete from public.agent_task_executions e
+  where e.finished_at < coalesce(p_now, now()) - p_older_than;
+  get diagnostics v_count = row_count;
+  return v_count;
+end
+$$;
+
+-- Queue figures for operators and the CLI.
+create or replace function scheduler.queue_stats(p_now timestamptz default null)
+returns table (status text, count bigint, oldest timestamptz, next_run_after timestamptz)
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select e.status, count(*), min(e.scheduled_for),
+         min(e.run_after) filter (where e.status = 'queued')
+  from public.agent_task_executions e
+  group by e.status
+  order by e.status
+$$;
+
+grant select on scheduler.workers to task_worker, service_role;
+grant execute on function
+  scheduler.enqueue_due(timestamptz, integer),
+  scheduler.tasks_to_plan(integer),
+  scheduler.apply_plan(uuid, integer, timestamptz, boolean, timestamptz[], timestamptz[], timestamptz),
+  scheduler.claim_executions(text, integer, integer, integer, timestamptz),
+  scheduler.heartbeat(text, uuid[], integer, integer, timestamptz),
+  scheduler.start_execution(uuid, text, integer, text, text, timestamptz),
+  scheduler.finish_execution(uuid, text, integer, text, text, text, text, uuid, jsonb, timestamptz),
+  scheduler.retry_later(uuid, text, integer, text, text, double precision, timestamptz),
+  scheduler.release_executions(text, uuid[], timestamptz),
+  scheduler.rescue_expired(timestamptz),
+  scheduler.cancel_execution(uuid, text, timestamptz),
+  scheduler.retry_execution(uuid, timestamptz),
+  scheduler.enqueue_now(uuid, text, timestamptz),
+  scheduler.register_worker(text, text, integer, integer),
+  scheduler.unregister_worker(text),
+  scheduler.purge_history(interval, timestamptz),
+  scheduler.queue_stats(timestamptz),
+  scheduler.is_terminal(text)
+to task_worker, service_role;

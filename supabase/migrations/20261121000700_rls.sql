@@ -1,0 +1,124 @@
+-- Row Level Security and privileges.
+--
+-- Every table has RLS. Policies are one per operation, `to authenticated`,
+-- with `(select auth.uid())` so Postgres evaluates it once per statement.
+-- anon gets nothing. Table privileges are narrowed to the columns a client
+-- may write: counters, schedule bookkeeping and scheduler fields are written
+-- only by the queue's functions.
+
+alter table public.agents enable row level security;
+alter table public.conversation_sessions enable row level security;
+alter table public.chat_messages_v2 enable row level security;
+alter table public.agent_tasks enable row level security;
+alter table public.agent_task_executions enable row level security;
+alter table public.notifications enable row level security;
+
+revoke all on public.agents, public.conversation_sessions, public.chat_messages_v2,
+  public.agent_tasks, public.agent_task_executions, public.notifications
+  from anon, authenticated;
+
+-- agents -------------------------------------------------------------------
+grant select, delete on public.agents to authenticated;
+grant insert (name, system_prompt, model, settings) on public.agents to authenticated;
+grant update (name, system_prompt, model, settings) on public.agents to authenticated;
+
+create policy "Users can see their own agents" on public.agents
+  for select to authenticated using (user_id = (select auth.uid()));
+create policy "Users can create agents for themselves" on public.agents
+  for insert to authenticated with check (user_id = (select auth.uid()));
+create policy "Users can update their own agents" on public.agents
+  for update to authenticated using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+create policy "Users can delete their own agents" on public.agents
+  for delete to authenticated using (user_id = (select auth.uid()));
+
+-- conversation_sessions -----------------------------------------------------
+grant select, delete on public.conversation_sessions to authenticated;
+grant insert (agent_id, title) on public.conversation_sessions to authenticated;
+grant update (title, archived_at, deleted_at) on public.conversation_sessions to authenticated;
+
+create policy "Users can see their own conversations" on public.conversation_sessions
+  for select to authenticated using (user_id = (select auth.uid()));
+-- the composite foreign key (agent_id, user_id) already requires the agent
+-- to be the caller's own
+create policy "Users can start conversations with their own agents" on public.conversation_sessions
+  for insert to authenticated with check (user_id = (select auth.uid()));
+create policy "Users can rename, archive and delete their own conversations" on public.conversation_sessions
+  for update to authenticated using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+create policy "Users can delete their own conversations" on public.conversation_sessions
+  for delete to authenticated using (user_id = (select auth.uid()));
+
+-- chat_messages_v2 -----------------------------------------------------------
+grant select on public.chat_messages_v2 to authenticated;
+grant insert (conversation_id, role, content, metadata) on public.chat_messages_v2 to authenticated;
+
+create policy "Users can read messages of their own conversations" on public.chat_messages_v2
+  for select to authenticated using (user_id = (select auth.uid()));
+-- users write their own user-role messages, never scheduler ones
+create policy "Users can post their own messages in their own conversations" on public.chat_messages_v2
+  for insert to authenticated with check (
+    user_id = (select auth.uid())
+    and role = 'user'
+    and execution_id is null
+    and (metadata ->> 'source') is distinct from 'scheduler'
+    and exists (select 1 from public.conversation_sessions c
+                where c.id = conversation_id and c.user_id = (select auth.uid()) and c.deleted_at is null)
+  );
+
+-- agent_tasks ----------------------------------------------------------------
+grant select, delete on public.agent_tasks to authenticated;
+grant insert (agent_id, name, description, prompt_template, prompt_variables, schedule_type,
+              cron_expression, interval_seconds, run_at, timezone, starts_at, ends_at, max_runs,
+              conversation_mode, conversation_id, priority, max_retries, timeout_seconds,
+              overlap_policy, misfire_policy, misfire_grace_seconds, status)
+  on public.agent_tasks to authenticated;
+grant update (name, description, prompt_template, prompt_variables, schedule_type,
+              cron_expression, interval_seconds, run_at, timezone, starts_at, ends_at, max_runs,
+              conversation_mode, conversation_id, priority, max_retries, timeout_seconds,
+              overlap_policy, misfire_policy, misfire_grace_seconds, status)
+  on public.agent_tasks to authenticated;
+
+create policy "Users can see their own tasks" on public.agent_tasks
+  for select to authenticated using (user_id = (select auth.uid()));
+-- the composite foreign keys require the agent and the target conversation to
+-- be the caller's own (and the conversation to be with that agent)
+create policy "Users can create tasks for their own agents" on public.agent_tasks
+  for insert to authenticated with check (user_id = (select auth.uid()));
+create policy "Users can update their own tasks" on public.agent_tasks
+  for update to authenticated using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+create policy "Users can delete their own tasks" on public.agent_tasks
+  for delete to authenticated using (user_id = (select auth.uid()));
+
+-- agent_task_executions: read-only for users (run, cancel, retry go through rpc)
+grant select on public.agent_task_executions to authenticated;
+create policy "Users can see executions of their own tasks" on public.agent_task_executions
+  for select to authenticated using (user_id = (select auth.uid()));
+
+-- notifications --------------------------------------------------------------
+grant select, delete on public.notifications to authenticated;
+grant update (read_at) on public.notifications to authenticated;
+create policy "Users can see their own notifications" on public.notifications
+  for select to authenticated using (user_id = (select auth.uid()));
+create policy "Users can mark their own notifications read" on public.notifications
+  for update to authenticated using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+create policy "Users can delete their own notifications" on public.notifications
+  for delete to authenticated using (user_id = (select auth.uid()));
+
+-- Functions -------------------------------------------------------------------
+-- Supabase grants EXECUTE on new public functions to anon and authenticated by
+-- default; only the client API stays callable, and only when signed in.
+revoke execute on all functions in schema public from public, anon, authenticated;
+grant execute on function
+  public.run_task_now(uuid),
+  public.pause_task(uuid),
+  public.resume_task(uuid),
+  public.cancel_execution(uuid),
+  public.retry_execution(uuid),
+  public.list_conversations(uuid, integer, text, boolean)
+to authenticated, service_role;
+
+revoke execute on all functions in schema scheduler from public, anon, authenticated;
+revoke execute on all functions in schema chat_private from public, anon, authenticated;

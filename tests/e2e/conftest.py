@@ -1,0 +1,137 @@
+"""End-to-end fixtures: the fake OpenAI-compatible model and the real chat function under Deno.
+
+Each test module gets its own database and its own chat function process
+pointed at it, so modules never share rows.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from worker import stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up; log:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@dataclass
+class FakeLLM:
+    """Handle on the fake model server (tests/fakes/openai_server.py)."""
+
+    base_url: str  # ends with /v1
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def root(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    def configure(self, **settings: Any) -> None:
+        httpx.post(f"{self.root}/_fake/config", json=settings, timeout=5).raise_for_status()
+
+    def reset(self) -> None:
+        httpx.post(f"{self.root}/_fake/reset", timeout=5).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.root}/_fake/requests", timeout=5)
+        r.raise_for_status()
+        return list(r.json()["requests"])
+
+
+@pytest.fixture(scope="session")
+def fake_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeLLM]:
+    port = stack.free_port(0)
+    log = tmp_path_factory.mktemp("fake-llm") / "fake-llm.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakes" / "openai_server.py"),
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    llm = FakeLLM(base_url=f"http://127.0.0.1:{port}/v1", proc=proc)
+    _wait_http(f"{llm.root}/_fake/requests", proc, log)
+    yield llm
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@dataclass
+class ChatFunction:
+    """The chat edge function served by Deno against one test database."""
+
+    url: str
+    db_url: str
+    state: stack.State
+    proc: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def secret_key(self) -> str:
+        return self.state.secret_key
+
+    @property
+    def service_role_key(self) -> str:
+        return stack.api_keys(self.state)["service_role_key"]
+
+    def user_token(self, user_id: Any, ttl_s: int = 3600) -> str:
+        return stack.user_token(self.state, str(user_id), ttl_s=ttl_s)
+
+
+def start_chat_function(state: stack.State, db_url: str, llm: FakeLLM, log: Path,
+                        extra_env: dict[str, str] | None = None) -> ChatFunction:
+    """Serve supabase/functions/chat under Deno with the environment `supabase functions serve` gives."""
+    port = stack.free_port(0)
+    env = dict(os.environ)
+    keys = stack.api_keys(state)
+    env.update({
+        "SUPABASE_DB_URL": db_url,
+        "SUPABASE_URL": f"http://127.0.0.1:{port}",
+        "SUPABASE_ANON_KEY": keys["anon_key"],
+        "SUPABASE_SERVICE_ROLE_KEY": keys["service_role_key"],
+        "SUPABASE_SECRET_KEY": state.secret_key,
+        "SUPABASE_JWT_SECRET": state.jwt_secret,
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "fake-key",
+        "PORT": str(port),
+        **(extra_env or {}),
+    })
+    fn = ROOT / "supabase" / "functions" / "chat"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([stack.deno_binary(), "run", "--allow-net", "--allow-env", "--allow-read",
+                                 "--config", str(fn / "deno.json"), str(fn / "index.ts")],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/functions/v1/chat"
+    _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
+    return ChatFunction(url=url, db_url=db_url, state=state, proc=proc, log=log, env=env)
+
+
+@pytest.fixture(scope="module")
+def chat_function(stack_state: stack.State, module_db_url: str, fake_llm: FakeLLM,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatFunction]:
+    log = tmp_path_factory.mktemp("chat") / "chat.log"
+    fn = start_chat_function(stack_state, module_db_url, fake_llm, log)
+    yield fn
+    fn.proc.terminate()
+    try:
+        fn.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        fn.proc.kill()

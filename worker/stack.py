@@ -1,0 +1,579 @@
+"""The local stack: the real parts of a Supabase project that run on a plain machine.
+
+`up` installs what is missing (Debian's Postgres 15 with pg_cron, pgTAP and
+wal2json), creates a cluster under `.stack/` on a free port, applies
+`sql/local/bootstrap.sql` and every migration once (recorded in
+`supabase_migrations.schema_migrations`, as the Supabase CLI records them),
+then serves the fake OpenAI-compatible model (when no OPENAI_API_KEY is set)
+and the chat edge function under Deno. `status --json` tells scripts, tests
+and operators where everything is. Every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK_DIR = ROOT / ".stack"
+PG_DIR = STACK_DIR / "pg"
+PGDATA = PG_DIR / "data"
+PG_LOG = PG_DIR / "postgres.log"
+LOG_DIR = STACK_DIR / "logs"
+STATE_FILE = STACK_DIR / "state.json"
+MIGRATIONS_DIR = ROOT / "supabase" / "migrations"
+BOOTSTRAP_SQL = ROOT / "sql" / "local" / "bootstrap.sql"
+CHAT_FUNCTION = ROOT / "supabase" / "functions" / "chat" / "index.ts"
+FAKE_LLM = ROOT / "tests" / "fakes" / "openai_server.py"
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_SHARE = Path("/usr/share/postgresql/15/extension")
+PG_LIB = Path("/usr/lib/postgresql/15/lib")
+APT_PACKAGES = [
+    "postgresql-15",
+    "postgresql-15-cron",
+    "postgresql-15-pgtap",
+    "postgresql-15-wal2json",
+    "libtap-parser-sourcehandler-pgtap-perl",
+]
+TEMPLATE_DB = "agent_tasks_template"
+MAIN_DB = "postgres"
+WORKER_ROLE = "agent_worker"
+READY_TIMEOUT_S = 60.0
+
+
+class StackError(RuntimeError):
+    """A stack step failed; the message says what to do."""
+
+
+def _log(msg: str) -> None:
+    print(f"[stack] {msg}", file=sys.stderr, flush=True)
+
+
+# --- installation -------------------------------------------------------------
+
+
+def missing_packages() -> list[str]:
+    """Debian packages the stack needs that are not installed."""
+    checks = {
+        "postgresql-15": PG_BIN / "postgres",
+        "postgresql-15-cron": PG_SHARE / "pg_cron.control",
+        "postgresql-15-pgtap": PG_SHARE / "pgtap.control",
+        "postgresql-15-wal2json": PG_LIB / "wal2json.so",
+        "libtap-parser-sourcehandler-pgtap-perl": Path("/usr/bin/pg_prove"),
+    }
+    return [pkg for pkg, path in checks.items() if not path.exists()]
+
+
+def ensure_packages() -> None:
+    """Install the Debian packages when running as root; otherwise say what to install."""
+    missing = missing_packages()
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise StackError(
+            "missing Debian packages: " + " ".join(missing)
+            + "\ninstall them with: sudo apt-get install -y " + " ".join(missing)
+        )
+    _log("installing " + " ".join(missing))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    still = missing_packages()
+    if still:
+        raise StackError("apt-get did not install: " + " ".join(still))
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    """Postgres refuses to run as root: run its tools as the postgres OS user then."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+# --- state ----------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    port: int
+    password: str
+    worker_password: str
+    jwt_secret: str
+    secret_key: str
+    chat_port: int | None = None
+    chat_pid: int | None = None
+    llm_port: int | None = None
+    llm_pid: int | None = None
+    llm_is_fake: bool = True
+
+    @classmethod
+    def load(cls) -> State | None:
+        if not STATE_FILE.exists():
+            return None
+        data = json.loads(STATE_FILE.read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def save(self) -> None:
+        STACK_DIR.mkdir(parents=True, exist_ok=True)
+        STATE_FILE.write_text(json.dumps(self.__dict__, indent=2))
+        STATE_FILE.chmod(0o600)
+
+
+def free_port(preferred: int) -> int:
+    """The preferred port if nothing listens there, else any free one."""
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise StackError("no free port")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def database_url(state: State, dbname: str = MAIN_DB, user: str = "postgres") -> str:
+    password = state.password if user == "postgres" else state.worker_password
+    return f"postgresql://{user}:{password}@127.0.0.1:{state.port}/{dbname}"
+
+
+def _sign(secret: str, claims: dict[str, Any]) -> str:
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def api_keys(state: State) -> dict[str, str]:
+    """The anon and service_role JWTs of the local project (as `supabase status` shows them)."""
+    now = int(time.time())
+    base = {"iss": "supabase-local", "iat": now, "exp": now + 10 * 365 * 24 * 3600}
+    return {
+        "anon_key": _sign(state.jwt_secret, {**base, "role": "anon"}),
+        "service_role_key": _sign(state.jwt_secret, {**base, "role": "service_role"}),
+    }
+
+
+def user_token(state: State, user_id: str, email: str | None = None, ttl_s: int = 3600) -> str:
+    """An access token for a local user, signed like GoTrue signs them."""
+    now = int(time.time())
+    return _sign(state.jwt_secret, {
+        "iss": "supabase-local", "aud": "authenticated", "role": "authenticated",
+        "sub": user_id, "email": email, "iat": now, "exp": now + ttl_s,
+    })
+
+
+# --- postgres -----------------------------------------------------------------------
+
+
+def _pg_ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(PGDATA), *args]),
+                          capture_output=True, text=True)
+
+
+def pg_running() -> bool:
+    return PGDATA.exists() and _pg_ctl("status").returncode == 0
+
+
+def _init_cluster(state: State) -> None:
+    PG_DIR.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        shutil.chown(PG_DIR, "postgres", "postgres")
+    pwfile = PG_DIR / "pwfile"
+    pwfile.write_text(state.password + "\n")
+    if os.geteuid() == 0:
+        shutil.chown(pwfile, "postgres", "postgres")
+    pwfile.chmod(0o600)
+    _log(f"initdb {PGDATA}")
+    subprocess.run(_as_postgres([
+        str(PG_BIN / "initdb"), "-D", str(PGDATA), "-U", "postgres", "--pwfile", str(pwfile),
+        "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
+    ]), check=True, stdout=subprocess.DEVNULL)
+    pwfile.unlink()
+    conf = f"""
+# --- agent-tasks local stack ---
+listen_addresses = '127.0.0.1'
+port = {state.port}
+unix_socket_directories = '{PG_DIR}'
+max_connections = 400
+shared_buffers = '256MB'
+shared_preload_libraries = 'pg_cron'
+cron.database_name = '{MAIN_DB}'
+cron.use_background_workers = on
+max_worker_processes = 32
+wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+timezone = 'UTC'
+# a development stack: speed over durability (never use these settings in production)
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+"""
+    with (PGDATA / "postgresql.conf").open("a") as f:
+        f.write(conf)
+
+
+def _start_postgres(state: State) -> None:
+    res = _pg_ctl("start", "-w", "-t", "60", "-l", str(PG_LOG))
+    if res.returncode != 0:
+        log_tail = PG_LOG.read_text()[-2000:] if PG_LOG.exists() else ""
+        raise StackError(f"postgres did not start:\n{res.stdout}{res.stderr}\n{log_tail}")
+
+
+def connect(state: State, dbname: str = MAIN_DB, autocommit: bool = True) -> psycopg.Connection[Any]:
+    return psycopg.connect(database_url(state, dbname), autocommit=autocommit)
+
+
+def migration_files() -> list[Path]:
+    return sorted(MIGRATIONS_DIR.glob("*.sql"))
+
+
+def migrations_digest() -> str:
+    h = hashlib.sha256(BOOTSTRAP_SQL.read_bytes())
+    for path in migration_files():
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def apply_migrations(state: State, dbname: str) -> list[str]:
+    """Apply the bootstrap, then each migration not yet recorded. Returns the versions applied."""
+    applied: list[str] = []
+    with connect(state, dbname) as conn:
+        conn.execute(BOOTSTRAP_SQL.read_text())  # idempotent by construction
+        done = {r[0] for r in conn.execute("select version from supabase_migrations.schema_migrations")}
+        for path in migration_files():
+            version, _, name = path.stem.partition("_")
+            if version in done:
+                continue
+            sql = path.read_text()
+            try:
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute(
+                        "insert into supabase_migrations.schema_migrations (version, statements, name)"
+                        " values (%s, %s, %s)", (version, [sql], name))
+            except psycopg.Error as exc:
+                raise StackError(f"migration {path.name} failed: {exc}") from exc
+            applied.append(path.name)
+    return applied
+
+
+def _ensure_worker_role(state: State) -> None:
+    with connect(state) as conn:
+        exists = conn.execute("select 1 from pg_roles where rolname = %s", (WORKER_ROLE,)).fetchone()
+        if not exists:
+            conn.execute(f"create role {WORKER_ROLE} login")
+        conn.execute(f"alter role {WORKER_ROLE} password '{state.worker_password}'")
+        conn.execute(f"grant task_worker to {WORKER_ROLE}")
+
+
+def ensure_template(state: State) -> str:
+    """A template database with bootstrap + migrations, rebuilt when they change.
+
+    An advisory lock serialises concurrent test sessions that find it stale.
+    """
+    digest = migrations_digest()
+    with connect(state) as lock_conn:
+        lock_conn.execute("select pg_advisory_lock(hashtext('agent_tasks_template'))")
+        try:
+            row = lock_conn.execute(
+                "select shobj_description(oid, 'pg_database') from pg_database where datname = %s",
+                (TEMPLATE_DB,)).fetchone()
+            if row is not None and row[0] == digest:
+                return TEMPLATE_DB
+            if row is not None:
+                lock_conn.execute(f"alter database {TEMPLATE_DB} is_template false")
+                lock_conn.execute(f"drop database {TEMPLATE_DB} with (force)")
+            lock_conn.execute(f"create database {TEMPLATE_DB} template template0")
+            apply_migrations(state, TEMPLATE_DB)
+            lock_conn.execute(f"comment on database {TEMPLATE_DB} is '{digest}'")
+            lock_conn.execute(f"alter database {TEMPLATE_DB} is_template true")
+            return TEMPLATE_DB
+        finally:
+            lock_conn.execute("select pg_advisory_unlock(hashtext('agent_tasks_template'))")
+
+
+def create_database(state: State, name: str) -> str:
+    """A fresh database copied from the template (tests use one per test or module)."""
+    ensure_template(state)
+    with connect(state) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+        conn.execute(f'create database "{name}" template {TEMPLATE_DB}')
+    return database_url(state, name)
+
+
+def drop_database(state: State, name: str) -> None:
+    with connect(state) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+# --- services -----------------------------------------------------------------------
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _spawn(name: str, cmd: list[str], env: dict[str, str]) -> int:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = (LOG_DIR / f"{name}.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                            start_new_session=True)
+    return proc.pid
+
+
+def _wait_port(port: int, name: str, pid: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if not _pid_alive(pid):
+            break
+        time.sleep(0.1)
+    log = LOG_DIR / f"{name}.log"
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    raise StackError(f"{name} did not start on port {port}; log tail:\n{tail}")
+
+
+def deno_binary() -> str:
+    """The Deno executable: from PATH, else installed from PyPI (package `deno`)."""
+    found = shutil.which("deno")
+    if found:
+        return found
+    _log("installing deno from PyPI")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "deno"], check=True)
+    found = shutil.which("deno")
+    if not found:
+        raise StackError("deno is not on PATH after `pip install deno`")
+    return found
+
+
+def chat_env(state: State) -> dict[str, str]:
+    """The environment the chat function gets, as `supabase functions serve` would give it."""
+    keys = api_keys(state)
+    env = dict(os.environ)
+    env.update({
+        "SUPABASE_DB_URL": database_url(state),
+        "SUPABASE_URL": f"http://127.0.0.1:{state.chat_port}",
+        "SUPABASE_ANON_KEY": keys["anon_key"],
+        "SUPABASE_SERVICE_ROLE_KEY": keys["service_role_key"],
+        "SUPABASE_SECRET_KEY": state.secret_key,
+        "SUPABASE_JWT_SECRET": state.jwt_secret,
+        "PORT": str(state.chat_port),
+    })
+    if state.llm_is_fake and state.llm_port:
+        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{state.llm_port}/v1"
+        env["OPENAI_API_KEY"] = "fake-key"
+    return env
+
+
+def _start_fake_llm(state: State) -> None:
+    if os.environ.get("OPENAI_API_KEY"):
+        state.llm_is_fake = False
+        return
+    state.llm_is_fake = True
+    if state.llm_port and _pid_alive(state.llm_pid) and port_open(state.llm_port):
+        return
+    if not FAKE_LLM.exists():
+        return
+    state.llm_port = free_port(54329)
+    state.llm_pid = _spawn("fake-llm", [sys.executable, str(FAKE_LLM), "--port", str(state.llm_port)],
+                           dict(os.environ))
+    _wait_port(state.llm_port, "fake-llm", state.llm_pid)
+    _log(f"NO OPENAI_API_KEY: replies come from the local FAKE model at http://127.0.0.1:{state.llm_port}/v1")
+
+
+def _start_chat(state: State) -> None:
+    if not CHAT_FUNCTION.exists():
+        return
+    if state.chat_port and _pid_alive(state.chat_pid) and port_open(state.chat_port):
+        return
+    state.chat_port = free_port(54321)
+    deno = deno_binary()
+    cmd = [deno, "run", "--allow-net", "--allow-env", "--allow-read",
+           "--config", str(CHAT_FUNCTION.parent / "deno.json"), str(CHAT_FUNCTION)]
+    state.chat_pid = _spawn("chat", cmd, chat_env(state))
+    _wait_port(state.chat_port, "chat", state.chat_pid)
+    _log(f"chat function on http://127.0.0.1:{state.chat_port}/functions/v1/chat")
+
+
+def _stop_pid(pid: int | None) -> None:
+    if not _pid_alive(pid):
+        return
+    assert pid is not None
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def up(with_services: bool = True) -> State:
+    """Start everything; a second call is a no-op."""
+    ensure_packages()
+    state = State.load()
+    if state is None or not PGDATA.exists():
+        state = State(
+            port=free_port(54322),
+            password=secrets.token_urlsafe(18),
+            worker_password=secrets.token_urlsafe(18),
+            jwt_secret=secrets.token_urlsafe(32),
+            secret_key="sb_secret_" + secrets.token_urlsafe(24),
+        )
+        if PGDATA.exists():
+            shutil.rmtree(PGDATA)
+        _init_cluster(state)
+        state.save()
+    if not pg_running():
+        if port_open(state.port):
+            raise StackError(f"port {state.port} is taken by another program; run `stack reset`")
+        _start_postgres(state)
+    applied = apply_migrations(state, MAIN_DB)
+    for name in applied:
+        _log(f"applied {name}")
+    _ensure_worker_role(state)
+    ensure_template(state)
+    if with_services:
+        _start_fake_llm(state)
+        _start_chat(state)
+    state.save()
+    return state
+
+
+def down() -> None:
+    """Stop the services and Postgres; data stays for the next `up`."""
+    state = State.load()
+    if state is not None:
+        _stop_pid(state.chat_pid)
+        _stop_pid(state.llm_pid)
+        state.chat_pid = state.llm_pid = None
+        state.save()
+    if pg_running():
+        _pg_ctl("stop", "-m", "fast", "-w")
+
+
+def reset() -> State:
+    """Throw the cluster away and start a new one."""
+    down()
+    if STACK_DIR.exists():
+        shutil.rmtree(STACK_DIR)
+    return up()
+
+
+def workers(state: State) -> list[dict[str, Any]]:
+    try:
+        with connect(state) as conn:
+            rows = conn.execute(
+                "select id, hostname, pid, concurrency, in_flight, started_at, last_seen_at"
+                " from scheduler.workers order by started_at").fetchall()
+    except psycopg.Error:
+        return []
+    keys = ["id", "hostname", "pid", "concurrency", "in_flight", "started_at", "last_seen_at"]
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in zip(keys, r, strict=True)}
+            for r in rows]
+
+
+def status() -> dict[str, Any]:
+    """Where everything is, in the spirit of `supabase status -o json`."""
+    state = State.load()
+    if state is None:
+        return {"running": False}
+    running = pg_running()
+    out: dict[str, Any] = {
+        "running": running,
+        "database_url": database_url(state),
+        "worker_database_url": database_url(state, user=WORKER_ROLE),
+        "db_port": state.port,
+        "jwt_secret": state.jwt_secret,
+        **api_keys(state),
+        "secret_key": state.secret_key,
+        "chat_url": (f"http://127.0.0.1:{state.chat_port}/functions/v1/chat"
+                     if state.chat_port and _pid_alive(state.chat_pid) else None),
+        "llm": ({"fake": True, "base_url": f"http://127.0.0.1:{state.llm_port}/v1"}
+                if state.llm_is_fake and state.llm_port and _pid_alive(state.llm_pid)
+                else {"fake": False, "base_url": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")}),
+        "workers": workers(state) if running else [],
+        "logs": str(LOG_DIR),
+    }
+    return out
+
+
+def require_running() -> State:
+    """The state of a running stack, or a clear error."""
+    state = State.load()
+    if state is None or not pg_running():
+        raise StackError("the local stack is not running: start it with `make up` (agent-tasks stack up)")
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="agent-tasks stack", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_up = sub.add_parser("up", help="install, start Postgres, migrate, serve the chat function")
+    p_up.add_argument("--db-only", action="store_true", help="only Postgres (no chat function or fake model)")
+    sub.add_parser("down", help="stop everything (data is kept)")
+    sub.add_parser("reset", help="delete the local cluster and start a fresh one")
+    p_status = sub.add_parser("status", help="where everything is")
+    p_status.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "up":
+            state = up(with_services=not args.db_only)
+            print(database_url(state))
+        elif args.cmd == "down":
+            down()
+        elif args.cmd == "reset":
+            state = reset()
+            print(database_url(state))
+        elif args.cmd == "status":
+            info = status()
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                for key, value in info.items():
+                    print(f"{key:>22}: {value}")
+            return 0 if info.get("running") else 1
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
