@@ -60,8 +60,8 @@ $$;
 comment on function public.run_task_now(uuid) is 'Enqueue a manual run of one of your tasks; returns the execution id.';
 
 -- Pause a task: no further occurrences; its queued scheduled runs are
--- cancelled (running ones finish).
-create or replace function public.pause_task(p_task_id uuid) returns public.agent_tasks
+-- cancelled (running ones finish). Operators call it directly.
+create or replace function scheduler.pause_task(p_task_id uuid) returns public.agent_tasks
 language plpgsql
 security definer
 set search_path = ''
@@ -69,19 +69,20 @@ as $$
 declare
   v_task public.agent_tasks;
 begin
-  perform scheduler.owned_task(p_task_id);
   update public.agent_tasks set status = 'paused' where id = p_task_id returning * into v_task;
+  if not found then
+    raise exception 'task % not found', p_task_id using errcode = 'P0002';
+  end if;
   perform scheduler.cancel_execution(e.id, 'task paused')
   from public.agent_task_executions e
   where e.task_id = p_task_id and e.status = 'queued' and e.trigger_type = 'schedule';
   return v_task;
 end
 $$;
-comment on function public.pause_task(uuid) is 'Pause one of your tasks and cancel its queued scheduled runs.';
 
 -- Resume a paused (or waiting, errored, completed) task: its next occurrence
--- is computed again from now.
-create or replace function public.resume_task(p_task_id uuid) returns public.agent_tasks
+-- is computed again from now. Operators call it directly.
+create or replace function scheduler.resume_task(p_task_id uuid) returns public.agent_tasks
 language plpgsql
 security definer
 set search_path = ''
@@ -89,16 +90,43 @@ as $$
 declare
   v_task public.agent_tasks;
 begin
-  v_task := scheduler.owned_task(p_task_id);
-  if v_task.status = 'active' then
-    return v_task;
-  end if;
   update public.agent_tasks set
     status = 'active',
     state = state - 'pending_question' - 'waiting_conversation_id'
-  where id = p_task_id
+  where id = p_task_id and status <> 'active'
   returning * into v_task;
+  if not found then
+    select * into v_task from public.agent_tasks where id = p_task_id;
+    if not found then
+      raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+  end if;
   return v_task;
+end
+$$;
+
+grant execute on function scheduler.pause_task(uuid), scheduler.resume_task(uuid) to service_role;
+
+create or replace function public.pause_task(p_task_id uuid) returns public.agent_tasks
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform scheduler.owned_task(p_task_id);
+  return scheduler.pause_task(p_task_id);
+end
+$$;
+comment on function public.pause_task(uuid) is 'Pause one of your tasks and cancel its queued scheduled runs.';
+
+create or replace function public.resume_task(p_task_id uuid) returns public.agent_tasks
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform scheduler.owned_task(p_task_id);
+  return scheduler.resume_task(p_task_id);
 end
 $$;
 comment on function public.resume_task(uuid) is 'Resume one of your tasks; the next occurrence is computed from now.';

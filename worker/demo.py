@@ -1,0 +1,182 @@
+"""The one-command demo: scheduled runs arriving in a conversation, live.
+
+Starts the local stack (Postgres with pg_cron, the chat function under Deno,
+the fake model unless OPENAI_API_KEY is set) and one worker, creates a demo
+user with an agent and two tasks (every 10 seconds, and cron every minute)
+that both post into one conversation, then prints the conversation's messages
+and the executions' status changes as they happen, until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from rich.console import Console
+from rich.panel import Panel
+
+from worker import stack
+
+DEMO_EMAIL = "demo@agent-tasks.local"
+AGENT_NAME = "Demo assistant"
+CONVERSATION_TITLE = "Demo: scheduled check-ins"
+POLL_S = 0.3
+
+console = Console()
+
+
+def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, Any]:
+    """Create (or find again) the demo user, agent, conversation and tasks."""
+    user = conn.execute("select id from auth.users where email = %s", (DEMO_EMAIL,)).fetchone()
+    if user is None:
+        user = conn.execute("insert into auth.users (email) values (%s) returning id", (DEMO_EMAIL,)).fetchone()
+    assert user is not None
+    uid = user["id"]
+    agent = conn.execute("select id from public.agents where user_id = %s and name = %s",
+                         (uid, AGENT_NAME)).fetchone()
+    if agent is None:
+        agent = conn.execute(
+            "insert into public.agents (user_id, name, system_prompt) values (%s, %s, %s) returning id",
+            (uid, AGENT_NAME, "You are a concise assistant that posts short scheduled check-ins.")).fetchone()
+    assert agent is not None
+    conv = conn.execute(
+        "select id from public.conversation_sessions where user_id = %s and title = %s and deleted_at is null",
+        (uid, CONVERSATION_TITLE)).fetchone()
+    if conv is None:
+        conv = conn.execute(
+            "insert into public.conversation_sessions (user_id, agent_id, title) values (%s, %s, %s) returning id",
+            (uid, agent["id"], CONVERSATION_TITLE)).fetchone()
+    assert conv is not None
+    tasks: list[tuple[str, dict[str, Any], str]] = [
+        ("Pulse check (every 10 s)", {"schedule_type": "interval", "interval_seconds": 10},
+         "It is {{NOW}}. Post a one-line pulse check for {{WEEKDAY}}."),
+        ("Minute digest (cron * * * * *)", {"schedule_type": "cron", "cron_expression": "* * * * *"},
+         "Summarise the last minute of {{TODAY}} in one sentence."),
+    ]
+    for name, schedule, prompt in tasks:
+        existing = conn.execute("select id from public.agent_tasks where user_id = %s and name = %s",
+                                (uid, name)).fetchone()
+        if existing is None:
+            fields = {"user_id": uid, "agent_id": agent["id"], "name": name, "prompt_template": prompt,
+                      "conversation_mode": "reuse", "conversation_id": conv["id"], **schedule}
+            conn.execute(
+                f"insert into public.agent_tasks ({', '.join(fields)}) values ({', '.join(['%s'] * len(fields))})",
+                list(fields.values()))
+        else:
+            conn.execute("select scheduler.resume_task(%s)", (existing["id"],))
+    return {"user_id": uid, "agent_id": agent["id"], "conversation_id": conv["id"]}
+
+
+def _start_worker(state: stack.State, info: dict[str, Any]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update({
+        # the least-privileged login role: it can only call the queue's functions
+        "DATABASE_URL": stack.database_url(state, user=stack.WORKER_ROLE),
+        "CHAT_URL": info["chat_url"],
+        "SUPABASE_SECRET_KEY": state.secret_key,
+        "WORKER_ID": f"demo-{os.getpid()}",
+    })
+    stack.LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = (stack.LOG_DIR / "demo-worker.log").open("ab")
+    return subprocess.Popen([sys.executable, "-m", "worker.runner"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _print_message(m: dict[str, Any]) -> None:
+    meta = m["metadata"] or {}
+    when = f"[dim]{m['created_at']:%H:%M:%S}[/dim]"
+    if m["role"] == "user" and meta.get("source") == "scheduler":
+        console.print(f"{when} [yellow]⏰ scheduled prompt[/yellow] ({meta.get('trigger_type')}): {m['content']}")
+    elif m["role"] == "assistant":
+        console.print(f"{when} [green]🤖 {AGENT_NAME}[/green]: {m['content']}")
+    else:
+        console.print(f"{when} [blue]{m['role']}[/blue]: {m['content']}")
+
+
+def _print_execution(e: dict[str, Any]) -> None:
+    colour = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
+              "skipped": "dim", "timed_out": "red", "cancelled": "magenta"}.get(e["status"], "white")
+    detail = f" in {e['duration_ms']} ms" if e["duration_ms"] is not None else ""
+    if e["error"]:
+        detail += f" — {e['error']}"
+    console.print(f"[dim]{e['updated_at']:%H:%M:%S}   execution {str(e['id'])[:8]} of "
+                  f"{e['task']}: [/dim][{colour}]{e['status']}[/{colour}][dim] (attempt {e['attempt']})"
+                  f"{detail}[/dim]")
+
+
+def run_demo(duration_s: float | None = None) -> int:
+    """Run the demo until Ctrl-C (or for duration_s seconds). Returns an exit code."""
+    console.print("[bold]Starting the local stack[/bold] (Postgres + pg_cron, chat function under Deno)...")
+    state = stack.up()
+    info = stack.status()
+    if not info.get("chat_url"):
+        console.print("[red]the chat function did not start; see .stack/logs/chat.log[/red]")
+        return 1
+    if info["llm"]["fake"]:
+        console.print(Panel("[bold yellow]No OPENAI_API_KEY set: replies come from the local FAKE model "
+                            f"({info['llm']['base_url']}).[/bold yellow]\nSet OPENAI_API_KEY (and OPENAI_BASE_URL "
+                            "for Ollama/vLLM) to use a real model.", title="fake model"))
+    else:
+        console.print(f"Using the model endpoint {info['llm']['base_url']}")
+
+    with psycopg.connect(stack.database_url(state), autocommit=True, row_factory=dict_row) as conn:
+        demo = _ensure_demo_rows(conn)
+        worker = _start_worker(state, {**demo, "chat_url": info["chat_url"]})
+        console.print(Panel(
+            f"conversation [bold]{CONVERSATION_TITLE}[/bold] ({demo['conversation_id']})\n"
+            "tasks: every 10 s (interval) and every minute (cron), both posting here\n"
+            f"worker log: {stack.LOG_DIR / 'demo-worker.log'}   ·   Ctrl-C to stop",
+            title="agent-tasks demo"))
+        started = time.monotonic()
+        seen_messages: datetime | None = None
+        seen_exec = conn.execute("select now() as t").fetchone()
+        assert seen_exec is not None
+        last_exec: datetime = seen_exec["t"]
+        stop = False
+
+        def _stop(*_: Any) -> None:
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            while not stop and (duration_s is None or time.monotonic() - started < duration_s):
+                if worker.poll() is not None:
+                    console.print(f"[red]the worker exited ({worker.returncode}); see "
+                                  f"{stack.LOG_DIR / 'demo-worker.log'}[/red]")
+                    return 1
+                execs = conn.execute(
+                    """select e.id, t.name as task, e.status, e.attempt, e.duration_ms, e.error, e.updated_at
+                       from public.agent_task_executions e join public.agent_tasks t on t.id = e.task_id
+                       where t.user_id = %s and e.updated_at > %s order by e.updated_at""",
+                    (demo["user_id"], last_exec)).fetchall()
+                for e in execs:
+                    last_exec = e["updated_at"]
+                    _print_execution(e)
+                msgs = conn.execute(
+                    """select role, content, metadata, created_at from public.chat_messages_v2
+                       where conversation_id = %s and (%s::timestamptz is null or created_at > %s)
+                       order by created_at, id""",
+                    (demo["conversation_id"], seen_messages, seen_messages)).fetchall()
+                if seen_messages is None:
+                    msgs = msgs[-6:]  # on start, show the last few messages only
+                for m in msgs:
+                    seen_messages = m["created_at"]
+                    _print_message(m)
+                time.sleep(POLL_S)
+        finally:
+            console.print("[dim]stopping the worker (the stack keeps running: `make down` stops it)[/dim]")
+            try:
+                os.killpg(worker.pid, signal.SIGTERM)
+                worker.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                os.killpg(worker.pid, signal.SIGKILL)
+    return 0
