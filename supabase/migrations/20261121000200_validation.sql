@@ -6,105 +6,319 @@
 -- worker's planner (croniter) evaluates; tests/integration/test_cron_property.py
 -- checks that both accept exactly the same five-field expressions.
 
--- Reason why one cron field is invalid, or NULL.
-create or replace function scheduler.cron_field_error(
-  p_field text, p_name text, p_min int, p_max int, p_names text[]
-) returns text
+-- The cron grammar, field by field, exactly as croniter (the planner) parses a
+-- five-field expression, so that everything written here can be planned:
+--   * lists `a,b`; `*`; numbers with any leading zeros; names jan..dec and
+--     sun..sat in any case; `?` alone in day-of-month or day-of-week (= `*`);
+--   * ranges `a-b`, where an equal range (`5-5`) means the whole field and a
+--     reversed one (`22-2`, `fri-mon`) wraps around the end of the field;
+--     bounds above the field's maximum are refused;
+--   * steps `*/n`, `a-b/n` and `a/n` (= `a-max/n`), n >= 1 and of any size;
+--   * day-of-week: 7 is Sunday, `d#n` (n-th weekday d of the month, n 1-5,
+--     also `mon-fri#2`), `Ln` (last weekday n of the month); `#`/`L` days can
+--     not be mixed with plain days;
+--   * day-of-month: `L` (last day), `nW` / `Wn` (weekday nearest day n) alone;
+--   * a day-of-month that no selected month has (`0 0 31 4 *`) is refused
+--     (croniter's strict check), since the planner could never find a date.
+-- Refused although croniter knows them: `H` (hashed, needs a hash id) and `R`
+-- (random: the next run would not be reproducible).
+
+-- Expand one cron field to its values. `error` is NULL when the field is
+-- valid; `vals` are its numeric values, `has_star` / `has_last` say whether
+-- `*` / `L` occur, `nth_keys` the day-of-week values used with `#` or `L`.
+-- p_name chooses the field's special syntax ('day-of-month', 'day-of-week').
+create or replace function scheduler.cron_field_expand(
+  p_field text, p_name text, p_min int, p_max int, p_names text[],
+  out error text, out vals int[], out has_star boolean, out has_last boolean, out nth_keys int[]
+)
 language plpgsql immutable
 set search_path = ''
 as $$
 declare
+  v_dom boolean := p_name = 'day-of-month';
+  v_dow boolean := p_name = 'day-of-week';
+  v_field text := lower(p_field);
+  v_items text[];
   v_item text;
-  v_range text;
-  v_step text;
-  v_parts text[];
+  v_e text;
+  v_t text;
+  v_nth boolean;
+  v_m text[];
+  v_sws boolean;
+  v_slash int;
+  v_low numeric;
+  v_high numeric;
+  v_step numeric;
   v_lo int;
   v_hi int;
-  v_bound text;
-  v_value int;
+  v_st int;
+  v_rng int[];
+  v_last int;
+  v_skip int;
+  v_n numeric;
+  v_range text := format('%s-%s', p_min, p_max);
 begin
-  if p_field is null or p_field = '' then
-    return format('%s field is empty', p_name);
+  vals := '{}';
+  has_star := false;
+  has_last := false;
+  nth_keys := '{}';
+  if v_dow then
+    v_range := v_range || ' (7 is also Sunday)';
   end if;
-  foreach v_item in array string_to_array(p_field, ',') loop
-    if v_item = '' then
-      return format('%s field %L has an empty list item', p_name, p_field);
+  if p_field is null or p_field = '' then
+    error := format('%s field is empty', p_name);
+    return;
+  end if;
+  if v_field ~ '^[hr](\([0-9]+-[0-9]+\))?(/[0-9]+)?$' then
+    error := format('%s field %L: hashed (H) and random (R) values are not supported, write the value',
+                    p_name, p_field);
+    return;
+  end if;
+  if position('?' in v_field) > 0 then
+    if v_field <> '?' then
+      error := format('%s field %L: ''?'' must be the whole field', p_name, p_field);
+      return;
     end if;
-    v_parts := string_to_array(v_item, '/');
-    if array_length(v_parts, 1) > 2 then
-      return format('%s field %L has more than one step', p_name, v_item);
+    if not (v_dom or v_dow) then
+      error := format('%s field: ''?'' is allowed only in day-of-month and day-of-week', p_name);
+      return;
     end if;
-    v_range := v_parts[1];
-    v_step := v_parts[2];
-    if v_step is not null then
-      if v_step !~ '^[0-9]+$' then
-        return format('%s field %L has a non-numeric step', p_name, v_item);
+    v_field := '*';
+  end if;
+
+  v_items := string_to_array(v_field, ',');
+  foreach v_item in array v_items loop
+    v_e := v_item;
+    v_nth := false;
+    if v_dow then
+      -- d#n (n-th weekday d of the month) and Ln (last weekday n of the month)
+      v_m := regexp_match(v_e, '^(?:([a-z0-9_]+|(?:sun|mon|tue|wed|thu|fri|sat)-(?:sun|mon|tue|wed|thu|fri|sat)'
+                               '|(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)-'
+                               '(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))#|(l))([0-9]+)$');
+      if v_m is not null then
+        if v_m[1] is not null then
+          if v_m[3]::numeric not between 1 and 5 then
+            error := format('%s field %L: the n of day#n must be 1-5, not %s', p_name, v_item, v_m[3]);
+            return;
+          end if;
+          v_e := v_m[1];
+        else
+          v_e := v_m[3];
+        end if;
+        v_nth := true;
       end if;
-      if v_step::numeric < 1 or v_step::numeric > (p_max - p_min + 1) then
-        return format('%s field %L has step %s outside 1-%s', p_name, v_item, v_step, p_max - p_min + 1);
+    end if;
+
+    if v_dom then
+      -- nW / Wn: the weekday nearest to day n, only as the field's single value
+      v_m := regexp_match(v_e, '^(?:([0-9]+)w|w([0-9]+))$');
+      if v_m is not null then
+        v_n := coalesce(v_m[1], v_m[2])::numeric;
+        if v_n < 1 or v_n > 31 then
+          error := format('%s field value %s in %L is out of range 1-31', p_name, coalesce(v_m[1], v_m[2]), v_item);
+          return;
+        end if;
+        if cardinality(v_items) > 1 then
+          error := format('%s field %L: W (nearest weekday) must be the only value of the field', p_name, p_field);
+          return;
+        end if;
+        vals := vals || v_n::int;
+        continue;
       end if;
     end if;
-    if v_range in ('*', '?') then
+
+    -- a range a-b[/n], or a/n meaning a-max/n
+    v_t := case when v_e ~ '^\*/.' then p_min || '-' || p_max || substr(v_e, 2) else v_e end;
+    v_m := regexp_match(v_t, '^([^-]+)-([^-/]+)(/([0-9]+))?$');
+    v_sws := false;
+    if v_m is null then
+      v_slash := length(v_e) - position('/' in reverse(v_e)) + 1;
+      if position('/' in v_e) > 0 and v_slash < length(v_e) then
+        v_m := regexp_match(left(v_e, v_slash - 1) || '-' || p_max || substr(v_e, v_slash),
+                            '^([^-]+)-([^-/]+)(/([0-9]+))?$');
+        v_sws := v_m is not null;
+      end if;
+    end if;
+
+    if v_m is not null then
+      if v_dom and v_m[2] = 'l' then
+        v_m[2] := '31';
+      end if;
+      v_low := case when v_m[1] ~ '^[0-9]+$' then v_m[1]::numeric
+                    else p_min + array_position(p_names, v_m[1]) - 1 end;
+      v_high := case when v_m[2] ~ '^[0-9]+$' then v_m[2]::numeric
+                     else p_min + array_position(p_names, v_m[2]) - 1 end;
+      if v_low is null or v_high is null then
+        error := format('%s field %L: %L is not a valid value', p_name, v_item,
+                        case when v_low is null then v_m[1] else v_m[2] end);
+        return;
+      end if;
+      v_step := coalesce(v_m[4], '1')::numeric;
+      if v_step = 0 then
+        error := format('%s field %L has step 0: a step must be 1 or more', p_name, v_item);
+        return;
+      end if;
+      if v_dow and v_low = 7 then v_low := 0; end if;
+      if v_dow and v_high = 7 then v_high := 0; end if;
+      if greatest(v_low, v_high) > p_max then
+        error := format('%s field range %L is out of range %s', p_name, v_item, v_range);
+        return;
+      end if;
+      v_lo := v_low;
+      v_hi := v_high;
+      v_st := least(v_step, 1000);  -- any step above the field's width picks one value
+      if v_lo = v_hi and v_sws then
+        v_rng := array[v_lo];  -- max/n: just the maximum
+      else
+        if v_lo = v_hi then
+          v_lo := p_min;  -- an equal range written as such is the whole field
+          v_hi := p_max;
+        end if;
+        if v_lo > v_hi then
+          -- reversed: from a to the end of the field, then from its start to b,
+          -- keeping the step's rhythm across the end as croniter does
+          v_rng := array(select generate_series(v_lo, p_max, v_st));
+          v_last := v_rng[cardinality(v_rng)];
+          v_skip := case when (v_last - p_min) + v_st > (p_max - p_min + 1) and (p_max - v_last) < v_st
+                         then v_st - (p_max - v_last) else 0 end;
+          v_rng := v_rng || array(select generate_series(p_min + v_skip, v_hi, v_st));
+        else
+          v_rng := array(select generate_series(v_lo, v_hi, v_st));
+        end if;
+      end if;
+      foreach v_lo in array v_rng loop
+        if v_lo < p_min or v_lo > p_max then
+          error := format('%s field value %s (from %L) is out of range %s', p_name, v_lo, v_item, v_range);
+          return;
+        end if;
+        vals := vals || v_lo;
+        if v_nth then
+          nth_keys := nth_keys || v_lo;
+        end if;
+      end loop;
       continue;
     end if;
-    v_parts := string_to_array(v_range, '-');
-    if array_length(v_parts, 1) > 2 or v_range = '' then
-      return format('%s field %L is not a value or a range', p_name, v_item);
+
+    -- a single value
+    if v_e = '*' then
+      has_star := true;
+      continue;
     end if;
-    foreach v_bound in array v_parts loop
-      if v_bound ~ '^[0-9]+$' then
-        if length(v_bound) > 4 then
-          return format('%s field value %s is out of range %s-%s', p_name, v_bound, p_min, p_max);
-        end if;
-        v_value := v_bound::int;
-        if v_value < p_min or v_value > p_max then
-          return format('%s field value %s is out of range %s-%s', p_name, v_bound, p_min, p_max);
-        end if;
-      elsif p_names is not null and lower(v_bound) = any (p_names) then
-        continue;
-      else
-        return format('%s field has an invalid value %L', p_name, v_bound);
+    if v_dom and v_e = 'l' then
+      has_last := true;
+      continue;
+    end if;
+    if v_e ~ '^[0-9]+$' then
+      v_n := v_e::numeric;
+    else
+      v_n := p_min + array_position(p_names, v_e) - 1;
+      if v_n is null then
+        error := format('%s field has an invalid value %L', p_name, v_item);
+        return;
       end if;
-    end loop;
+    end if;
+    if v_dow and v_n = 7 then
+      v_n := 0;
+    end if;
+    if v_n < p_min or v_n > p_max then
+      error := format('%s field value %s is out of range %s', p_name, v_e, v_range);
+      return;
+    end if;
+    vals := vals || v_n::int;
+    if v_nth then
+      nth_keys := nth_keys || v_n::int;
+    end if;
   end loop;
-  return null;
 end
 $$;
 
+-- Reason why one cron field is invalid, or NULL.
+create or replace function scheduler.cron_field_error(
+  p_field text, p_name text, p_min int, p_max int, p_names text[]
+) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select (scheduler.cron_field_expand(p_field, p_name, p_min, p_max, p_names)).error
+$$;
+
 -- Reason why a cron expression is invalid, or NULL. Five fields (minute hour
--- day-of-month month day-of-week) with *, lists, ranges, steps and English
--- month/day names, or one of the @ aliases.
+-- day-of-month month day-of-week) in the grammar above, or one of the @
+-- aliases (@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly).
 create or replace function scheduler.cron_error(p_expression text) returns text
 language plpgsql immutable
 set search_path = ''
 as $$
 declare
   v_fields text[];
-  v_error text;
+  v_names constant text[] := array['minute', 'hour', 'day-of-month', 'month', 'day-of-week'];
+  v_min constant int[] := array[0, 0, 1, 1, 0];
+  v_max constant int[] := array[59, 23, 31, 12, 6];
+  v_exp record;
+  v_dom record;
+  v_month record;
+  v_dow record;
+  v_count int;
+  v_min_day int;
+  v_max_days int;
+  v_i int;
 begin
   if p_expression is null then
     return 'cron expression is required';
   end if;
-  if lower(btrim(p_expression)) in ('@yearly', '@annually', '@monthly', '@weekly',
-                                    '@daily', '@midnight', '@hourly') then
+  if lower(p_expression) in ('@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly') then
     return null;
   end if;
-  v_fields := regexp_split_to_array(btrim(p_expression), '\s+');
-  if btrim(p_expression) = '' or array_length(v_fields, 1) <> 5 then
-    return format('cron expression %L must have 5 fields (minute hour day-of-month month day-of-week), found %s',
-                  p_expression, coalesce(array_length(v_fields, 1), 0));
+  if octet_length(p_expression) <> char_length(p_expression) then
+    return format('invalid cron expression %L: only ASCII characters are allowed', p_expression);
   end if;
-  v_error := coalesce(
-    scheduler.cron_field_error(v_fields[1], 'minute', 0, 59, null),
-    scheduler.cron_field_error(v_fields[2], 'hour', 0, 23, null),
-    scheduler.cron_field_error(v_fields[3], 'day-of-month', 1, 31, null),
-    scheduler.cron_field_error(v_fields[4], 'month', 1, 12,
-      array['jan','feb','mar','apr','may','jun','jul','aug','sep','oct','nov','dec']),
-    scheduler.cron_field_error(v_fields[5], 'day-of-week', 0, 7,
-      array['sun','mon','tue','wed','thu','fri','sat'])
-  );
-  if v_error is not null then
-    return format('invalid cron expression %L: %s', p_expression, v_error);
+  -- fields are separated by ASCII white space, as croniter splits them
+  v_fields := regexp_split_to_array(
+    regexp_replace(p_expression, '^[ \t\n\r\f\v]+|[ \t\n\r\f\v]+$', '', 'g'), '[ \t\n\r\f\v]+');
+  v_count := case when v_fields = array[''] then 0 else cardinality(v_fields) end;
+  if v_count <> 5 then
+    return format('cron expression %L must have 5 fields (minute hour day-of-month month day-of-week), found %s',
+                  p_expression, v_count);
+  end if;
+  for v_i in 1..5 loop
+    v_exp := scheduler.cron_field_expand(
+      v_fields[v_i], v_names[v_i], v_min[v_i], v_max[v_i],
+      case v_i
+        when 4 then array['jan','feb','mar','apr','may','jun','jul','aug','sep','oct','nov','dec']
+        when 5 then array['sun','mon','tue','wed','thu','fri','sat']
+      end);
+    if v_exp.error is not null then
+      return format('invalid cron expression %L: %s', p_expression, v_exp.error);
+    end if;
+    case v_i
+      when 3 then v_dom := v_exp;
+      when 4 then v_month := v_exp;
+      when 5 then v_dow := v_exp;
+      else null;
+    end case;
+  end loop;
+
+  -- `#` and `L` days of the week cannot be mixed with plain days (croniter
+  -- refuses it unless the field covers the whole week)
+  if cardinality(v_dow.nth_keys) > 0
+     and (select count(distinct v) from unnest(v_dow.vals) v) + v_dow.has_star::int <> 7
+     and exists (select 1 from unnest(v_dow.vals) v where v <> all (v_dow.nth_keys)) then
+    return format('invalid cron expression %L: day-of-week field %L mixes #/L days with plain days',
+                  p_expression, v_fields[5]);
+  end if;
+
+  -- a day of the month that none of the selected months has never comes
+  -- (February counts 29 days); a field listing all 12 months selects them all
+  if (select count(distinct m) from unnest(v_month.vals) m) + v_month.has_star::int <> 12
+     and cardinality(v_month.vals) > 0 and cardinality(v_dom.vals) > 0 then
+    select min(d) into v_min_day from unnest(v_dom.vals) d;
+    select max(case when m = 2 then 29 when m in (4, 6, 9, 11) then 30 else 31 end)
+      into v_max_days from unnest(v_month.vals) m;
+    if v_min_day > v_max_days then
+      return format('invalid cron expression %L: day-of-month %s never occurs in month%s %s',
+                    p_expression, v_fields[3],
+                    case when cardinality(v_month.vals) > 1 then 's' else '' end, v_fields[4]);
+    end if;
   end if;
   return null;
 end

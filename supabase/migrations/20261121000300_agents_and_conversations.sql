@@ -46,6 +46,8 @@ create index conversation_sessions_user_recent_idx
   on public.conversation_sessions (user_id, (coalesce(last_message_at, created_at)) desc, id desc)
   where deleted_at is null;
 create index conversation_sessions_agent_idx on public.conversation_sessions (agent_id, user_id);
+-- RLS filters and user deletes that do not filter on deleted_at
+create index conversation_sessions_user_idx on public.conversation_sessions (user_id);
 create trigger conversation_sessions_set_updated_at before update on public.conversation_sessions
   for each row execute function scheduler.set_updated_at();
 
@@ -133,7 +135,8 @@ declare
 begin
   select user_id into v_owner from public.conversation_sessions where id = new.conversation_id;
   if v_owner is not null and new.user_id is distinct from v_owner then
-    if current_user in ('anon', 'authenticated') then
+    -- security definer: the caller's API role is the `role` setting, not current_user
+    if current_setting('role', true) in ('anon', 'authenticated') then
       raise exception 'conversation % does not belong to this user', new.conversation_id
         using errcode = '42501';
     end if;

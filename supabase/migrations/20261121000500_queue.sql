@@ -99,18 +99,41 @@ begin
     returning e.task_id, e.status
   ),
   counted as (
-    select d.*, d.run_count + coalesce(q.n, 0) as new_run_count
+    select d.*, d.run_count + coalesce(q.n, 0) as new_run_count,
+           -- after downtime (misfire_policy run_once or skip): the due occurrence
+           -- is run (run_once) or skipped (skip), the later missed ones are
+           -- recorded as skipped below, and the task moves to the next occurrence
+           -- on the interval grid after now instead of catching up one per call
+           case when d.schedule_type = 'interval' and d.misfire_policy in ('run_once', 'skip')
+                then floor(extract(epoch from (v_now - d.next_run_at)) / d.interval_seconds)::integer + 1
+                else 1 end as interval_steps
     from decided d
     left join (select i.task_id, count(*)::integer as n from inserted i
                where i.status = 'queued' group by i.task_id) q on q.task_id = d.id
+  ),
+  missed as (
+    insert into public.agent_task_executions (
+      task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
+      max_attempts, timeout_seconds, exclusive, finished_at, error, error_kind)
+    select c.id, c.user_id, c.agent_id, 'schedule', 'skipped',
+           c.next_run_at + make_interval(secs => c.interval_seconds::double precision * k), v_now,
+           c.priority, c.max_retries + 1, c.timeout_seconds, c.overlap_policy <> 'allow', v_now,
+           format('skipped: occurrence missed while no scheduler ran (misfire_policy = %s)', c.misfire_policy),
+           'misfire'
+    -- at most 1000 records per catch-up: the task's history stays readable
+    from counted c
+    cross join lateral generate_series(1, least(c.interval_steps - 1, 1000)) as k
+    where c.interval_steps > 1
+    on conflict (task_id, scheduled_for) do nothing
   ),
   planned as (
     select c.id, c.next_run_at as occurrence, c.new_run_count, c.schedule_type,
       case
         when c.max_runs is not null and c.new_run_count >= c.max_runs then null
         when c.schedule_type = 'interval'
-             and (c.ends_at is null or c.next_run_at + make_interval(secs => c.interval_seconds) <= c.ends_at)
-          then c.next_run_at + make_interval(secs => c.interval_seconds)
+             and (c.ends_at is null
+                  or c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps) <= c.ends_at)
+          then c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps)
         else null  -- once: done; cron: the planner
       end as next_run_at,
       (c.max_runs is not null and c.new_run_count >= c.max_runs) as exhausted
@@ -548,6 +571,102 @@ begin
 end
 $$;
 
+-- finish_executions: finish_execution for a batch, in one round trip and one
+-- transaction. p_results is a JSON array of {id, attempt, status, output?,
+-- error?, error_kind?, assistant_message_id?, usage?}. Every element is fenced
+-- exactly like finish_execution (status running, this worker, that attempt)
+-- and gets the same task bookkeeping; an id listed twice is applied once
+-- (its first element). Returns the ids applied, in input order: an id missing
+-- from the result was dropped by the fence (cancelled or rescued meanwhile).
+create or replace function scheduler.finish_executions(
+  p_worker_id text,
+  p_results jsonb,
+  p_now timestamptz default null
+) returns table (id uuid)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_bad text;
+  v_finished public.agent_task_executions[];
+  v_mixed_tasks uuid[];
+  v_exec public.agent_task_executions;
+begin
+  if p_results is null or jsonb_typeof(p_results) <> 'array' then
+    raise exception 'finish_executions: p_results must be a JSON array' using errcode = '22023';
+  end if;
+  select coalesce(r.status, 'null') into v_bad
+  from jsonb_to_recordset(p_results) as r(status text)
+  where r.status is null or r.status not in ('succeeded', 'failed', 'timed_out', 'needs_input')
+  limit 1;
+  if found then
+    raise exception 'finish_executions: % is not a finishing status', v_bad using errcode = '22023';
+  end if;
+
+  with input as (
+    select distinct on (r.id) r.id, r.attempt, r.status, r.output, r.error, r.error_kind,
+           r.assistant_message_id, r.usage, o.ord
+    from jsonb_array_elements(p_results) with ordinality as o(elem, ord)
+    cross join lateral jsonb_to_record(o.elem) as r(
+      id uuid, attempt integer, status text, output text, error text, error_kind text,
+      assistant_message_id uuid, usage jsonb)
+    order by r.id, o.ord
+  ),
+  finished as (
+    update public.agent_task_executions e set
+      status = i.status,
+      finished_at = v_now,
+      duration_ms = greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer),
+      output = left(i.output, 2000),
+      error = left(i.error, 2000),
+      error_kind = i.error_kind,
+      assistant_message_id = coalesce(i.assistant_message_id, e.assistant_message_id),
+      usage = coalesce(i.usage, e.usage),
+      lease_expires_at = null
+    from input i
+    where e.id = i.id and e.status = 'running'
+      and e.worker_id = p_worker_id and e.attempt = i.attempt
+    returning e as exec, i.ord
+  )
+  select array_agg(f.exec order by f.ord) into v_finished from finished f;
+
+  -- lock the tasks in id order first, so two batches sharing tasks cannot
+  -- deadlock on them
+  perform 1 from public.agent_tasks t
+  where t.id in (select x.task_id from unnest(v_finished) x)
+  order by t.id
+  for no key update of t;
+
+  -- Task bookkeeping, identical to record_outcome row by row: a task whose
+  -- finished executions in this batch all succeeded gets one update for all
+  -- of them (the common case: counters, last_run_at, last_error cleared);
+  -- any other task gets record_outcome per execution, in input order.
+  update public.agent_tasks t set
+    last_run_at = v_now,
+    success_count = t.success_count + s.n,
+    last_error = null
+  from (select x.task_id, count(*)::integer as n
+        from unnest(v_finished) x
+        group by x.task_id
+        having bool_and(x.status = 'succeeded')) s
+  where t.id = s.task_id;
+
+  select array_agg(distinct x.task_id) into v_mixed_tasks
+  from unnest(v_finished) x where x.status <> 'succeeded';
+  if v_mixed_tasks is not null then
+    foreach v_exec in array v_finished loop
+      if v_exec.task_id = any (v_mixed_tasks) then
+        perform scheduler.record_outcome(v_exec, v_now);
+      end if;
+    end loop;
+  end if;
+
+  return query select x.id from unnest(v_finished) x;
+end
+$$;
+
 -- retry_execution_later: running -> queued (run_after = now + backoff) while
 -- attempts remain, else running -> failed. Fenced like finish. Returns the new
 -- status, or NULL when the fence dropped the write.
@@ -836,6 +955,7 @@ grant execute on function
   scheduler.heartbeat(text, uuid[], integer, integer, timestamptz),
   scheduler.start_execution(uuid, text, integer, text, text, timestamptz),
   scheduler.finish_execution(uuid, text, integer, text, text, text, text, uuid, jsonb, timestamptz),
+  scheduler.finish_executions(text, jsonb, timestamptz),
   scheduler.retry_later(uuid, text, integer, text, text, double precision, timestamptz),
   scheduler.release_executions(text, uuid[], timestamptz),
   scheduler.rescue_expired(timestamptz),

@@ -158,6 +158,34 @@ end
 $$;
 comment on function public.retry_execution(uuid) is 'Re-run one of your finished executions; returns the new execution id.';
 
+-- Check a schedule before saving it (for forms). Returns {} when valid, else
+-- {field: reason} for cron_expression, timezone and prompt_template.
+-- security definer: calls the private validators; reads no table.
+create or replace function public.validate_schedule(
+  p_schedule_type text,
+  p_cron_expression text default null,
+  p_timezone text default 'UTC',
+  p_prompt_template text default null,
+  p_prompt_variables jsonb default '{}'::jsonb
+) returns jsonb
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select jsonb_strip_nulls(jsonb_build_object(
+    'schedule_type', case when p_schedule_type is null
+                            or p_schedule_type not in ('cron', 'interval', 'once', 'manual')
+                          then 'schedule_type must be cron, interval, once or manual' end,
+    'cron_expression', case when p_schedule_type = 'cron' then scheduler.cron_error(p_cron_expression) end,
+    'timezone', scheduler.timezone_error(p_timezone),
+    'prompt_template', case when p_prompt_template is not null
+                            then scheduler.template_error(p_prompt_template, coalesce(p_prompt_variables, '{}'::jsonb))
+                       end))
+$$;
+comment on function public.validate_schedule(text, text, text, text, jsonb) is
+  'Validate a schedule before saving: {} when valid, else {field: reason}.';
+
 -- Conversations for list pages, most recent first, with a keyset cursor.
 -- Pass the last row's next_cursor to get the following page. security
 -- invoker: RLS decides which rows the caller sees.

@@ -117,7 +117,8 @@ grant execute on function
   public.resume_task(uuid),
   public.cancel_execution(uuid),
   public.retry_execution(uuid),
-  public.list_conversations(uuid, integer, text, boolean)
+  public.list_conversations(uuid, integer, text, boolean),
+  public.validate_schedule(text, text, text, text, jsonb)
 to authenticated, service_role;
 
 revoke execute on all functions in schema scheduler from public, anon, authenticated;
