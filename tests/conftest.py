@@ -84,7 +84,7 @@ def create_agent(conn: psycopg.Connection[Any], user_id: uuid.UUID, name: str = 
         f"insert into public.agents ({', '.join(cols)}) values ({', '.join(['%s'] * len(cols))}) returning id",
         [json.dumps(v) if isinstance(v, dict) else v for v in cols.values()]).fetchone()
     assert row is not None
-    return row["id"] if isinstance(row, dict) else row[0]
+    return uuid.UUID(str(row["id"] if isinstance(row, dict) else row[0]))
 
 
 def create_task(conn: psycopg.Connection[Any], user_id: uuid.UUID, agent_id: uuid.UUID,
@@ -98,4 +98,4 @@ def create_task(conn: psycopg.Connection[Any], user_id: uuid.UUID, agent_id: uui
         f"insert into public.agent_tasks ({', '.join(cols)}) values ({', '.join(['%s'] * len(cols))}) returning id",
         [json.dumps(v) if isinstance(v, dict) else v for v in cols.values()]).fetchone()
     assert row is not None
-    return row["id"] if isinstance(row, dict) else row[0]
+    return uuid.UUID(str(row["id"] if isinstance(row, dict) else row[0]))

@@ -18,6 +18,9 @@
 --     also `mon-fri#2`), `Ln` (last weekday n of the month); `#`/`L` days can
 --     not be mixed with plain days;
 --   * day-of-month: `L` (last day), `nW` / `Wn` (weekday nearest day n) alone;
+--   * with `#`/`L` in day-of-week or `W` in day-of-month, the other day field
+--     must be `*` or `?` (croniter intersects the two fields then instead of
+--     joining them, and may never find a date: `0 0 11 * 1#1`);
 --   * a day-of-month that no selected month has (`0 0 31 4 *`) is refused
 --     (croniter's strict check), since the planner could never find a date.
 -- Refused although croniter knows them: `H` (hashed, needs a hash id) and `R`
@@ -262,6 +265,9 @@ declare
   v_min_day int;
   v_max_days int;
   v_i int;
+  v_has_w boolean;
+  v_dom_star boolean;
+  v_dow_star boolean;
 begin
   if p_expression is null then
     return 'cron expression is required';
@@ -305,6 +311,24 @@ begin
      and exists (select 1 from unnest(v_dow.vals) v where v <> all (v_dow.nth_keys)) then
     return format('invalid cron expression %L: day-of-week field %L mixes #/L days with plain days',
                   p_expression, v_fields[5]);
+  end if;
+
+  -- croniter ORs a restricted day-of-month with a restricted day-of-week,
+  -- but it always intersects them with # or L (day-of-week) or W
+  -- (day-of-month), and may then never find a date (`0 0 11 * 1#1`): ask for
+  -- the other field to be * or ?
+  v_has_w := v_fields[3] ~* '^(?:[0-9]+w|w[0-9]+)$';
+  v_dom_star := v_dom.has_star or ((select count(distinct d) from unnest(v_dom.vals) d)
+                                   + v_dom.has_last::int = 31 and position('*' in v_fields[5]) > 0);
+  v_dow_star := v_dow.has_star or ((select count(distinct w) from unnest(v_dow.vals) w) = 7
+                                   and position('*' in v_fields[3]) > 0);
+  if cardinality(v_dow.nth_keys) > 0 and not v_dom_star then
+    return format('invalid cron expression %L: with # or L in day-of-week, set day-of-month to * or ?',
+                  p_expression);
+  end if;
+  if v_has_w and not v_dow_star then
+    return format('invalid cron expression %L: with W in day-of-month, set day-of-week to * or ?',
+                  p_expression);
   end if;
 
   -- a day of the month that none of the selected months has never comes
