@@ -349,15 +349,33 @@ end
 $$;
 
 -- Reason why a time zone is not an IANA zone name, or NULL.
+-- The zone names the server knows, cached: pg_timezone_names reads the whole
+-- tz database from disk (~100 ms), far too slow for every task write. A name
+-- missing here (tzdata updated since) is looked up the slow way and added.
+create table if not exists scheduler.timezones (name text primary key);
+alter table scheduler.timezones enable row level security;
+comment on table scheduler.timezones is 'Cache of pg_timezone_names for write-time time zone validation.';
+insert into scheduler.timezones (name)
+select name from pg_catalog.pg_timezone_names
+on conflict do nothing;
+
 create or replace function scheduler.timezone_error(p_timezone text) returns text
-language sql stable
+language plpgsql
 set search_path = ''
 as $$
-  select case
-    when p_timezone is null then 'timezone is required'
-    when exists (select 1 from pg_catalog.pg_timezone_names where name = p_timezone) then null
-    else format('unknown time zone %L: use an IANA name such as ''Europe/Berlin'' or ''UTC''', p_timezone)
-  end
+begin
+  if p_timezone is null then
+    return 'timezone is required';
+  end if;
+  if exists (select 1 from scheduler.timezones where name = p_timezone) then
+    return null;
+  end if;
+  if exists (select 1 from pg_catalog.pg_timezone_names where name = p_timezone) then
+    insert into scheduler.timezones (name) values (p_timezone) on conflict do nothing;
+    return null;
+  end if;
+  return format('unknown time zone %L: use an IANA name such as ''Europe/Berlin'' or ''UTC''', p_timezone);
+end
 $$;
 
 -- The variables every prompt template may use, resolved by the worker in the

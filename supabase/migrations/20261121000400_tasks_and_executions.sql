@@ -40,6 +40,10 @@ create table public.agent_tasks (
   state jsonb not null default '{}'::jsonb check (jsonb_typeof(state) = 'object'),
   next_run_at timestamptz,
   last_scheduled_for timestamptz,
+  -- the planner looks for cron occurrences after max(plan_from,
+  -- last_scheduled_for): a new, edited or resumed schedule starts from now
+  -- instead of "catching up" what it missed while paused
+  plan_from timestamptz not null default now(),
   last_run_at timestamptz,
   -- bumped whenever the schedule changes, so a planner working from an old
   -- copy of the row cannot overwrite a newer plan
@@ -198,8 +202,8 @@ declare
 begin
   -- Validate only what this write sets or changes: the row already passed
   -- these checks when those fields were written. The hot path (counters from
-  -- every finished run, enqueue_due's bookkeeping) changes none of them, and
-  -- timezone_error alone scans pg_timezone_names (~100 ms).
+  -- every finished run, enqueue_due's bookkeeping) changes none of them, so it
+  -- runs no validator at all.
   if new.schedule_type = 'cron'
      and (tg_op = 'INSERT' or new.schedule_type is distinct from old.schedule_type
           or new.cron_expression is distinct from old.cron_expression) then
@@ -253,6 +257,7 @@ begin
     new.next_run_at := null;
   elsif v_schedule_changed then
     new.schedule_version := case when tg_op = 'INSERT' then 1 else old.schedule_version + 1 end;
+    new.plan_from := now();
     new.next_run_at := case new.schedule_type
       when 'once' then new.run_at
       when 'interval' then case

@@ -169,7 +169,7 @@ returns table (
   id uuid, schedule_version integer, cron_expression text, timezone text,
   starts_at timestamptz, ends_at timestamptz, max_runs integer, run_count integer,
   last_scheduled_for timestamptz, created_at timestamptz, misfire_policy text,
-  misfire_grace_seconds integer
+  misfire_grace_seconds integer, plan_from timestamptz
 )
 language sql
 stable
@@ -178,7 +178,7 @@ set search_path = ''
 as $$
   select t.id, t.schedule_version, t.cron_expression, t.timezone, t.starts_at, t.ends_at,
          t.max_runs, t.run_count, t.last_scheduled_for, t.created_at, t.misfire_policy,
-         t.misfire_grace_seconds
+         t.misfire_grace_seconds, t.plan_from
   from public.agent_tasks t
   where t.status = 'active' and t.next_run_at is null and t.schedule_type = 'cron'
   order by t.updated_at
@@ -255,6 +255,25 @@ begin
 end
 $$;
 
+-- A cron task the planner cannot compute (croniter refused it although the
+-- database accepted it) goes to status 'error' with a readable last_error,
+-- instead of silently never running. Guarded on schedule_version like apply_plan.
+create or replace function scheduler.fail_plan(
+  p_task_id uuid, p_schedule_version integer, p_error text
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  update public.agent_tasks set
+    status = 'error',
+    last_error = left('cannot compute the next run: ' || p_error, 2000)
+  where id = p_task_id and schedule_version = p_schedule_version and status = 'active';
+  return found;
+end
+$$;
+
 -- claim_executions: take up to p_limit claimable executions for a worker.
 -- FOR UPDATE SKIP LOCKED in a CTE, priority first, then occurrence. Sets the
 -- lease and worker_id and increments attempt. Executions of a task whose
@@ -279,6 +298,9 @@ create or replace function scheduler.claim_executions(
 language plpgsql
 security definer
 set search_path = ''
+-- one cached plan: re-planning this query on every call (custom plans) costs
+-- more than running it (bench/bench_queue.py)
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
@@ -586,6 +608,9 @@ create or replace function scheduler.finish_executions(
 language plpgsql
 security definer
 set search_path = ''
+-- one cached plan: re-planning this query on every call (custom plans) costs
+-- more than running it (bench/bench_queue.py)
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
@@ -635,7 +660,7 @@ begin
   -- lock the tasks in id order first, so two batches sharing tasks cannot
   -- deadlock on them
   perform 1 from public.agent_tasks t
-  where t.id in (select x.task_id from unnest(v_finished) x)
+  where t.id = any (array(select x.task_id from unnest(v_finished) x))
   order by t.id
   for no key update of t;
 
@@ -951,6 +976,7 @@ grant execute on function
   scheduler.enqueue_due(timestamptz, integer),
   scheduler.tasks_to_plan(integer),
   scheduler.apply_plan(uuid, integer, timestamptz, boolean, timestamptz[], timestamptz[], timestamptz),
+  scheduler.fail_plan(uuid, integer, text),
   scheduler.claim_executions(text, integer, integer, integer, timestamptz),
   scheduler.heartbeat(text, uuid[], integer, integer, timestamptz),
   scheduler.start_execution(uuid, text, integer, text, text, timestamptz),

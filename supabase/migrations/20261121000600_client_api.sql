@@ -317,6 +317,7 @@ set search_path = ''
 as $$
 declare
   v_id uuid;
+  v_status text;
 begin
   perform 1 from public.conversation_sessions c
   where c.id = p_conversation_id and c.user_id = p_user_id and c.deleted_at is null;
@@ -324,11 +325,23 @@ begin
     raise exception 'conversation % not found for this user', p_conversation_id using errcode = 'P0002';
   end if;
   if p_execution_id is not null then
-    perform 1 from public.agent_task_executions e
+    select e.status into v_status from public.agent_task_executions e
     where e.id = p_execution_id and e.user_id = p_user_id and e.conversation_id = p_conversation_id;
     if not found then
       raise exception 'execution % does not belong to conversation %', p_execution_id, p_conversation_id
         using errcode = '42501';
+    end if;
+    -- a replay returns the stored reply whatever the status; a new reply is
+    -- written only while the run is live, so a cancelled (or already
+    -- finished) run never gets one late
+    select m.id into v_id from public.chat_messages_v2 m
+    where m.execution_id = p_execution_id and m.role = 'assistant';
+    if v_id is not null then
+      return v_id;
+    end if;
+    if v_status <> 'running' then
+      raise exception 'execution % is % and takes no reply', p_execution_id, v_status
+        using errcode = '55000';
     end if;
   end if;
   insert into public.chat_messages_v2 (conversation_id, user_id, role, content, metadata, tool_calls, execution_id)

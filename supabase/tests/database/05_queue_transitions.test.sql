@@ -3,7 +3,7 @@
 -- known state.
 begin;
 \ir helpers/personas.psql
-select plan(94);
+select plan(98);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -410,5 +410,25 @@ select throws_ok(
   $$select public.retry_execution(e.id) from public.agent_task_executions e where e.trigger_type = 'retry'$$,
   '55000', null, 'a queued execution cannot be retried');
 
+-- plan_from and fail_plan ----------------------------------------------------------------
+select tests.clear_authentication();
+insert into public.agent_tasks (id, user_id, agent_id, name, prompt_template, schedule_type, cron_expression) values
+  ('d1000000-0000-0000-0000-0000000000f1', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+   'plan me', 'p', 'cron', '0 9 * * *');
+update public.agent_tasks set plan_from = '2000-01-01Z', status = 'paused'
+where id = 'd1000000-0000-0000-0000-0000000000f1';
+update public.agent_tasks set status = 'active' where id = 'd1000000-0000-0000-0000-0000000000f1';
+select ok((select plan_from > '2000-01-01Z' from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f1'),
+  'resuming a task moves plan_from to now, so the planner does not catch up the paused period');
+select ok(not scheduler.fail_plan('d1000000-0000-0000-0000-0000000000f1', 1, 'stale'),
+  'fail_plan from an older schedule_version is dropped');
+select ok(scheduler.fail_plan('d1000000-0000-0000-0000-0000000000f1',
+            (select schedule_version from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f1'),
+            'croniter refused it'),
+  'fail_plan with the current schedule_version applies');
+select results_eq(
+  $$select status, last_error from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f1'$$,
+  $$values ('error'::text, 'cannot compute the next run: croniter refused it'::text)$$,
+  'a task the planner cannot compute is visibly in error with a readable reason');
 select * from finish();
 rollback;

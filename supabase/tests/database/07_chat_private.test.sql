@@ -2,7 +2,7 @@
 -- act-as check, the idempotent assistant reply and the per-user rate limit.
 begin;
 \ir helpers/personas.psql
-select plan(29);
+select plan(31);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -23,6 +23,10 @@ insert into public.agent_task_executions (id, task_id, user_id, agent_id, trigge
    'a1000000-0000-0000-0000-000000000001', 'manual', '2030-01-01 09:00Z', 'c1000000-0000-0000-0000-000000000001'),
   ('e2000000-0000-0000-0000-000000000002', 'd2000000-0000-0000-0000-000000000002', tests.get_user_id('bob'),
    'a2000000-0000-0000-0000-000000000002', 'manual', '2030-01-01 09:00Z', 'c2000000-0000-0000-0000-000000000002');
+-- alice's execution is being run by a worker: replies are written only then
+update public.agent_task_executions
+set status = 'running', worker_id = 'w1', attempt = 1, started_at = now(), lease_expires_at = now() + interval '30 seconds'
+where id = 'e1000000-0000-0000-0000-000000000001';
 
 -- Only the server side may call chat_private ---------------------------------------------
 select tests.authenticate_as('alice');
@@ -132,5 +136,24 @@ select results_eq(
   format($$select window_started_at, hits from chat_private.rate_limits where user_id = %L$$, tests.get_user_id('alice')),
   $$values ('2030-01-01 09:01:00Z'::timestamptz, 1)$$, 'the new window counts from its first request');
 
+-- a cancelled run takes no late reply, but a replay still answers
+insert into public.agent_task_executions (id, task_id, user_id, agent_id, trigger_type, scheduled_for,
+                                          conversation_id, status, finished_at, error_kind) values
+  ('e3000000-0000-0000-0000-000000000003', 'd1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'),
+   'a1000000-0000-0000-0000-000000000001', 'manual', '2030-01-02 09:00Z', 'c1000000-0000-0000-0000-000000000001',
+   'cancelled', now(), 'cancelled');
+select throws_ok(
+  format($$select chat_private.record_assistant_reply(%L, 'c1000000-0000-0000-0000-000000000001', 'too late',
+                                                       p_execution_id => 'e3000000-0000-0000-0000-000000000003')$$,
+         tests.get_user_id('alice')),
+  '55000', 'execution e3000000-0000-0000-0000-000000000003 is cancelled and takes no reply',
+  'a cancelled execution gets no late assistant reply');
+update public.agent_task_executions set status = 'succeeded', finished_at = now(), error_kind = null
+where id = 'e1000000-0000-0000-0000-000000000001';
+select is(
+  chat_private.record_assistant_reply(tests.get_user_id('alice'), 'c1000000-0000-0000-0000-000000000001', 'again',
+                                      p_execution_id => 'e1000000-0000-0000-0000-000000000001'),
+  (select id from reply_ids where attempt = 1),
+  'a replay after the run finished still returns the stored reply');
 select * from finish();
 rollback;

@@ -1,0 +1,195 @@
+"""The act-as call to the chat edge function, and what its answer means for the execution.
+
+POST {CHAT_URL} with the service credential (`apikey: sb_secret_...`, or the
+legacy service-role JWT as a bearer token), `X-Service: task-executor` and
+`{"context": {user_id, agent_id, conversation_id, execution_id,
+user_message_id}}`. The function acts as that user (RLS applies) and
+answers with the assistant's reply, idempotently per execution_id: asking
+again after a lost answer returns the stored reply (`replayed: true`), so
+retrying never duplicates a message.
+
+The result is one of four small types; the runner maps them onto the queue's
+transitions (finish, retry_later).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from worker.retry import ErrorKind, is_retryable_status, parse_retry_after
+
+ERROR_TEXT_MAX_CHARS = 500
+SHARD_CONNECTIONS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ActAs:
+    """Who the call acts as and which scheduled message it answers."""
+
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    conversation_id: uuid.UUID
+    execution_id: uuid.UUID
+    user_message_id: uuid.UUID
+
+    def body(self) -> bytes:
+        return json.dumps({"context": {
+            "user_id": str(self.user_id), "agent_id": str(self.agent_id),
+            "conversation_id": str(self.conversation_id), "execution_id": str(self.execution_id),
+            "user_message_id": str(self.user_message_id),
+        }}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOk:
+    """The agent replied."""
+
+    message_id: uuid.UUID | None
+    content: str
+    usage: dict[str, Any] | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChatNeedsInput:
+    """The agent asked the user a question; the task waits for the answer."""
+
+    question: str
+    message_id: uuid.UUID | None = None
+    usage: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTransient:
+    """A failure a later attempt may not see: connection trouble, 429, 5xx, an empty reply."""
+
+    error: str
+    kind: ErrorKind = ErrorKind.TRANSIENT
+    retry_after_s: float | None = None
+    status: int | None = None
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPermanent:
+    """A failure every attempt would see: refused, not found, invalid."""
+
+    error: str
+    status: int | None = None
+    code: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ChatResult = ChatOk | ChatNeedsInput | ChatTransient | ChatPermanent
+
+
+def _uuid_or_none(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= ERROR_TEXT_MAX_CHARS else text[:ERROR_TEXT_MAX_CHARS] + "..."
+
+
+def classify_response(status: int, body: bytes, headers: httpx.Headers | None = None) -> ChatResult:
+    """Turn one HTTP answer of the chat function into a ChatResult (pure, unit-tested)."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+
+    if 200 <= status < 300:
+        if not isinstance(data, dict):
+            return ChatTransient(error=f"chat function answered {status} with a body that is not JSON",
+                                 status=status)
+        message = data.get("message") if isinstance(data.get("message"), dict) else {}
+        assert isinstance(message, dict)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
+        needs_input = data.get("needs_input")
+        message_id = _uuid_or_none(message.get("id"))
+        if isinstance(needs_input, dict) and needs_input.get("question"):
+            return ChatNeedsInput(question=str(needs_input["question"]), message_id=message_id, usage=usage)
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            return ChatTransient(error="the model returned an empty reply", kind=ErrorKind.EMPTY_REPLY,
+                                 status=status)
+        return ChatOk(message_id=message_id, content=content, usage=usage,
+                      replayed=bool(data.get("replayed")))
+
+    err = data.get("error") if isinstance(data, dict) else None
+    code: str | None = None
+    retryable: bool | None = None
+    if isinstance(err, dict):
+        code = str(err["code"]) if err.get("code") is not None else None
+        msg = str(err.get("message") or code or "")
+        if isinstance(err.get("retryable"), bool):
+            retryable = err["retryable"]
+    elif isinstance(err, str):
+        msg = err
+    else:
+        msg = body[:200].decode(errors="replace").strip()
+    text = _clip(f"chat function {status}{f' {code}' if code else ''}: {msg}".rstrip(": "))
+    retry_after = parse_retry_after(headers.get("retry-after")) if headers is not None else None
+    if is_retryable_status(status, retryable):
+        kind = ErrorKind.EMPTY_REPLY if code == "empty_reply" else ErrorKind.TRANSIENT
+        return ChatTransient(error=text, kind=kind, retry_after_s=retry_after, status=status)
+    return ChatPermanent(error=text, status=status, code=code)
+
+
+class ChatClient:
+    """One shared HTTP client for every execution of a worker (keep-alive, pooled connections)."""
+
+    def __init__(self, url: str, headers: dict[str, str], max_connections: int,
+                 connect_timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        # httpcore scans every pooled connection on each request (idle and expiry
+        # checks with a syscall each), so one pool of 500 connections costs
+        # O(500) per call. Shards of at most SHARD_CONNECTIONS keep that scan
+        # short; requests go round robin.
+        shards = max(1, -(-max_connections // SHARD_CONNECTIONS))
+        per_shard = -(-max_connections // shards)
+        self._clients = [
+            httpx.AsyncClient(
+                headers=headers,
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
+                                    keepalive_expiry=30.0),
+                timeout=httpx.Timeout(60.0, connect=connect_timeout_s),
+                transport=transport,
+            )
+            for _ in range(shards)
+        ]
+        self._next = 0
+
+    def _client(self) -> httpx.AsyncClient:
+        self._next = (self._next + 1) % len(self._clients)
+        return self._clients[self._next]
+
+    async def reply(self, act_as: ActAs, timeout_s: float) -> ChatResult:
+        """Ask the chat function for the reply to the scheduled message.
+
+        `timeout_s` is what is left of the execution's timeout; the runner also
+        enforces the deadline itself. Transport failures come back as
+        ChatTransient (timed_out=True for a timeout of this HTTP attempt).
+        """
+        timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
+        try:
+            response = await self._client().post(self.url, content=act_as.body(), timeout=timeout)
+        except httpx.TimeoutException as exc:
+            return ChatTransient(error=_clip(f"chat function timed out ({type(exc).__name__})"),
+                                 timed_out=True)
+        except httpx.HTTPError as exc:
+            return ChatTransient(error=_clip(f"chat function unreachable: {type(exc).__name__}: {exc}"))
+        return classify_response(response.status_code, response.content, response.headers)
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()

@@ -1,0 +1,215 @@
+"""The worker's only door to Postgres: the `scheduler.*` functions, called by name.
+
+Every queue transition is a guarded SQL function in
+supabase/migrations/20261121000500_queue.sql; this module gives each one a
+typed async wrapper and nothing else (no SQL is assembled here). Calls run in
+autocommit on a shared pool, one round trip each; psycopg prepares them after
+a few uses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+# LISTEN channels (see the queue migration).
+CHANNEL_EXECUTIONS: Final = "agent_task_executions"
+CHANNEL_PLAN: Final = "agent_tasks_plan"
+CHANNEL_CANCEL: Final = "agent_task_cancel"
+CHANNELS: Final = (CHANNEL_EXECUTIONS, CHANNEL_PLAN, CHANNEL_CANCEL)
+
+_LISTEN: Final = {
+    CHANNEL_EXECUTIONS: "listen agent_task_executions",
+    CHANNEL_PLAN: "listen agent_tasks_plan",
+    CHANNEL_CANCEL: "listen agent_task_cancel",
+}
+
+_ENQUEUE_DUE: Final = "select scheduler.enqueue_due(null, %s)"
+_RESCUE_EXPIRED: Final = "select scheduler.rescue_expired()"
+_TASKS_TO_PLAN: Final = "select * from scheduler.tasks_to_plan(%s)"
+_APPLY_PLAN: Final = "select scheduler.apply_plan(%s, %s, %s, %s, %s::timestamptz[], %s::timestamptz[])"
+_FAIL_PLAN: Final = "select scheduler.fail_plan(%s, %s, %s)"
+_CLAIM: Final = "select * from scheduler.claim_executions(%s, %s, %s, %s)"
+_HEARTBEAT: Final = "select id, status from scheduler.heartbeat(%s, %s::uuid[], %s, %s)"
+_START: Final = "select * from scheduler.start_execution(%s, %s, %s, %s, %s)"
+_FINISH: Final = "select scheduler.finish_execution(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_RETRY_LATER: Final = "select scheduler.retry_later(%s, %s, %s, %s, %s, %s)"
+_RELEASE: Final = "select scheduler.release_executions(%s, %s::uuid[])"
+_REGISTER: Final = "select scheduler.register_worker(%s, %s, %s, %s)"
+_UNREGISTER: Final = "select scheduler.unregister_worker(%s)"
+
+SQLSTATE_NO_DATA_FOUND: Final = "P0002"
+SQLSTATE_FENCED: Final = "55000"
+
+
+class ConversationGone(Exception):
+    """start_execution: the task's conversation was deleted (a permanent error for the run)."""
+
+
+class Fenced(Exception):
+    """The execution is no longer running for this worker and attempt (cancelled, rescued)."""
+
+
+@dataclass(slots=True)
+class ClaimedExecution:
+    """A row of scheduler.claim_executions(): the execution plus the task fields it needs."""
+
+    id: uuid.UUID
+    task_id: uuid.UUID
+    user_id: uuid.UUID
+    agent_id: uuid.UUID
+    trigger_type: str
+    attempt: int
+    max_attempts: int
+    scheduled_for: datetime
+    timeout_seconds: int
+    conversation_id: uuid.UUID | None
+    user_message_id: uuid.UUID | None
+    resolved_prompt: str | None
+    task_name: str
+    prompt_template: str
+    prompt_variables: dict[str, Any]
+    timezone: str
+    conversation_mode: str
+    task_conversation_id: uuid.UUID | None
+    task_state: dict[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class Started:
+    """Result of scheduler.start_execution()."""
+
+    conversation_id: uuid.UUID
+    user_message_id: uuid.UUID
+    created_conversation: bool
+
+
+def make_pool(database_url: str, size: int, worker_id: str) -> AsyncConnectionPool:
+    """A fixed-size pool of autocommit connections (opened by the caller with `await pool.open()`)."""
+    return AsyncConnectionPool(
+        database_url,
+        min_size=size,
+        max_size=size,
+        open=False,
+        name="agent-tasks-worker",
+        kwargs={"autocommit": True, "application_name": f"agent-tasks worker {worker_id}"[:63]},
+        timeout=30.0,
+    )
+
+
+async def connect_listener(database_url: str, worker_id: str) -> psycopg.AsyncConnection[Any]:
+    """A dedicated autocommit connection LISTENing on every channel, with TCP keepalives
+    so a silently dead peer is noticed."""
+    conn = await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True,
+        application_name=f"agent-tasks listener {worker_id}"[:63],
+        keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3,
+    )
+    for channel in CHANNELS:
+        await conn.execute(_LISTEN[channel])
+    return conn
+
+
+class Queue:
+    """Typed calls of the scheduler functions over a pool."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def _scalar(self, sql: str, params: Sequence[Any]) -> Any:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def _rows(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+
+    # --- registry ---------------------------------------------------------
+
+    async def register_worker(self, worker_id: str, hostname: str, pid: int, concurrency: int) -> None:
+        await self._scalar(_REGISTER, (worker_id, hostname, pid, concurrency))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        await self._scalar(_UNREGISTER, (worker_id,))
+
+    # --- scheduling -------------------------------------------------------
+
+    async def enqueue_due(self, limit: int) -> int:
+        return int(await self._scalar(_ENQUEUE_DUE, (limit,)) or 0)
+
+    async def rescue_expired(self) -> int:
+        return int(await self._scalar(_RESCUE_EXPIRED, ()) or 0)
+
+    async def tasks_to_plan(self, limit: int) -> list[dict[str, Any]]:
+        return await self._rows(_TASKS_TO_PLAN, (limit,))
+
+    async def apply_plan(self, task_id: uuid.UUID, schedule_version: int, next_run_at: datetime | None,
+                         complete: bool, skipped: Sequence[datetime], run: Sequence[datetime]) -> bool:
+        return bool(await self._scalar(
+            _APPLY_PLAN, (task_id, schedule_version, next_run_at, complete, list(skipped), list(run))))
+
+    async def fail_plan(self, task_id: uuid.UUID, schedule_version: int, error: str) -> bool:
+        """Mark a cron task the planner cannot compute as `error` (guarded on schedule_version)."""
+        return bool(await self._scalar(_FAIL_PLAN, (task_id, schedule_version, error)))
+
+    # --- executions -------------------------------------------------------
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: int,
+                    per_user_limit: int | None) -> list[ClaimedExecution]:
+        rows = await self._rows(_CLAIM, (worker_id, limit, lease_seconds, per_user_limit))
+        return [ClaimedExecution(**row) for row in rows]
+
+    async def heartbeat(self, worker_id: str, ids: Sequence[uuid.UUID], lease_seconds: int,
+                        in_flight: int) -> list[tuple[uuid.UUID, str]]:
+        """Extend leases; returns the ids (and their status) this worker no longer owns."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_HEARTBEAT, (worker_id, list(ids), lease_seconds, in_flight))
+            return [(r[0], r[1]) for r in await cur.fetchall()]
+
+    async def start_execution(self, execution_id: uuid.UUID, worker_id: str, attempt: int,
+                              resolved_prompt: str, conversation_title: str | None) -> Started:
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    _START, (execution_id, worker_id, attempt, resolved_prompt, conversation_title))
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            if exc.sqlstate == SQLSTATE_NO_DATA_FOUND:
+                raise ConversationGone(exc.diag.message_primary or str(exc)) from exc
+            if exc.sqlstate == SQLSTATE_FENCED:
+                raise Fenced(exc.diag.message_primary or str(exc)) from exc
+            raise
+        assert row is not None
+        return Started(conversation_id=row[0], user_message_id=row[1], created_conversation=row[2])
+
+    async def finish(self, execution_id: uuid.UUID, worker_id: str, attempt: int, status: str, *,
+                     output: str | None = None, error: str | None = None, error_kind: str | None = None,
+                     assistant_message_id: uuid.UUID | None = None,
+                     usage: dict[str, Any] | None = None) -> bool:
+        """running -> status; False when the fence dropped the write."""
+        return bool(await self._scalar(_FINISH, (
+            execution_id, worker_id, attempt, status, output, error, error_kind,
+            assistant_message_id, Jsonb(usage) if usage is not None else None)))
+
+    async def retry_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
+                          error_kind: str, delay_seconds: float) -> str | None:
+        """'queued' (attempts left), 'failed' (none left) or None (fenced)."""
+        result = await self._scalar(
+            _RETRY_LATER, (execution_id, worker_id, attempt, error, error_kind, delay_seconds))
+        return None if result is None else str(result)
+
+    async def release(self, worker_id: str, ids: Sequence[uuid.UUID]) -> int:
+        if not ids:
+            return 0
+        return int(await self._scalar(_RELEASE, (worker_id, list(ids))) or 0)

@@ -1,0 +1,571 @@
+"""The worker: claims executions from Postgres and runs them through the chat function.
+
+One asyncio process. Side loops run as named tasks and the worker stops when
+any of them fails (Procrastinate's habit):
+
+* ``listener``  one dedicated connection LISTENing on agent_task_executions,
+  agent_tasks_plan and agent_task_cancel; re-established when it dies. The
+  other loops also poll every POLL_INTERVAL_S, so a lost NOTIFY costs at most
+  that much latency.
+* ``tick``      enqueue_due + rescue_expired every TICK_INTERVAL_S (pg_cron does the
+  same once a minute; the worker's tick makes sub-minute schedules work).
+* ``planner``   next_run_at of cron tasks (croniter, worker/planner.py) via
+  tasks_to_plan / apply_plan, woken by NOTIFY agent_tasks_plan.
+* ``claim``     claim_executions in batches up to free capacity (WORKER_CONCURRENCY
+  overall, WORKER_PER_USER_LIMIT per user across all workers).
+* ``heartbeat`` one call for every in-flight execution each HEARTBEAT_INTERVAL_S;
+  executions the database says are no longer ours are abandoned at once.
+
+Per execution: resolve the prompt, start_execution (conversation + the
+scheduled user message, exactly once), call the chat function acting as the
+user, then finish_execution or retry_later. About three round trips to
+Postgres per execution (claim share, start, finish).
+
+Shutdown (SIGTERM/SIGINT): stop claiming, let in-flight executions finish
+within SHUTDOWN_GRACE_S, release the rest to the queue (another worker takes
+them at once), unregister. A second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import psycopg_pool
+
+from worker import planner, templates
+from worker.chat_client import (
+    ActAs,
+    ChatClient,
+    ChatNeedsInput,
+    ChatOk,
+    ChatPermanent,
+    ChatResult,
+    ChatTransient,
+)
+from worker.config import Settings
+from worker.db import (
+    CHANNEL_CANCEL,
+    CHANNEL_EXECUTIONS,
+    CHANNEL_PLAN,
+    ClaimedExecution,
+    ConversationGone,
+    Fenced,
+    Queue,
+    connect_listener,
+    make_pool,
+)
+from worker.log import log_event, setup_logging
+from worker.retry import ErrorKind, backoff_delay_s
+
+logger = logging.getLogger("worker")
+
+OUTPUT_MAX_CHARS = 500
+# How often the listener proves its connection is alive when no NOTIFY arrives.
+LISTENER_CHECK_INTERVAL_S = 5.0
+LISTENER_CHECK_TIMEOUT_S = 5.0
+# When capacity frees up one slot at a time under load, wait this long to
+# claim a few at once instead of one per round trip.
+CLAIM_COALESCE_S = 0.005
+# Bound on DB calls made during shutdown.
+SHUTDOWN_DB_TIMEOUT_S = 5.0
+HARD_STOP_DB_TIMEOUT_S = 1.0
+# Transient DB errors a loop survives (it logs and tries again next round).
+DB_TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout, TimeoutError)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """One execution this worker runs."""
+
+    execution: ClaimedExecution
+    started_monotonic: float
+    task: asyncio.Task[None] | None = None
+    finishing: bool = False
+    abandon_reason: str | None = None
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+class WorkerCrashed(RuntimeError):
+    """A side loop of the worker failed; the worker stopped."""
+
+
+class Worker:
+    """Claims and runs executions until stopped. `await Worker(settings).run()`."""
+
+    def __init__(self, settings: Settings, *, chat: ChatClient | None = None) -> None:
+        self.settings = settings
+        self.worker_id = settings.worker_id
+        self.pool = make_pool(settings.database_url, settings.db_pool_size, settings.worker_id)
+        self.queue = Queue(self.pool)
+        self.chat = chat or ChatClient(
+            settings.chat_url, settings.service_headers(),
+            max_connections=settings.worker_concurrency,
+            connect_timeout_s=settings.http_connect_timeout_s,
+        )
+        self.inflight: dict[uuid.UUID, InFlight] = {}
+        self._claim_wake = asyncio.Event()
+        self._plan_wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set when nothing is in flight
+        self._idle.set()
+        self._stopping = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._backlog = False
+        self._listener_up = asyncio.Event()
+        self._plan_failures: dict[uuid.UUID, int] = {}  # task id -> schedule_version that failed
+        self._signals = 0
+        self.stats = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "timed_out": 0,
+                      "needs_input": 0, "abandoned": 0, "released": 0}
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown; a second call stops without waiting for in-flight runs."""
+        self._signals += 1
+        if self._signals == 1:
+            log_event(logger, "stopping", worker_id=self.worker_id, in_flight=len(self.inflight),
+                      grace_s=self.settings.shutdown_grace_s)
+            self._stopping.set()
+        else:
+            log_event(logger, "stopping now", level=logging.WARNING, worker_id=self.worker_id,
+                      in_flight=len(self.inflight))
+            self._stopping.set()
+            self._hard_stop.set()
+
+    def _install_signal_handlers(self) -> list[signal.Signals]:
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                pass
+        return installed
+
+    async def run(self) -> None:
+        """Run until request_stop() (or a signal); raise WorkerCrashed if a side loop failed."""
+        installed = self._install_signal_handlers()
+        s = self.settings
+        log_event(logger, "starting", worker_id=self.worker_id, concurrency=s.worker_concurrency,
+                  per_user_limit=s.worker_per_user_limit, lease_s=s.lease_seconds,
+                  chat_url=s.chat_url)
+        await self.pool.open(wait=True, timeout=30.0)
+        crashed: BaseException | None = None
+        loops: list[asyncio.Task[None]] = []
+        try:
+            await self.queue.register_worker(self.worker_id, socket.gethostname(), os.getpid(),
+                                             s.worker_concurrency)
+            loops = [
+                asyncio.create_task(self._listen_loop(), name="listener"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+                asyncio.create_task(self._tick_loop(), name="tick"),
+                asyncio.create_task(self._planner_loop(), name="planner"),
+                asyncio.create_task(self._claim_loop(), name="claim"),
+            ]
+            stop_wait = asyncio.create_task(self._stopping.wait(), name="stop-wait")
+            done, _ = await asyncio.wait([*loops, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            for task in done:
+                if task is stop_wait:
+                    continue
+                exc = task.exception() if not task.cancelled() else None
+                if exc is None and self._stopping.is_set():
+                    continue  # a loop that noticed the shutdown first
+                crashed = exc or RuntimeError(f"loop {task.get_name()} ended")
+                logger.error("loop %s crashed; stopping the worker", task.get_name(),
+                             exc_info=exc if exc else None)
+                self._stopping.set()
+            await self._shutdown(loops)
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self.chat.aclose()
+            await self.pool.close()
+            loop = asyncio.get_running_loop()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            log_event(logger, "stopped", worker_id=self.worker_id, **self.stats)
+        if crashed is not None:
+            raise WorkerCrashed(f"worker {self.worker_id} stopped: {crashed!r}") from crashed
+
+    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+        keep = {"listener", "heartbeat"}  # cancels and leases still matter during the grace period
+        for task in loops:
+            if task.get_name() not in keep:
+                task.cancel()
+        if self.inflight and not self._hard_stop.is_set():
+            idle = asyncio.create_task(self._idle.wait())
+            hard = asyncio.create_task(self._hard_stop.wait())
+            await asyncio.wait([idle, hard], timeout=self.settings.shutdown_grace_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            hard.cancel()
+        db_timeout = HARD_STOP_DB_TIMEOUT_S if self._hard_stop.is_set() else SHUTDOWN_DB_TIMEOUT_S
+        leftover = [f for f in self.inflight.values() if not f.finishing]
+        if leftover:
+            ids = [f.execution.id for f in leftover]
+            for f in leftover:
+                f.abandon_reason = "shutdown"
+                if f.task is not None:
+                    f.task.cancel()
+            await asyncio.gather(*(f.task for f in leftover if f.task is not None),
+                                 return_exceptions=True)
+            try:
+                async with asyncio.timeout(db_timeout):
+                    released = await self.queue.release(self.worker_id, ids)
+                self.stats["released"] += released
+                log_event(logger, "released", worker_id=self.worker_id, count=released,
+                          execution_ids=",".join(str(i) for i in ids))
+            except Exception as exc:  # the leases expire and the rescuer requeues them
+                log_event(logger, "release failed", level=logging.WARNING, error=repr(exc))
+        # executions mid-finish: give their last DB write a moment
+        rest = [f.task for f in self.inflight.values() if f.task is not None]
+        if rest:
+            await asyncio.wait(rest, timeout=db_timeout)
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        try:
+            async with asyncio.timeout(db_timeout):
+                await self.queue.unregister_worker(self.worker_id)
+        except Exception as exc:
+            log_event(logger, "unregister failed", level=logging.WARNING, error=repr(exc))
+
+    # --- side loops ---------------------------------------------------------
+
+    async def _wait(self, event: asyncio.Event, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await event.wait()
+        event.clear()
+
+    async def _survive(self, name: str, call: Callable[[], Awaitable[None]]) -> None:
+        """Run one round of a loop; a connection problem is logged, not fatal."""
+        try:
+            await call()
+        except DB_TRANSIENT_ERRORS as exc:
+            log_event(logger, "database unavailable", level=logging.WARNING, loop=name, error=repr(exc))
+            await asyncio.sleep(self.settings.poll_interval_s)
+
+    async def _listen_loop(self) -> None:
+        delay_s = 0.1
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await connect_listener(self.settings.database_url, self.worker_id)
+                self._listener_up.set()
+                delay_s = 0.1
+                # a NOTIFY may have been sent while we were not listening
+                self._claim_wake.set()
+                self._plan_wake.set()
+                log_event(logger, "listening", level=logging.DEBUG, worker_id=self.worker_id)
+                while True:
+                    async for notify in conn.notifies(timeout=LISTENER_CHECK_INTERVAL_S):
+                        self._on_notify(notify.channel, notify.payload)
+                    async with asyncio.timeout(LISTENER_CHECK_TIMEOUT_S):
+                        await conn.execute("select 1")
+            except DB_TRANSIENT_ERRORS as exc:
+                self._listener_up.clear()
+                log_event(logger, "listener lost; reconnecting", level=logging.WARNING,
+                          error=repr(exc), retry_in_s=round(delay_s, 2))
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self.settings.poll_interval_s * 5)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == CHANNEL_EXECUTIONS:
+            self._claim_wake.set()
+        elif channel == CHANNEL_PLAN:
+            self._plan_wake.set()
+        elif channel == CHANNEL_CANCEL:
+            try:
+                execution_id = uuid.UUID(payload)
+            except ValueError:
+                return
+            self._abandon(execution_id, "cancelled")
+
+    async def _heartbeat_loop(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.heartbeat_s)
+
+            async def beat() -> None:
+                ids = list(self.inflight)
+                lost = await self.queue.heartbeat(self.worker_id, ids, s.lease_seconds, len(ids))
+                for execution_id, status in lost:
+                    self._abandon(execution_id, f"no longer ours ({status})")
+
+            await self._survive("heartbeat", beat)
+
+    async def _tick_loop(self) -> None:
+        s = self.settings
+        while True:
+            async def tick() -> None:
+                enqueued = await self.queue.enqueue_due(s.enqueue_batch_size)
+                rescued = await self.queue.rescue_expired()
+                if enqueued or rescued:
+                    self._claim_wake.set()
+                    if rescued:
+                        log_event(logger, "rescued", count=rescued)
+
+            await self._survive("tick", tick)
+            await asyncio.sleep(s.tick_interval_s)
+
+    async def _planner_loop(self) -> None:
+        s = self.settings
+        while True:
+            await self._wait(self._plan_wake, s.poll_interval_s)
+            await self._survive("planner", self._plan_once)
+
+    async def _plan_once(self) -> None:
+        """One planner pass."""
+        rows = await self.queue.tasks_to_plan(self.settings.planner_batch_size)
+        now = datetime.now(UTC)
+        applied = 0
+        again = len(rows) >= self.settings.planner_batch_size
+        for row in rows:
+            task_id = row["id"]
+            if self._plan_failures.get(task_id) == row["schedule_version"]:
+                continue
+            try:
+                result = planner.plan(row, now)
+            except Exception as exc:  # a bad row must not stop the planner for everyone
+                self._plan_failures[task_id] = row["schedule_version"]
+                log_event(logger, "plan failed", level=logging.ERROR, task_id=task_id,
+                          cron=row.get("cron_expression"), timezone=row.get("timezone"), error=repr(exc))
+                # visible to the user and operators: status 'error' with last_error
+                await self.queue.fail_plan(task_id, row["schedule_version"], str(exc) or repr(exc))
+                continue
+            ok = await self.queue.apply_plan(task_id, row["schedule_version"], result.next_run_at,
+                                             result.complete, result.skipped, result.run)
+            if ok:
+                applied += 1
+                again = again or result.more
+                if result.run:
+                    self._claim_wake.set()
+                log_event(logger, "planned", level=logging.DEBUG, task_id=task_id,
+                          next_run_at=result.next_run_at, complete=result.complete,
+                          skipped=len(result.skipped), run=len(result.run))
+        if again:
+            self._plan_wake.set()
+        if applied:
+            log_event(logger, "plans applied", level=logging.DEBUG, count=applied)
+
+    async def _claim_loop(self) -> None:
+        s = self.settings
+        while True:
+            await self._wait(self._claim_wake, s.poll_interval_s)
+            if self._stopping.is_set():
+                return
+            free = s.worker_concurrency - len(self.inflight)
+            if free <= 0:
+                continue
+            if self._backlog and free < max(2, s.worker_concurrency // 8):
+                await asyncio.sleep(CLAIM_COALESCE_S)
+                free = s.worker_concurrency - len(self.inflight)
+
+            async def claim(free: int = free) -> None:
+                claimed = await self.queue.claim(self.worker_id, free, s.lease_seconds, s.per_user_limit)
+                self._backlog = len(claimed) >= free
+                for execution in claimed:
+                    self._spawn(execution)
+                if self._backlog and len(self.inflight) < s.worker_concurrency:
+                    self._claim_wake.set()
+
+            await self._survive("claim", claim)
+
+    # --- executions ---------------------------------------------------------
+
+    def _spawn(self, execution: ClaimedExecution) -> None:
+        self.stats["claimed"] += 1
+        fields: dict[str, Any] = {"execution_id": execution.id, "task_id": execution.task_id,
+                  "attempt": execution.attempt, "trigger": execution.trigger_type}
+        entry = InFlight(execution=execution, started_monotonic=time.monotonic(), log_fields=fields)
+        self.inflight[execution.id] = entry
+        self._idle.clear()
+        log_event(logger, "claimed", status="running", **fields)
+        task = asyncio.create_task(self._execute(entry), name=f"execution:{execution.id}")
+        entry.task = task
+        execution_id = execution.id
+        task.add_done_callback(lambda _t: self._done(execution_id))
+
+    def _done(self, execution_id: uuid.UUID) -> None:
+        self.inflight.pop(execution_id, None)
+        if not self.inflight:
+            self._idle.set()
+        if self._backlog and not self._stopping.is_set():
+            self._claim_wake.set()
+
+    def _abandon(self, execution_id: uuid.UUID, reason: str) -> None:
+        """Stop working on an execution the database no longer gives us (cancelled, rescued)."""
+        entry = self.inflight.get(execution_id)
+        if entry is None or entry.finishing or entry.task is None:
+            return
+        entry.abandon_reason = reason
+        entry.task.cancel()
+
+    def _duration_ms(self, entry: InFlight) -> int:
+        return int((time.monotonic() - entry.started_monotonic) * 1000)
+
+    async def _execute(self, entry: InFlight) -> None:
+        try:
+            await self._run_execution(entry)
+        except asyncio.CancelledError:
+            reason = entry.abandon_reason or "cancelled"
+            if reason != "shutdown":
+                self.stats["abandoned"] += 1
+            log_event(logger, "abandoned", status=reason, duration_ms=self._duration_ms(entry),
+                      **entry.log_fields)
+        except Exception as exc:
+            # A bug or a lost database: the lease runs out and the rescuer (any
+            # worker's tick) requeues the execution, so nothing is lost.
+            logger.exception("execution crashed", extra={"fields": entry.log_fields})
+            with contextlib.suppress(Exception):
+                await self._retry(entry, f"worker error: {exc!r}"[:500], ErrorKind.TRANSIENT, None)
+
+    def _prompt(self, ex: ClaimedExecution) -> str:
+        if ex.resolved_prompt is not None:  # an earlier attempt resolved it: say exactly the same
+            return ex.resolved_prompt
+        return templates.resolve(ex.prompt_template, ex.scheduled_for, ex.timezone, ex.prompt_variables)
+
+    @staticmethod
+    def _conversation_title(ex: ClaimedExecution) -> str | None:
+        if ex.conversation_mode != "new_per_run":
+            return None  # the SQL names a reuse conversation after the task
+        local_day = ex.scheduled_for.astimezone(ZoneInfo(ex.timezone)).date().isoformat()
+        return f"{ex.task_name} — {local_day}"[:200]
+
+    async def _run_execution(self, entry: InFlight) -> None:
+        ex = entry.execution
+        deadline = entry.started_monotonic + ex.timeout_seconds
+        try:
+            prompt = self._prompt(ex)
+        except (templates.UnknownVariableError, ValueError, KeyError) as exc:
+            await self._finish(entry, "failed", error=f"prompt template: {exc}",
+                               error_kind=ErrorKind.PERMANENT)
+            return
+        try:
+            started = await self.queue.start_execution(ex.id, self.worker_id, ex.attempt, prompt,
+                                                       self._conversation_title(ex))
+        except ConversationGone as exc:
+            await self._finish(entry, "failed", error=str(exc), error_kind=ErrorKind.PERMANENT)
+            return
+        except Fenced:
+            log_event(logger, "abandoned", status="fenced", duration_ms=self._duration_ms(entry),
+                      **entry.log_fields)
+            return
+        entry.log_fields["conversation_id"] = started.conversation_id
+        act_as = ActAs(user_id=ex.user_id, agent_id=ex.agent_id, conversation_id=started.conversation_id,
+                       execution_id=ex.id, user_message_id=started.user_message_id)
+
+        remaining = deadline - time.monotonic()
+        result: ChatResult | None = None
+        if remaining > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    result = await self.chat.reply(act_as, remaining + 1.0)
+            except TimeoutError:
+                result = None
+        if result is None or (isinstance(result, ChatTransient) and result.timed_out
+                              and time.monotonic() >= deadline - 0.05):
+            await self._finish(entry, "timed_out", error=f"no reply within {ex.timeout_seconds}s",
+                               error_kind=ErrorKind.TIMEOUT)
+            return
+
+        if isinstance(result, ChatOk):
+            await self._finish(entry, "succeeded", output=result.content[:OUTPUT_MAX_CHARS],
+                               assistant_message_id=result.message_id, usage=result.usage)
+        elif isinstance(result, ChatNeedsInput):
+            await self._finish(entry, "needs_input", output=result.question,
+                               assistant_message_id=result.message_id, usage=result.usage)
+        elif isinstance(result, ChatPermanent):
+            await self._finish(entry, "failed", error=result.error, error_kind=ErrorKind.PERMANENT)
+        else:
+            await self._retry(entry, result.error, result.kind, result.retry_after_s)
+
+    async def _finish(self, entry: InFlight, status: str, *, output: str | None = None,
+                      error: str | None = None, error_kind: ErrorKind | None = None,
+                      assistant_message_id: uuid.UUID | None = None,
+                      usage: dict[str, Any] | None = None) -> None:
+        ex = entry.execution
+        entry.finishing = True
+        ok = await self.queue.finish(ex.id, self.worker_id, ex.attempt, status, output=output,
+                                     error=error, error_kind=error_kind.value if error_kind else None,
+                                     assistant_message_id=assistant_message_id, usage=usage)
+        if ok:
+            self.stats[status] = self.stats.get(status, 0) + 1
+        log_event(logger, "finished" if ok else "finish fenced", status=status,
+                  level=logging.INFO if status == "succeeded" or not ok else logging.WARNING,
+                  duration_ms=self._duration_ms(entry), error_kind=error_kind.value if error_kind else None,
+                  error=error, **entry.log_fields)
+
+    async def _retry(self, entry: InFlight, error: str, kind: ErrorKind, retry_after_s: float | None) -> None:
+        ex = entry.execution
+        s = self.settings
+        delay = backoff_delay_s(ex.attempt, s.retry_base_s, s.retry_cap_s, retry_after_s)
+        entry.finishing = True
+        outcome = await self.queue.retry_later(ex.id, self.worker_id, ex.attempt, error, kind.value, delay)
+        if outcome == "queued":
+            self.stats["retried"] += 1
+        elif outcome == "failed":
+            self.stats["failed"] += 1
+        log_event(logger, "retry" if outcome == "queued" else "finished" if outcome else "finish fenced",
+                  level=logging.WARNING, status=outcome or "fenced", error_kind=kind.value, error=error,
+                  retry_in_s=round(delay, 3) if outcome == "queued" else None,
+                  duration_ms=self._duration_ms(entry), **entry.log_fields)
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run one worker until SIGTERM/SIGINT (the CLI's `agent-tasks worker`)."""
+    await Worker(settings).run()
+
+
+def run(settings: Settings | None = None) -> int:
+    """Blocking entry point: set up logging, run the worker, return a process exit code."""
+    if settings is None:
+        settings = Settings()  # DATABASE_URL and the rest come from the environment
+    setup_logging(settings.log_level, settings.log_json)
+    try:
+        asyncio.run(run_worker(settings))
+    except WorkerCrashed as exc:
+        logger.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main() -> int:
+    """`python -m worker.runner`: settings from the environment and `.env`."""
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        setup_logging()
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            logger.error("configuration error: %s: %s", where.upper(), err["msg"])
+        return 2
+    return run(settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
