@@ -9,6 +9,7 @@ a few uses.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ _FAIL_PLAN: Final = "select scheduler.fail_plan(%s, %s, %s)"
 _CLAIM: Final = "select * from scheduler.claim_executions(%s, %s, %s, %s)"
 _HEARTBEAT: Final = "select id, status from scheduler.heartbeat(%s, %s::uuid[], %s, %s)"
 _START: Final = "select * from scheduler.start_execution(%s, %s, %s, %s, %s)"
-_FINISH: Final = "select scheduler.finish_execution(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_FINISH_MANY: Final = "select id from scheduler.finish_executions(%s, %s)"
+FINISH_BATCH_MAX: Final = 200
+DEADLOCK_RETRIES: Final = 3
 _RETRY_LATER: Final = "select scheduler.retry_later(%s, %s, %s, %s, %s, %s)"
 _RELEASE: Final = "select scheduler.release_executions(%s, %s::uuid[])"
 _REGISTER: Final = "select scheduler.register_worker(%s, %s, %s, %s)"
@@ -118,11 +121,70 @@ async def connect_listener(database_url: str, worker_id: str) -> psycopg.AsyncCo
     return conn
 
 
+class FinishBatcher:
+    """Coalesces finishes into scheduler.finish_executions calls.
+
+    A finish goes out at once when none is in flight; finishes that arrive
+    while one is running wait for it and then go together. At low load this
+    adds no latency; at high load it turns N round trips (and N task-counter
+    updates) into one.
+    """
+
+    def __init__(self, queue: Queue, max_batch: int = FINISH_BATCH_MAX) -> None:
+        self._queue = queue
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[bool]]] = []
+        self._draining = False
+
+    async def submit(self, worker_id: str, item: dict[str, Any]) -> bool:
+        """Finish one execution; True when applied, False when the fence dropped it."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((worker_id, item, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain(), name="finish-batcher")
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                by_worker: dict[str, list[tuple[dict[str, Any], asyncio.Future[bool]]]] = {}
+                for worker_id, item, future in batch:
+                    by_worker.setdefault(worker_id, []).append((item, future))
+                for worker_id, entries in by_worker.items():
+                    await self._flush(worker_id, entries)
+        finally:
+            self._draining = False
+
+    async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
+        items = [item for item, _ in entries]
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                rows = await self._queue._rows(_FINISH_MANY, (worker_id, Jsonb(items)))
+                break
+            except psycopg.errors.DeadlockDetected:
+                # a heartbeat touching the same rows in another order: the
+                # statement rolled back whole, so simply run it again
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+            except Exception as exc:
+                for _, future in entries:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+        applied = {str(r["id"]) for r in rows}
+        for item, future in entries:
+            if not future.done():
+                future.set_result(str(item["id"]) in applied)
+
+
 class Queue:
     """Typed calls of the scheduler functions over a pool."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
+        self._finishes = FinishBatcher(self)
 
     async def _scalar(self, sql: str, params: Sequence[Any]) -> Any:
         async with self.pool.connection() as conn:
@@ -197,10 +259,20 @@ class Queue:
                      output: str | None = None, error: str | None = None, error_kind: str | None = None,
                      assistant_message_id: uuid.UUID | None = None,
                      usage: dict[str, Any] | None = None) -> bool:
-        """running -> status; False when the fence dropped the write."""
-        return bool(await self._scalar(_FINISH, (
-            execution_id, worker_id, attempt, status, output, error, error_kind,
-            assistant_message_id, Jsonb(usage) if usage is not None else None)))
+        """running -> status; False when the fence dropped the write. Batched with
+        concurrent finishes (FinishBatcher)."""
+        item: dict[str, Any] = {"id": str(execution_id), "attempt": attempt, "status": status}
+        if output is not None:
+            item["output"] = output
+        if error is not None:
+            item["error"] = error
+        if error_kind is not None:
+            item["error_kind"] = error_kind
+        if assistant_message_id is not None:
+            item["assistant_message_id"] = str(assistant_message_id)
+        if usage is not None:
+            item["usage"] = usage
+        return await self._finishes.submit(worker_id, item)
 
     async def retry_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
                           error_kind: str, delay_seconds: float) -> str | None:

@@ -19,7 +19,6 @@ import pytest
 
 from tests.conftest import create_agent, create_task, create_user
 from tests.e2e.workers import (
-    REAL_CHAT,
     ChatEndpoint,
     WorkerProcess,
     chat_endpoint,
@@ -200,9 +199,6 @@ def test_cancel__running_execution_is_abandoned_within_a_second(
     assert row["assistant_message_id"] is None and row["output"] is None
 
 
-@pytest.mark.xfail(REAL_CHAT, strict=False,
-                   reason="the chat function keeps generating after the worker closes the request "
-                          "(Deno request.signal legacy abort); the reply lands in a cancelled run")
 def test_cancel__no_assistant_message_after_cancel(db: psycopg.Connection[Any],
                                                    owner: tuple[uuid.UUID, uuid.UUID]) -> None:
     ex = _cancel_during_sleep(db, owner)
