@@ -340,15 +340,10 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.config import Settings
-    from worker.runner import run
+    """Run a worker until SIGTERM/SIGINT; configuration errors exit 2 with the setting named."""
+    from worker.runner import main as worker_main
 
-    try:
-        settings = Settings()
-    except Exception as exc:  # pydantic's ValidationError names the missing setting
-        raise CliError(f"configuration error: {exc}", EXIT_USAGE) from exc
-    run(settings)
-    return EXIT_OK
+    return worker_main()
 
 
 def cmd_stack(args: argparse.Namespace) -> int:

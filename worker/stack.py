@@ -260,10 +260,14 @@ def apply_migrations(state: State, dbname: str) -> list[str]:
     applied: list[str] = []
     with connect(state, dbname) as conn:
         conn.execute(BOOTSTRAP_SQL.read_text())  # idempotent by construction
-        done = {r[0] for r in conn.execute("select version from supabase_migrations.schema_migrations")}
+        done = {r[0]: (r[1] or [None])[0] for r in conn.execute(
+            "select version, statements from supabase_migrations.schema_migrations")}
+        changed: list[str] = []
         for path in migration_files():
             version, _, name = path.stem.partition("_")
             if version in done:
+                if done[version] is not None and done[version] != path.read_text():
+                    changed.append(path.name)
                 continue
             sql = path.read_text()
             try:
@@ -275,6 +279,11 @@ def apply_migrations(state: State, dbname: str) -> list[str]:
             except psycopg.Error as exc:
                 raise StackError(f"migration {path.name} failed: {exc}") from exc
             applied.append(path.name)
+    if changed:
+        # the Supabase CLI would not re-apply them either: on this development
+        # stack, `reset` rebuilds the cluster; on a project, write a new migration
+        _log(f"WARNING: {', '.join(changed)} changed after being applied to database {dbname};"
+             " run `agent-tasks stack reset` to rebuild the local stack")
     return applied
 
 

@@ -1,0 +1,43 @@
+"""The README's first command: the demo shows scheduled runs arriving in a conversation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from worker import stack
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo__scheduled_runs_arrive_in_the_conversation() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    proc = subprocess.run([sys.executable, "-m", "worker", "demo", "--duration", "25"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "FAKE model" in out
+    assert "scheduled prompt" in out      # the scheduler's user message, printed as it lands
+    assert "Demo assistant" in out        # the agent's reply
+    assert "succeeded" in out             # an execution status change
+
+    state = stack.require_running()
+    with psycopg.connect(stack.database_url(state)) as conn:
+        rows = conn.execute(
+            """select m.role, m.metadata ->> 'source', e.status
+               from public.chat_messages_v2 m
+               join public.conversation_sessions c on c.id = m.conversation_id
+               join auth.users u on u.id = c.user_id
+               left join public.agent_task_executions e on e.id = m.execution_id
+               where u.email = 'demo@agent-tasks.local' and m.created_at > now() - interval '2 minutes'""").fetchall()
+    roles = [r[0] for r in rows]
+    assert "user" in roles and "assistant" in roles
+    assert all(r[1] == "scheduler" for r in rows if r[0] == "user")
+    assert all(r[2] == "succeeded" for r in rows)
