@@ -1,11 +1,14 @@
 """End-to-end fixtures: the fake OpenAI-compatible model and the real chat function under Deno.
 
 Each test module gets its own database and its own chat function process
-pointed at it, so modules never share rows.
+pointed at it, so modules never share rows. `llm` is the shared fake model,
+reset for the test that asks for it; `scheduled_turn` prepares an act-as
+context exactly the way the worker does (enqueue, claim, start).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
 from worker import stack
 
@@ -95,6 +100,25 @@ class ChatFunction:
     def user_token(self, user_id: Any, ttl_s: int = 3600) -> str:
         return stack.user_token(self.state, str(user_id), ttl_s=ttl_s)
 
+    def user_headers(self, user_id: Any) -> dict[str, str]:
+        """What supabase-js sends for a signed-in user: the anon key and the access token."""
+        return {"apikey": stack.api_keys(self.state)["anon_key"],
+                "authorization": f"Bearer {self.user_token(user_id)}"}
+
+    def service_headers(self) -> dict[str, str]:
+        """What the worker sends: the secret key and its service name."""
+        return {"apikey": self.secret_key, "x-service": "task-executor"}
+
+    def post(self, body: Any, headers: dict[str, str], timeout_s: float = 30.0) -> httpx.Response:
+        return httpx.post(self.url, json=body, headers=headers, timeout=timeout_s)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
 
 def start_chat_function(state: stack.State, db_url: str, llm: FakeLLM, log: Path,
                         extra_env: dict[str, str] | None = None) -> ChatFunction:
@@ -130,8 +154,58 @@ def chat_function(stack_state: stack.State, module_db_url: str, fake_llm: FakeLL
     log = tmp_path_factory.mktemp("chat") / "chat.log"
     fn = start_chat_function(stack_state, module_db_url, fake_llm, log)
     yield fn
-    fn.proc.terminate()
-    try:
-        fn.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        fn.proc.kill()
+    fn.stop()
+
+
+@pytest.fixture
+def llm(fake_llm: FakeLLM) -> Iterator[FakeLLM]:
+    """The fake model with default behaviour and no recorded requests."""
+    fake_llm.reset()
+    yield fake_llm
+    fake_llm.reset()
+
+
+def scheduled_turn(conn: psycopg.Connection[Any], user_id: Any, agent_id: Any, prompt: str,
+                   conversation_id: Any = None, worker_id: str = "e2e-chat-tests") -> dict[str, str]:
+    """Insert a scheduled user message the way the worker does, as the superuser.
+
+    A manual task (in `conversation_id` when given, else a conversation the
+    first run creates) is enqueued with scheduler.enqueue_now, claimed with
+    scheduler.claim_executions and started with scheduler.start_execution.
+    Returns the act-as `context` for the chat function.
+    """
+    cur = conn.cursor(row_factory=dict_row)
+    fields: dict[str, Any] = {"user_id": user_id, "agent_id": agent_id, "name": "Scheduled check-in",
+                              "prompt_template": prompt, "schedule_type": "manual"}
+    if conversation_id is not None:
+        fields["conversation_id"] = conversation_id
+    task = cur.execute(
+        f"insert into public.agent_tasks ({', '.join(fields)}) values ({', '.join(['%s'] * len(fields))})"
+        " returning id", list(fields.values())).fetchone()
+    assert task is not None
+    execution = cur.execute("select scheduler.enqueue_now(%s) as id", (task["id"],)).fetchone()
+    assert execution is not None
+    claimed = cur.execute("select id, attempt from scheduler.claim_executions(%s, 100)", (worker_id,)).fetchall()
+    attempt = next(r["attempt"] for r in claimed if r["id"] == execution["id"])
+    started = cur.execute(
+        "select conversation_id, user_message_id from scheduler.start_execution(%s, %s, %s, %s)",
+        (execution["id"], worker_id, attempt, prompt)).fetchone()
+    assert started is not None
+    return {"user_id": str(user_id), "agent_id": str(agent_id),
+            "conversation_id": str(started["conversation_id"]), "execution_id": str(execution["id"]),
+            "user_message_id": str(started["user_message_id"])}
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    """Parse a text/event-stream body into (event, json data) pairs."""
+    events: list[tuple[str, Any]] = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events

@@ -1,0 +1,204 @@
+"""Chat function throughput and latency: user turns against an instant fake model.
+
+Starts its own pieces next to the running local Postgres: a fresh database
+from the migrated template, the fake OpenAI-compatible model with no
+latency, and the real chat function under Deno (CHAT_RATE_LIMIT raised so
+the per-user limit is counted but never refuses). Each caller is its own
+user with its own agent and keeps one conversation going (so history is
+loaded and sent, up to the default 30 messages), starting a new
+conversation every NEW_CONVERSATION_EVERY turns so both paths are measured.
+
+Non-streamed turns are sent with an asyncio httpx client by 1 and then 32
+concurrent callers for a fixed time each. Prints one JSON object:
+
+    {"concurrency_1": {"rps", "p50_ms", "p99_ms", "n", "errors"},
+     "concurrency_32": {...}, "goals": {...}}
+
+Goals on a 2-core machine: p50 < 15 ms at 1 caller, >= 400 turns/s at 32.
+The client, Deno, Postgres and the fake share those cores, so the figures
+are a floor for the function itself. Not a test: figures are noisy.
+
+    python bench/bench_chat.py [--seconds 10] [--warmup 2] [--concurrency 1,32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import create_agent, create_user  # noqa: E402
+from tests.e2e.conftest import FakeLLM, _wait_http, start_chat_function  # noqa: E402
+from worker import stack  # noqa: E402
+
+NEW_CONVERSATION_EVERY = 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+MAX_SECONDS = 60.0
+GOAL_P50_MS_AT_1 = 15.0
+GOAL_RPS_AT_32 = 400.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (Linux /proc), 0 when unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def backend_pids(db_url: str, db_name: str) -> list[int]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rows = conn.execute("select pid from pg_stat_activity where datname = %s and application_name = %s",
+                            (db_name, "chat-function")).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def percentile(sorted_ms: list[float], q: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    index = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
+    return sorted_ms[index]
+
+
+async def caller(client: httpx.AsyncClient, url: str, headers: dict[str, str], agent_id: str,
+                 stop_at: float, record_after: float, latencies: list[float], errors: list[str]) -> None:
+    conversation_id: str | None = None
+    turns = 0
+    while time.monotonic() < stop_at:
+        body: dict[str, Any] = {"agent_id": agent_id, "message": f"How is my plan going? (turn {turns})"}
+        if conversation_id is not None:
+            body["conversation_id"] = conversation_id
+        started = time.monotonic()
+        try:
+            r = await client.post(url, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            errors.append(type(exc).__name__)
+            continue
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if r.status_code != 200:
+            errors.append(f"{r.status_code} {r.text[:120]}")
+            continue
+        if started >= record_after:
+            latencies.append(elapsed_ms)
+        turns += 1
+        conversation_id = None if turns % NEW_CONVERSATION_EVERY == 0 else r.json()["conversation_id"]
+
+
+async def measure(url: str, identities: list[tuple[dict[str, str], str]], concurrency: int,
+                  seconds: float, warmup: float, pids: dict[str, list[int]], db_url: str,
+                  db_name: str) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    # One client (one keep-alive connection) per caller: a single httpx pool
+    # shared by 32 callers spends several ms of CPU per request on pool
+    # bookkeeping, which would measure httpx rather than the function.
+    clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                                 timeout=30.0) for _ in range(concurrency)]
+    try:
+        start = time.monotonic()
+        record_after = start + warmup
+        stop_at = record_after + seconds
+        cpu_before: dict[str, float] = {}
+
+        async def snapshot_after_warmup() -> None:
+            await asyncio.sleep(max(0.0, record_after - time.monotonic()))
+            # the pool's connections exist by now: count their backends too
+            pids["postgres"] = backend_pids(db_url, db_name)
+            cpu_before.update({name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()})
+
+        await asyncio.gather(snapshot_after_warmup(), *(
+            caller(clients[i], url, identities[i][0], identities[i][1], stop_at, record_after, latencies, errors)
+            for i in range(concurrency)))
+        # turns that started in the window; the window ends when the last one returns
+        window_s = max(time.monotonic() - record_after, 1e-9)
+        cpu_used = {name: sum(cpu_seconds(p) for p in ps) - cpu_before[name] for name, ps in pids.items()}
+    finally:
+        for client in clients:
+            await client.aclose()
+    latencies.sort()
+    turns = max(len(latencies), 1)
+    # CPU per turn of each process over the measured window (turns still running at its
+    # end add a little): unlike wall-clock figures it hardly depends on what else runs
+    cpu_ms = {name: round(used * 1000 / turns, 3) for name, used in cpu_used.items()}
+    return {
+        "rps": round(len(latencies) / window_s, 1),
+        "p50_ms": round(percentile(latencies, 0.50), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else None,
+        "n": len(latencies),
+        "errors": len(errors),
+        "cpu_ms_per_turn": cpu_ms,
+        **({"first_errors": errors[:3]} if errors else {}),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", default="1,32", help="comma-separated caller counts")
+    args = parser.parse_args(argv)
+    seconds = min(args.seconds, MAX_SECONDS)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+
+    state = stack.up(with_services=False)
+    db_name = f"bench_chat_{uuid.uuid4().hex[:8]}"
+    db_url = stack.create_database(state, db_name)
+    logs = Path(tempfile.mkdtemp(prefix="bench-chat-"))
+    llm_port = stack.free_port(0)
+    with (logs / "fake-llm.log").open("wb") as out:
+        llm_proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fakes" / "openai_server.py"),
+                                     "--port", str(llm_port)], stdout=out, stderr=subprocess.STDOUT)
+    llm = FakeLLM(base_url=f"http://127.0.0.1:{llm_port}/v1", proc=llm_proc)
+    fn = None
+    try:
+        _wait_http(f"{llm.root}/_fake/requests", llm_proc, logs / "fake-llm.log")
+        fn = start_chat_function(state, db_url, llm, logs / "chat.log",
+                                 extra_env={"CHAT_RATE_LIMIT": "1000000000"})
+        identities: list[tuple[dict[str, str], str]] = []
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for _ in range(max(levels)):
+                user = create_user(conn)
+                agent = create_agent(conn, user, system_prompt="You are a helpful planning assistant.")
+                identities.append((fn.user_headers(user), str(agent)))
+        results: dict[str, Any] = {}
+        for level in levels:
+            pids = {"chat_function": [fn.proc.pid], "fake_llm": [llm_proc.pid], "client": [os.getpid()],
+                    "postgres": []}
+            results[f"concurrency_{level}"] = asyncio.run(
+                measure(fn.url, identities, level, seconds, args.warmup, pids, db_url, db_name))
+        results["goals"] = {
+            "p50_ms_at_1": GOAL_P50_MS_AT_1, "rps_at_32": GOAL_RPS_AT_32,
+            "met": {
+                "p50_at_1": results.get("concurrency_1", {}).get("p50_ms", float("inf")) < GOAL_P50_MS_AT_1,
+                "rps_at_32": results.get("concurrency_32", {}).get("rps", 0) >= GOAL_RPS_AT_32,
+            },
+        }
+        print(json.dumps(results))
+    finally:
+        if fn is not None:
+            fn.stop()
+        llm_proc.terminate()
+        llm_proc.wait(timeout=10)
+        stack.drop_database(state, db_name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

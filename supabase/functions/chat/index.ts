@@ -1,0 +1,223 @@
+// The chat edge function: POST a message, get the agent's reply (JSON or SSE).
+//
+// Two callers: a signed-in user (their access token; RLS decides what they
+// can touch) and the scheduler's worker acting as a user (service credential
+// + X-Service allow-list + a context whose parts must belong together). Both
+// run the turn under the same RLS context. docs/chat/api.md is the contract.
+//
+// verify_jwt is off for this function in supabase/config.toml: it verifies
+// every caller itself, because the new sb_secret_ keys are not JWTs.
+
+import { type AuthDeps, authenticate, credentialsOf } from "../_shared/auth.ts";
+import { ChatError, internalError } from "../_shared/errors.ts";
+import { createServiceCredentialCheck, createUserTokenVerifier } from "../_shared/jwt.ts";
+import { createModelClient } from "../_shared/openai.ts";
+import { MAX_BODY_BYTES, parseActAsBody, parseJson, parseUserBody } from "../_shared/request.ts";
+import { encodeEvent } from "../_shared/sse.ts";
+import { loadConfig } from "./config.ts";
+import { createPool } from "./db.ts";
+import { actAsTurn, type TurnDeps, type TurnEvent, type TurnResult, userTurn } from "./turn.ts";
+
+const CHAT_PATHS = new Set(["/", "/chat", "/functions/v1/chat"]);
+
+const CORS_HEADERS: Record<string, string> = {
+  "access-control-allow-origin": "*",
+  "access-control-allow-headers": "authorization, x-client-info, apikey, content-type, accept, x-service",
+  "access-control-allow-methods": "POST, OPTIONS",
+};
+
+const config = loadConfig();
+const sql = createPool(config.dbUrl, config.dbPoolMax);
+const deps: TurnDeps = {
+  sql,
+  config,
+  model: createModelClient({
+    baseUrl: config.openaiBaseUrl,
+    apiKey: config.openaiApiKey,
+    timeoutMs: config.modelTimeoutMs,
+  }),
+};
+// keys are imported once here, not per request
+const authDeps: AuthDeps = {
+  verifyUserToken: createUserTokenVerifier({
+    jwtSecret: config.jwtSecret,
+    jwks: config.jwks,
+    jwksUrl: config.jwksUrl,
+    issuer: config.jwtIssuer,
+  }),
+  isServiceCredential: createServiceCredentialCheck({
+    secretKeys: config.secretKeys,
+    serviceRoleKey: config.serviceRoleKey,
+    jwtSecret: config.jwtSecret,
+  }),
+  serviceAllowlist: config.serviceAllowlist,
+};
+
+function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json", ...CORS_HEADERS, ...headers },
+  });
+}
+
+function errorResponse(err: ChatError): Response {
+  return json(err.status, err.toBody(), err.headers);
+}
+
+/** Known refusals pass through; anything else is logged and becomes a bare 500. */
+function asChatError(err: unknown): ChatError {
+  if (err instanceof ChatError) return err;
+  console.error("chat: unexpected error:", err instanceof Error ? (err.stack ?? err.message) : err);
+  return internalError();
+}
+
+async function readBody(req: Request): Promise<unknown> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (declared > MAX_BODY_BYTES) {
+    throw new ChatError(413, "body_too_large", `the request body must be at most ${MAX_BODY_BYTES} bytes`);
+  }
+  const text = await req.text();
+  if (text.length > MAX_BODY_BYTES) {
+    throw new ChatError(413, "body_too_large", `the request body must be at most ${MAX_BODY_BYTES} bytes`);
+  }
+  return parseJson(text);
+}
+
+type Run = (onEvent?: (event: TurnEvent) => void) => Promise<TurnResult>;
+
+/**
+ * Stream a turn as SSE. The 200 is committed only when the first event is
+ * ready, so anything that fails before (model refused, provider down, empty
+ * reply) still gets its real status and a JSON error body; later failures
+ * arrive as `event: error`.
+ */
+function streamTurn(run: Run): Promise<Response> {
+  return new Promise((resolve) => {
+    let controller!: ReadableStreamDefaultController<Uint8Array>;
+    let open = true;
+    const stream = new ReadableStream<Uint8Array>({
+      start(c) {
+        controller = c;
+      },
+      cancel() {
+        open = false;
+      },
+    });
+    let started = false;
+    const begin = () => {
+      if (started) return;
+      started = true;
+      resolve(
+        new Response(stream, {
+          status: 200,
+          headers: {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",
+            ...CORS_HEADERS,
+          },
+        }),
+      );
+    };
+    const send = (event: string, data: unknown) => {
+      begin();
+      if (!open) return;
+      try {
+        controller.enqueue(encodeEvent(event, data));
+      } catch {
+        open = false; // the client went away
+      }
+    };
+    const close = () => {
+      if (!open) return;
+      open = false;
+      try {
+        controller.close();
+      } catch {
+        // already closed by the client
+      }
+    };
+    run((event) => {
+      if (event.type === "delta") send("delta", { content: event.content });
+      else send("tool", event.call);
+    }).then(
+      (result) => {
+        send("done", result);
+        close();
+      },
+      (err) => {
+        const error = asChatError(err);
+        if (!started) {
+          resolve(errorResponse(error));
+          return;
+        }
+        send("error", error.toBody());
+        close();
+      },
+    );
+  });
+}
+
+async function handleChat(req: Request): Promise<Response> {
+  const caller = await authenticate(credentialsOf(req.headers), authDeps);
+  const body = await readBody(req);
+  const acceptsSse = (req.headers.get("accept") ?? "").includes("text/event-stream");
+  const options = { signal: req.signal };
+
+  let run: Run;
+  let stream: boolean;
+  if (caller.kind === "user") {
+    const request = parseUserBody(body);
+    stream = request.stream || acceptsSse;
+    run = (onEvent) => userTurn(deps, caller, request, { ...options, onEvent });
+  } else {
+    const request = parseActAsBody(body);
+    stream = request.stream || acceptsSse;
+    run = (onEvent) => actAsTurn(deps, request, { ...options, onEvent });
+  }
+  if (stream) return await streamTurn(run);
+  return json(200, await run());
+}
+
+async function handle(req: Request): Promise<Response> {
+  const path = new URL(req.url).pathname.replace(/\/+$/, "") || "/";
+  if (path === "/health") {
+    return req.method === "GET" || req.method === "HEAD"
+      ? json(200, { ok: true })
+      : json(405, new ChatError(405, "method_not_allowed", "use GET").toBody(), { allow: "GET" });
+  }
+  if (!CHAT_PATHS.has(path)) {
+    return errorResponse(new ChatError(404, "not_found", `no route ${path}`));
+  }
+  if (req.method === "OPTIONS") return new Response(null, { status: 204, headers: CORS_HEADERS });
+  if (req.method !== "POST") {
+    return errorResponse(
+      new ChatError(405, "method_not_allowed", "use POST", { headers: { allow: "POST, OPTIONS" } }),
+    );
+  }
+  try {
+    return await handleChat(req);
+  } catch (err) {
+    return errorResponse(asChatError(err));
+  }
+}
+
+const server = Deno.serve({
+  port: config.port,
+  hostname: Deno.env.get("HOST") ?? "0.0.0.0",
+  onListen: ({ hostname, port }) => console.log(`chat function listening on http://${hostname}:${port}`),
+}, handle);
+
+// Stop taking requests, let running turns finish, then close the pool.
+const shutdown = async () => {
+  await server.shutdown();
+  await sql.end({ timeout: 5 });
+  Deno.exit(0);
+};
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  try {
+    Deno.addSignalListener(signal, () => void shutdown());
+  } catch {
+    // signals are not available on every platform (Deno Deploy)
+  }
+}

@@ -1,0 +1,362 @@
+// One turn of a conversation: load under RLS, ask the model (with tools),
+// persist the reply once.
+//
+// The database connection is released between the two transactions, so a
+// slow model holds no connection and no lock: a pool of 10 serves many
+// concurrent turns.
+
+import { ChatError } from "../_shared/errors.ts";
+import {
+  buildPrompt,
+  type HistoryMessage,
+  parseAgentSettings,
+  type PromptMessage,
+  windowHistory,
+} from "../_shared/history.ts";
+import { addUsage, type ModelClient, type ToolCall, type Usage } from "../_shared/openai.ts";
+import type { ActAsRequest, UserTurnRequest } from "../_shared/request.ts";
+import { REQUEST_USER_INPUT, type SchedulerTool, toolsFor, validateToolArgs } from "../_shared/tools.ts";
+import type { Config } from "./config.ts";
+import {
+  type AgentRow,
+  type HistoryRow,
+  type Json,
+  type MessageRow,
+  persistReply,
+  FINISHED_EXECUTION_STATUSES,
+  type Sql,
+  startActAsTurn,
+  startUserTurn,
+} from "./db.ts";
+import { runSchedulerTool } from "./scheduler_tools.ts";
+import { withoutNul } from "../_shared/sql_literal.ts";
+
+/** Model calls that may request tools; one more call then must answer in text. */
+export const MAX_TOOL_ROUNDS = 5;
+
+export interface TurnDeps {
+  sql: Sql;
+  model: ModelClient;
+  config: Config;
+}
+
+/** Progress of a streamed turn. */
+export type TurnEvent =
+  | { type: "delta"; content: string }
+  | { type: "tool"; call: ToolCallRecord };
+
+export interface TurnOptions {
+  signal?: AbortSignal;
+  /** Set for streamed turns: receives content deltas and tool results as they happen. */
+  onEvent?: (event: TurnEvent) => void;
+}
+
+/** What chat_messages_v2.tool_calls stores for each call. */
+export interface ToolCallRecord {
+  id: string;
+  name: string;
+  arguments: unknown;
+  result: unknown;
+  status: "ok" | "error";
+  duration_ms: number;
+}
+
+export interface TurnResult {
+  conversation_id: string;
+  user_message_id: string;
+  message: MessageRow;
+  usage: Usage | null;
+  replayed: boolean;
+  needs_input: { question: string } | null;
+}
+
+interface Conversation {
+  claims: string;
+  userId: string;
+  agent: AgentRow;
+  conversationId: string;
+  history: HistoryRow[];
+  actAs: boolean;
+}
+
+interface Reply {
+  content: string;
+  toolCalls: ToolCallRecord[];
+  usage: Usage | null;
+  finishReason: string | null;
+  model: string;
+  needsInput: { question: string } | null;
+}
+
+/** A user's own turn: `{agent_id, conversation_id?, message}`. */
+export async function userTurn(
+  deps: TurnDeps,
+  user: { userId: string; claims: Record<string, unknown> },
+  request: UserTurnRequest,
+  options: TurnOptions = {},
+): Promise<TurnResult> {
+  const claims = JSON.stringify(user.claims);
+  const start = await startUserTurn(deps.sql, {
+    userId: user.userId,
+    claims,
+    agentId: request.agentId,
+    conversationId: request.conversationId,
+    message: request.message,
+    rateLimit: deps.config.rateLimit,
+    rateWindowS: deps.config.rateWindowSeconds,
+  });
+  if (start.wait > 0) {
+    throw new ChatError(429, "rate_limited", `too many requests; retry in ${start.wait} s`, {
+      retryable: true,
+      headers: { "Retry-After": String(start.wait) },
+    });
+  }
+  if (!start.agent) throw new ChatError(404, "agent_not_found", "no such agent");
+  if (!start.conversation) throw new ChatError(404, "conversation_not_found", "no such conversation");
+  if (start.conversation.agent_id !== start.agent.id) {
+    throw new ChatError(400, "invalid_body", "the conversation belongs to another agent", {
+      field: "conversation_id",
+    });
+  }
+  if (!start.userMessage) throw new Error("user message was not inserted");
+  // the new message is not in the history snapshot: it is the newest one
+  const history: HistoryRow[] = [{ role: "user", content: request.message }, ...start.history];
+  const conversationId = start.conversation.id;
+  const reply = await converse(deps, {
+    claims,
+    userId: user.userId,
+    agent: start.agent,
+    conversationId,
+    history,
+    actAs: false,
+  }, options);
+  return await finish(deps, { claims, userId: user.userId, conversationId }, start.userMessage.id, reply, null, options);
+}
+
+/** A scheduled run acting as the task's owner: `{context}`. */
+export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: TurnOptions = {}): Promise<TurnResult> {
+  const ctx = request.context;
+  const claims = JSON.stringify({ sub: ctx.userId, role: "authenticated" });
+  const start = await startActAsTurn(deps.sql, { claims, ...ctx });
+  switch (start.verdict) {
+    case "ok":
+      break;
+    case "agent_not_found":
+      throw new ChatError(404, "agent_not_found", "no such agent");
+    case "conversation_not_found":
+      throw new ChatError(404, "conversation_not_found", "no such conversation");
+    default:
+      throw new ChatError(403, "context_mismatch", "user, agent and conversation do not belong together");
+  }
+  if (!start.agent) throw new ChatError(404, "agent_not_found", "no such agent");
+  if (!start.conversation) throw new ChatError(404, "conversation_not_found", "no such conversation");
+  const um = start.userMessage;
+  if (!um) throw new ChatError(404, "message_not_found", "the scheduled user message does not exist");
+  if (um.conversation_id !== ctx.conversationId || um.role !== "user" || um.execution_id !== ctx.executionId) {
+    throw new ChatError(403, "context_mismatch", "the user message does not belong to this execution");
+  }
+  if (start.reply) {
+    // idempotent per execution: a retried run gets the stored reply, and the model is not called
+    const meta = start.reply.metadata ?? {};
+    return {
+      conversation_id: ctx.conversationId,
+      user_message_id: ctx.userMessageId,
+      message: start.reply,
+      usage: (meta.usage as Usage | undefined) ?? null,
+      replayed: true,
+      needs_input: (meta.needs_input as { question: string } | undefined) ?? null,
+    };
+  }
+  if (start.executionStatus === null) {
+    throw new ChatError(403, "context_mismatch", "the execution does not belong to this user");
+  }
+  if (FINISHED_EXECUTION_STATUSES.includes(start.executionStatus)) {
+    throw executionFinished(start.executionStatus);
+  }
+  const reply = await converse(deps, {
+    claims,
+    userId: ctx.userId,
+    agent: start.agent,
+    conversationId: ctx.conversationId,
+    history: start.history,
+    actAs: true,
+  }, options);
+  return await finish(
+    deps,
+    { claims, userId: ctx.userId, conversationId: ctx.conversationId },
+    ctx.userMessageId,
+    reply,
+    ctx.executionId,
+    options,
+  );
+}
+
+async function finish(
+  deps: TurnDeps,
+  who: { claims: string; userId: string; conversationId: string },
+  userMessageId: string,
+  reply: Reply,
+  executionId: string | null,
+  options: TurnOptions,
+): Promise<TurnResult> {
+  if (options.signal?.aborted) {
+    // the caller gave up (a cancelled or timed-out run): write nothing it will not read
+    throw new ChatError(499, "client_closed", "the caller went away before the reply was stored", {
+      retryable: true,
+    });
+  }
+  const metadata: Record<string, Json> = {
+    model: reply.model,
+    usage: reply.usage as Json,
+    finish_reason: reply.finishReason,
+  };
+  if (reply.needsInput) metadata.needs_input = reply.needsInput as Json;
+  // Postgres text cannot hold NUL characters; a model (or a tool result) may produce them
+  const content = withoutNul(reply.content);
+  const stored = await persistReply(deps.sql, {
+    claims: who.claims,
+    userId: who.userId,
+    conversationId: who.conversationId,
+    content,
+    toolCalls: reply.toolCalls.length > 0 ? withoutNul(reply.toolCalls) as unknown as Json : null,
+    metadata: withoutNul(metadata),
+    executionId,
+  });
+  if (!stored) throw executionFinished("finished");
+  // a concurrent attempt of the same execution stored its reply first: report that one
+  const replayed = stored.content !== content;
+  const storedMeta = stored.metadata ?? {};
+  return {
+    conversation_id: who.conversationId,
+    user_message_id: userMessageId,
+    message: stored,
+    usage: replayed ? (storedMeta.usage as Usage | undefined) ?? null : reply.usage,
+    replayed,
+    needs_input: replayed
+      ? (storedMeta.needs_input as { question: string } | undefined) ?? null
+      : reply.needsInput,
+  };
+}
+
+function executionFinished(status: string): ChatError {
+  return new ChatError(409, "execution_not_running", `the execution is ${status}: its reply is no longer wanted`);
+}
+
+function parsedArguments(raw: string): unknown {
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return raw;
+  }
+}
+
+/** The model loop: answer, or run the requested tools and ask again (bounded). */
+async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions): Promise<Reply> {
+  const settings = parseAgentSettings(conv.agent.settings);
+  const oldestFirst: HistoryMessage[] = [...conv.history].reverse();
+  const window = windowHistory(oldestFirst, {
+    maxMessages: settings.historyMessages,
+    tokenBudget: settings.historyTokenBudget,
+  });
+  const messages: PromptMessage[] = buildPrompt(conv.agent.system_prompt, window);
+  const tools = toolsFor({ actAs: conv.actAs, enabled: settings.tools });
+  const offered = new Set(tools.map((t) => t.function.name));
+  const model = deps.config.modelOverride ?? conv.agent.model;
+
+  const parts: string[] = [];
+  const records: ToolCallRecord[] = [];
+  let usage: Usage | null = null;
+  let finishReason: string | null = null;
+  let modelName = model;
+  const onEvent = options.onEvent;
+
+  for (let round = 0;; round++) {
+    const mayUseTools = round < MAX_TOOL_ROUNDS;
+    let streamedThisRound = false;
+    const onDelta = onEvent
+      ? (content: string) => {
+        // rounds are joined with a blank line in the stored reply; stream the same text
+        if (!streamedThisRound && parts.some((p) => p !== "")) onEvent({ type: "delta", content: "\n\n" });
+        streamedThisRound = true;
+        onEvent({ type: "delta", content });
+      }
+      : undefined;
+    const completion = await deps.model.complete({
+      model,
+      messages,
+      tools: tools.length > 0 ? tools : undefined,
+      toolChoice: mayUseTools ? "auto" : "none",
+      temperature: settings.temperature,
+      maxTokens: settings.maxTokens,
+    }, { signal: options.signal, onDelta });
+    usage = addUsage(usage, completion.usage);
+    finishReason = completion.finishReason;
+    if (completion.model) modelName = completion.model;
+    if (completion.content !== "") parts.push(completion.content);
+
+    if (completion.toolCalls.length === 0 || !mayUseTools) break;
+
+    messages.push({ role: "assistant", content: completion.content || null, tool_calls: completion.toolCalls });
+    let question: string | null = null;
+    for (const call of completion.toolCalls) {
+      const record = await runTool(deps, conv, call, offered);
+      records.push(record);
+      if (call.function.name === REQUEST_USER_INPUT && record.status === "ok") {
+        question = (record.arguments as { question: string }).question;
+      }
+      messages.push({ role: "tool", tool_call_id: call.id, content: JSON.stringify(record.result) });
+      onEvent?.({ type: "tool", call: record });
+    }
+    if (question !== null) {
+      // the run cannot go on without the user: the question is the reply
+      return {
+        content: question,
+        toolCalls: records,
+        usage,
+        finishReason,
+        model: modelName,
+        needsInput: { question },
+      };
+    }
+  }
+
+  const content = parts.join("\n\n");
+  if (content.trim() === "" && records.length === 0) {
+    throw new ChatError(502, "empty_reply", "the model returned an empty reply", { retryable: true });
+  }
+  return { content, toolCalls: records, usage, finishReason, model: modelName, needsInput: null };
+}
+
+async function runTool(
+  deps: TurnDeps,
+  conv: Conversation,
+  call: ToolCall,
+  offered: ReadonlySet<string>,
+): Promise<ToolCallRecord> {
+  const started = performance.now();
+  const name = call.function.name;
+  const checked = validateToolArgs(name, call.function.arguments, offered);
+  const base = { id: call.id, name, arguments: parsedArguments(call.function.arguments) };
+  if (!checked.ok) {
+    return { ...base, result: { error: checked.error }, status: "error", duration_ms: elapsed(started) };
+  }
+  if (name === REQUEST_USER_INPUT) {
+    return { ...base, arguments: checked.args, result: { asked: true }, status: "ok", duration_ms: elapsed(started) };
+  }
+  const outcome = await runSchedulerTool(name as SchedulerTool, checked.args, {
+    sql: deps.sql,
+    claims: conv.claims,
+    agentId: conv.agent.id,
+    conversationId: conv.conversationId,
+  });
+  return {
+    ...base,
+    result: outcome.result,
+    status: outcome.ok ? "ok" : "error",
+    duration_ms: elapsed(started),
+  };
+}
+
+function elapsed(started: number): number {
+  return Math.round(performance.now() - started);
+}

@@ -1,0 +1,192 @@
+"""Scheduled runs: the worker's act-as call, idempotency and questions to the user.
+
+The scheduled user message is written exactly as the worker writes it
+(scheduler.enqueue_now -> claim_executions -> start_execution, as the
+superuser); the function is then called with the service credential,
+X-Service and the context.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from tests.conftest import create_agent, create_user
+from tests.e2e.conftest import ChatFunction, FakeLLM, scheduled_turn, sse_events
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def db(chat_function: ChatFunction) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    with psycopg.connect(chat_function.db_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def alice(db: psycopg.Connection[Any]) -> uuid.UUID:
+    return create_user(db)
+
+
+@pytest.fixture
+def agent(db: psycopg.Connection[Any], alice: uuid.UUID) -> uuid.UUID:
+    return create_agent(db, alice, system_prompt="You check in on the user's goals.")
+
+
+def assistant_replies(db: psycopg.Connection[Any], execution_id: str) -> list[dict[str, Any]]:
+    return db.execute("select * from public.chat_messages_v2 where execution_id = %s and role = 'assistant'",
+                      (execution_id,)).fetchall()
+
+
+def test_act_as__persists_the_reply_with_the_execution_id(chat_function: ChatFunction, llm: FakeLLM,
+                                                          db: psycopg.Connection[Any], alice: uuid.UUID,
+                                                          agent: uuid.UUID) -> None:
+    # the user chatted before; the scheduled message is the newest one the model sees
+    earlier = chat_function.post({"agent_id": str(agent), "message": "I want to run a marathon"},
+                                 chat_function.user_headers(alice)).json()
+    context = scheduled_turn(db, alice, agent, "How is the training going?",
+                             conversation_id=earlier["conversation_id"])
+    llm.reset()
+    r = chat_function.post({"context": context}, chat_function.service_headers())
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["conversation_id"] == context["conversation_id"]
+    assert data["user_message_id"] == context["user_message_id"]
+    assert data["replayed"] is False and data["needs_input"] is None
+    assert data["message"]["content"] == "Echo: How is the training going?"
+    [reply] = assistant_replies(db, context["execution_id"])
+    assert str(reply["id"]) == data["message"]["id"]
+    assert reply["user_id"] == alice and str(reply["conversation_id"]) == context["conversation_id"]
+    assert reply["metadata"]["usage"]["total_tokens"] > 0 and reply["metadata"]["finish_reason"] == "stop"
+    [request] = llm.requests()
+    assert [(m["role"], m["content"]) for m in request["messages"]] == [
+        ("system", "You check in on the user's goals."),
+        ("user", "I want to run a marathon"), ("assistant", "Echo: I want to run a marathon"),
+        ("user", "How is the training going?"),
+    ]
+    # scheduled runs may ask the user a question
+    assert "request_user_input" in {t["function"]["name"] for t in request["tools"]}
+
+
+def test_act_as__history_stops_at_the_scheduled_message(chat_function: ChatFunction, llm: FakeLLM,
+                                                        db: psycopg.Connection[Any], alice: uuid.UUID,
+                                                        agent: uuid.UUID) -> None:
+    context = scheduled_turn(db, alice, agent, "Scheduled question")
+    # the user typed something after the scheduled message was written (a retry comes later)
+    chat_function.post({"agent_id": str(agent), "conversation_id": context["conversation_id"],
+                        "message": "typed later"}, chat_function.user_headers(alice))
+    llm.reset()
+    r = chat_function.post({"context": context}, chat_function.service_headers())
+    assert r.status_code == 200, r.text
+    assert llm.requests()[0]["messages"][-1] == {"role": "user", "content": "Scheduled question"}
+    assert "typed later" not in str(llm.requests()[0]["messages"])
+
+
+def test_act_as__replay_returns_the_stored_reply_without_calling_the_model(
+        chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
+        agent: uuid.UUID) -> None:
+    context = scheduled_turn(db, alice, agent, "Once only " + uuid.uuid4().hex)
+    first = chat_function.post({"context": context}, chat_function.service_headers())
+    assert first.status_code == 200, first.text
+    calls = len(llm.requests())
+    assert calls == 1
+    for _ in range(2):
+        again = chat_function.post({"context": context}, chat_function.service_headers())
+        assert again.status_code == 200, again.text
+        assert again.json()["replayed"] is True
+        assert again.json()["message"] == first.json()["message"]
+        assert again.json()["usage"] == first.json()["usage"]
+    assert len(llm.requests()) == calls, "a replay must call the model zero times"
+    assert len(assistant_replies(db, context["execution_id"])) == 1
+    users = db.execute("select count(*) as n from public.chat_messages_v2 where execution_id = %s and role = 'user'",
+                       (context["execution_id"],)).fetchone()
+    assert users == {"n": 1}
+
+
+def test_act_as__request_user_input_returns_needs_input(chat_function: ChatFunction, llm: FakeLLM,
+                                                        db: psycopg.Connection[Any], alice: uuid.UUID,
+                                                        agent: uuid.UUID) -> None:
+    context = scheduled_turn(db, alice, agent, "Weekly review [[ask:Which goal should we focus on?]]")
+    r = chat_function.post({"context": context}, chat_function.service_headers())
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["needs_input"] == {"question": "Which goal should we focus on?"}
+    assert data["message"]["content"] == "Which goal should we focus on?"
+    assert data["message"]["tool_calls"][0]["name"] == "request_user_input"
+    assert len(llm.requests()) == 1, "the turn ends at the question"
+    [reply] = assistant_replies(db, context["execution_id"])
+    assert reply["content"] == "Which goal should we focus on?"
+    assert reply["metadata"]["needs_input"] == {"question": "Which goal should we focus on?"}
+    replay = chat_function.post({"context": context}, chat_function.service_headers()).json()
+    assert replay["replayed"] is True and replay["needs_input"] == data["needs_input"]
+
+
+def test_act_as__tools_run_as_the_user(chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any],
+                                       alice: uuid.UUID, agent: uuid.UUID) -> None:
+    context = scheduled_turn(
+        db, alice, agent,
+        '[[tool:create_schedule:{"name": "Follow-up", "prompt": "Check again", "interval_seconds": 86400}]]')
+    r = chat_function.post({"context": context}, chat_function.service_headers())
+    assert r.status_code == 200, r.text
+    created = r.json()["message"]["tool_calls"][0]["result"]["created"]
+    task = db.execute("select user_id, agent_id, conversation_id from public.agent_tasks where id = %s",
+                      (created["id"],)).fetchone()
+    assert task == {"user_id": alice, "agent_id": agent, "conversation_id": uuid.UUID(context["conversation_id"])}
+
+
+def test_act_as__streams_too(chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any],
+                             alice: uuid.UUID, agent: uuid.UUID) -> None:
+    context = scheduled_turn(db, alice, agent, "Streamed scheduled run")
+    r = chat_function.post({"context": context, "stream": True}, chat_function.service_headers())
+    assert r.status_code == 200, r.text
+    events = sse_events(r.text)
+    assert events[-1][0] == "done"
+    assert events[-1][1]["message"]["content"] == "Echo: Streamed scheduled run"
+    assert len(assistant_replies(db, context["execution_id"])) == 1
+
+
+def test_act_as__not_rate_limited_like_users(chat_function: ChatFunction, llm: FakeLLM,
+                                             db: psycopg.Connection[Any]) -> None:
+    busy = create_user(db)
+    busy_agent = create_agent(db, busy)
+    # the limit is per user and counts user calls only (CHAT_RATE_LIMIT defaults to 60 a minute)
+    contexts = [scheduled_turn(db, busy, busy_agent, f"run {i}") for i in range(3)]
+    db.execute("insert into chat_private.rate_limits (user_id, window_started_at, hits) values (%s, now(), 1000)",
+               (busy,))
+    for context in contexts:
+        r = chat_function.post({"context": context}, chat_function.service_headers())
+        assert r.status_code == 200, r.text
+    r = chat_function.post({"agent_id": str(busy_agent), "message": "me too"}, chat_function.user_headers(busy))
+    assert r.status_code == 429
+
+
+def test_act_as__finished_execution_is_refused_without_calling_the_model(
+        chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
+        agent: uuid.UUID) -> None:
+    context = scheduled_turn(db, alice, agent, "cancelled before the call")
+    db.execute("select scheduler.cancel_execution(%s, 'test')", (context["execution_id"],))
+    r = chat_function.post({"context": context}, chat_function.service_headers())
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "execution_not_running" and r.json()["error"]["retryable"] is False
+    assert llm.requests() == [] and assistant_replies(db, context["execution_id"]) == []
+
+
+def test_act_as__cancelled_while_the_model_answers_stores_nothing(
+        chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
+        agent: uuid.UUID) -> None:
+    context = scheduled_turn(db, alice, agent, "slow one [[sleep:1500]]")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(chat_function.post, {"context": context}, chat_function.service_headers())
+        time.sleep(0.5)
+        db.execute("select scheduler.cancel_execution(%s, 'cancelled by the user')", (context["execution_id"],))
+        r = pending.result(timeout=10)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "execution_not_running"
+    assert len(llm.requests()) == 1
+    assert assistant_replies(db, context["execution_id"]) == []
