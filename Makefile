@@ -23,7 +23,7 @@ test: setup
 	@bash scripts/test.sh
 
 test-db: setup
-	@agent-tasks stack up --db-only >/dev/null && bash scripts/test.sh db
+	@python3 -m worker stack up --db-only >/dev/null && bash scripts/test.sh db
 
 test-deno: setup
 	@bash scripts/test.sh deno

@@ -22,7 +22,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import worker, croniter, psycopg_pool, pytest, hypothesis' 2>/dev/null \
+# the installed package must be this checkout (an editable install of another
+# clone would run that clone's code and stack)
+here=$(pwd -P)
+installed=$(cd / && python3 -c 'import pathlib, worker; print(pathlib.Path(worker.__file__).resolve().parents[1])' 2>/dev/null || true)
+if [ "$installed" != "$here" ] \
+   || ! python3 -c 'import croniter, psycopg_pool, pytest, hypothesis' 2>/dev/null \
    || ! command -v deno >/dev/null || ! command -v agent-tasks >/dev/null; then
   echo "[setup] pip install -e .[dev]"
   python3 -m pip install -q --disable-pip-version-check -e '.[dev]'

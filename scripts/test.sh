@@ -14,7 +14,7 @@ run_lint() {
 
 run_db() {
   echo "== db: pgTAP (supabase/tests/database) on a fresh database"
-  agent-tasks stack up --db-only >/dev/null
+  python3 -m worker stack up --db-only >/dev/null
   local name="pgtap_$$" url
   url=$(python3 -c "from worker import stack; s=stack.require_running(); print(stack.create_database(s, '$name'))")
   trap "python3 -c \"from worker import stack; stack.drop_database(stack.require_running(), '$name')\"" RETURN
@@ -30,7 +30,7 @@ run_deno() {
 
 run_py() {
   echo "== py: pytest (unit, integration, end to end)"
-  agent-tasks stack up --db-only >/dev/null
+  python3 -m worker stack up --db-only >/dev/null
   python3 -m pytest -q -p no:cacheprovider tests
 }
 
