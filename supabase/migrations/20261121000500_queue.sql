@@ -861,10 +861,7 @@ security definer
 set search_path = ''
 as $$
 declare
-  v_now timestamptz := coalesce(p_now, clock_timestamp());
   v_old public.agent_task_executions;
-  v_task public.agent_tasks;
-  v_id uuid;
 begin
   select * into v_old from public.agent_task_executions where id = p_execution_id;
   if not found then
@@ -874,22 +871,16 @@ begin
     raise exception 'execution % is %: only failed, timed out, cancelled or skipped executions can be retried',
       p_execution_id, v_old.status using errcode = '55000';
   end if;
-  select * into v_task from public.agent_tasks where id = v_old.task_id;
-  insert into public.agent_task_executions (
-    task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
-    max_attempts, timeout_seconds, exclusive, conversation_id, retry_of)
-  values (v_task.id, v_task.user_id, v_task.agent_id, 'retry', 'queued', v_now, coalesce(p_now, now()),
-          v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
-          v_task.overlap_policy <> 'allow',
-          case when v_task.conversation_mode = 'reuse' then v_old.conversation_id end, v_old.id)
-  returning id into v_id;
-  return v_id;
+  return scheduler.enqueue_now(v_old.task_id, 'retry', p_now, v_old.conversation_id, v_old.id);
 end
 $$;
 
 -- Enqueue a run of a task now (trigger_type 'manual'), whatever its schedule.
+-- A retry of an earlier execution (trigger_type 'retry') passes that run's
+-- conversation (used when the task reuses one) and its id (retry_of).
 create or replace function scheduler.enqueue_now(
-  p_task_id uuid, p_trigger_type text default 'manual', p_now timestamptz default null
+  p_task_id uuid, p_trigger_type text default 'manual', p_now timestamptz default null,
+  p_conversation_id uuid default null, p_retry_of uuid default null
 ) returns uuid
 language plpgsql
 security definer
@@ -906,10 +897,11 @@ begin
   end if;
   insert into public.agent_task_executions (
     task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
-    max_attempts, timeout_seconds, exclusive)
+    max_attempts, timeout_seconds, exclusive, conversation_id, retry_of)
   values (v_task.id, v_task.user_id, v_task.agent_id, p_trigger_type, 'queued', v_now, coalesce(p_now, now()),
           v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
-          v_task.overlap_policy <> 'allow')
+          v_task.overlap_policy <> 'allow',
+          case when v_task.conversation_mode = 'reuse' then p_conversation_id end, p_retry_of)
   returning id into v_id;
   update public.agent_tasks set run_count = run_count + 1 where id = p_task_id;
   return v_id;
@@ -987,7 +979,7 @@ grant execute on function
   scheduler.rescue_expired(timestamptz),
   scheduler.cancel_execution(uuid, text, timestamptz),
   scheduler.retry_execution(uuid, timestamptz),
-  scheduler.enqueue_now(uuid, text, timestamptz),
+  scheduler.enqueue_now(uuid, text, timestamptz, uuid, uuid),
   scheduler.register_worker(text, text, integer, integer),
   scheduler.unregister_worker(text),
   scheduler.purge_history(interval, timestamptz),
