@@ -23,6 +23,7 @@ run_db() {
 }
 
 run_deno() {
+  export NO_COLOR=1
   echo "== deno: check, lint, test (supabase/functions)"
   local fn=supabase/functions
   (cd "$fn/chat" && deno check index.ts && deno lint .. && deno test --allow-env --allow-read ..)
