@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from worker.retry import ErrorKind, is_retryable_status, parse_retry_after
 
 ERROR_TEXT_MAX_CHARS = 500
-SHARD_CONNECTIONS = 16
+KEEPALIVE_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +100,10 @@ def _clip(text: str) -> str:
     return text if len(text) <= ERROR_TEXT_MAX_CHARS else text[:ERROR_TEXT_MAX_CHARS] + "..."
 
 
-def classify_response(status: int, body: bytes, headers: httpx.Headers | None = None) -> ChatResult:
-    """Turn one HTTP answer of the chat function into a ChatResult (pure, unit-tested)."""
+def classify_response(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> ChatResult:
+    """Turn one HTTP answer of the chat function into a ChatResult (pure, unit-tested).
+
+    `headers` is a case-insensitive mapping (aiohttp's CIMultiDictProxy)."""
     try:
         data = json.loads(body) if body else None
     except ValueError:
@@ -145,33 +148,32 @@ def classify_response(status: int, body: bytes, headers: httpx.Headers | None = 
 
 
 class ChatClient:
-    """One shared HTTP client for every execution of a worker (keep-alive, pooled connections)."""
+    """One shared HTTP client for every execution of a worker (keep-alive, pooled connections).
+
+    aiohttp rather than httpx: its C HTTP parser and O(1) connection pool cost
+    a fraction of httpx/httpcore's per-request CPU (bench/README.md), and the
+    worker makes one request per execution.
+    """
 
     def __init__(self, url: str, headers: dict[str, str], max_connections: int,
-                 connect_timeout_s: float = 5.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 connect_timeout_s: float = 5.0) -> None:
         self.url = url
+        self.headers = dict(headers)
+        self.max_connections = max_connections
         self.connect_timeout_s = connect_timeout_s
-        # httpcore scans every pooled connection on each request (idle and expiry
-        # checks with a syscall each), so one pool of 500 connections costs
-        # O(500) per call. Shards of at most SHARD_CONNECTIONS keep that scan
-        # short; requests go round robin.
-        shards = max(1, -(-max_connections // SHARD_CONNECTIONS))
-        per_shard = -(-max_connections // shards)
-        self._clients = [
-            httpx.AsyncClient(
-                headers=headers,
-                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard,
-                                    keepalive_expiry=30.0),
-                timeout=httpx.Timeout(60.0, connect=connect_timeout_s),
-                transport=transport,
-            )
-            for _ in range(shards)
-        ]
-        self._next = 0
+        self._session: aiohttp.ClientSession | None = None
 
-    def _client(self) -> httpx.AsyncClient:
-        self._next = (self._next + 1) % len(self._clients)
-        return self._clients[self._next]
+    def _client(self) -> aiohttp.ClientSession:
+        # created lazily: an aiohttp session belongs to the running event loop
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
+                                             keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(
+                headers=self.headers, connector=connector,
+                timeout=aiohttp.ClientTimeout(total=60.0, sock_connect=self.connect_timeout_s),
+                trust_env=False,
+            )
+        return self._session
 
     async def reply(self, act_as: ActAs, timeout_s: float) -> ChatResult:
         """Ask the chat function for the reply to the scheduled message.
@@ -180,16 +182,21 @@ class ChatClient:
         enforces the deadline itself. Transport failures come back as
         ChatTransient (timed_out=True for a timeout of this HTTP attempt).
         """
-        timeout = httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
+        timeout = aiohttp.ClientTimeout(total=timeout_s,
+                                        sock_connect=min(self.connect_timeout_s, timeout_s))
         try:
-            response = await self._client().post(self.url, content=act_as.body(), timeout=timeout)
-        except httpx.TimeoutException as exc:
+            # no redirects: the service credential must never be sent elsewhere
+            async with self._client().post(self.url, data=act_as.body(), timeout=timeout,
+                                           allow_redirects=False) as response:
+                body = await response.read()
+                return classify_response(response.status, body, response.headers)
+        except TimeoutError as exc:  # incl. aiohttp.ServerTimeoutError and its total timeout
             return ChatTransient(error=_clip(f"chat function timed out ({type(exc).__name__})"),
                                  timed_out=True)
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             return ChatTransient(error=_clip(f"chat function unreachable: {type(exc).__name__}: {exc}"))
-        return classify_response(response.status_code, response.content, response.headers)
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

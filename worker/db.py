@@ -41,6 +41,13 @@ _FAIL_PLAN: Final = "select scheduler.fail_plan(%s, %s, %s)"
 _CLAIM: Final = "select * from scheduler.claim_executions(%s, %s, %s, %s)"
 _HEARTBEAT: Final = "select id, status from scheduler.heartbeat(%s, %s::uuid[], %s, %s)"
 _START: Final = "select * from scheduler.start_execution(%s, %s, %s, %s, %s)"
+_START_MANY: Final = (
+    "select id, conversation_id, user_message_id, created_conversation, error_code, error_message"
+    " from scheduler.start_executions(%s, %s)")
+# Each item of start_executions is a subtransaction with its own XID; more
+# than 64 in one transaction overflow Postgres' per-backend subxid cache and
+# slow every snapshot in the cluster, so batches stay well below that.
+START_BATCH_MAX: Final = 48
 _FINISH_MANY: Final = "select id from scheduler.finish_executions(%s, %s)"
 FINISH_BATCH_MAX: Final = 200
 DEADLOCK_RETRIES: Final = 3
@@ -179,12 +186,103 @@ class FinishBatcher:
                 future.set_result(str(item["id"]) in applied)
 
 
+class StartBatcher:
+    """Coalesces start_execution calls into scheduler.start_executions.
+
+    The executions of one claim batch are spawned together and each asks to
+    start in its first step, before the drain task runs: they go out as one
+    call (chunks of START_BATCH_MAX, concurrently). Starts arriving while a
+    drain runs go in the next round. An item that fails with an unexpected
+    error (not fenced, not conversation-gone) is retried alone with
+    start_execution, whose exception then reaches the caller as before.
+    """
+
+    def __init__(self, queue: Queue, max_batch: int = START_BATCH_MAX) -> None:
+        self._queue = queue
+        self._max_batch = max_batch
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[Started]]] = []
+        self._draining = False
+
+    async def submit(self, worker_id: str, execution_id: uuid.UUID, attempt: int, resolved_prompt: str,
+                     conversation_title: str | None) -> Started:
+        future: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
+        item: dict[str, Any] = {"id": str(execution_id), "attempt": attempt, "resolved_prompt": resolved_prompt}
+        if conversation_title is not None:
+            item["conversation_title"] = conversation_title
+        self._pending.append((worker_id, item, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain(), name="start-batcher")
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                chunks: list[tuple[str, list[tuple[dict[str, Any], asyncio.Future[Started]]]]] = []
+                by_worker: dict[str, list[tuple[dict[str, Any], asyncio.Future[Started]]]] = {}
+                for worker_id, item, future in batch:
+                    by_worker.setdefault(worker_id, []).append((item, future))
+                for worker_id, entries in by_worker.items():
+                    for i in range(0, len(entries), self._max_batch):
+                        chunks.append((worker_id, entries[i:i + self._max_batch]))
+                await asyncio.gather(*(self._flush(w, c) for w, c in chunks))
+        finally:
+            self._draining = False
+
+    async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[Started]]]) -> None:
+        if len(entries) == 1:  # nothing to batch: the plain call raises the same exceptions
+            item, future = entries[0]
+            await self._single(worker_id, item, future)
+            return
+        try:
+            async with self._queue.pool.connection() as conn:
+                cur = await conn.execute(_START_MANY, (worker_id, Jsonb([item for item, _ in entries])))
+                rows = {str(r[0]): r for r in await cur.fetchall()}
+        except Exception as exc:
+            for _, future in entries:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        retry: list[tuple[dict[str, Any], asyncio.Future[Started]]] = []
+        for item, future in entries:
+            if future.done():
+                continue
+            row = rows.get(item["id"])
+            if row is None:
+                retry.append((item, future))
+            elif row[4] is None:
+                future.set_result(Started(conversation_id=row[1], user_message_id=row[2],
+                                          created_conversation=bool(row[3])))
+            elif row[4] == SQLSTATE_NO_DATA_FOUND:
+                future.set_exception(ConversationGone(row[5] or "conversation gone"))
+            elif row[4] == SQLSTATE_FENCED:
+                future.set_exception(Fenced(row[5] or "fenced"))
+            else:  # e.g. a deadlock victim inside the batch: try it alone
+                retry.append((item, future))
+        for item, future in retry:
+            await self._single(worker_id, item, future)
+
+    async def _single(self, worker_id: str, item: dict[str, Any], future: asyncio.Future[Started]) -> None:
+        try:
+            started = await self._queue.start_execution(
+                uuid.UUID(item["id"]), worker_id, item["attempt"], item["resolved_prompt"],
+                item.get("conversation_title"))
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(started)
+
+
 class Queue:
     """Typed calls of the scheduler functions over a pool."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
         self._finishes = FinishBatcher(self)
+        self._starts = StartBatcher(self)
 
     async def _scalar(self, sql: str, params: Sequence[Any]) -> Any:
         async with self.pool.connection() as conn:
@@ -239,8 +337,15 @@ class Queue:
             cur = await conn.execute(_HEARTBEAT, (worker_id, list(ids), lease_seconds, in_flight))
             return [(r[0], r[1]) for r in await cur.fetchall()]
 
+    async def start(self, execution_id: uuid.UUID, worker_id: str, attempt: int,
+                    resolved_prompt: str, conversation_title: str | None) -> Started:
+        """start_execution, batched with the concurrent starts (StartBatcher): the executions of
+        one claim batch start in one call. Raises ConversationGone or Fenced like start_execution."""
+        return await self._starts.submit(worker_id, execution_id, attempt, resolved_prompt, conversation_title)
+
     async def start_execution(self, execution_id: uuid.UUID, worker_id: str, attempt: int,
                               resolved_prompt: str, conversation_title: str | None) -> Started:
+        """One scheduler.start_execution call (conversation + the scheduled user message)."""
         try:
             async with self.pool.connection() as conn:
                 cur = await conn.execute(

@@ -7,8 +7,10 @@ any of them fails (Procrastinate's habit):
   agent_tasks_plan and agent_task_cancel; re-established when it dies. The
   other loops also poll every POLL_INTERVAL_S, so a lost NOTIFY costs at most
   that much latency.
-* ``tick``      enqueue_due + rescue_expired every TICK_INTERVAL_S (pg_cron does the
-  same once a minute; the worker's tick makes sub-minute schedules work).
+* ``tick``      enqueue_due + rescue_expired every TICK_INTERVAL_S, just after each
+  whole multiple of it (schedules fall on whole seconds), then claims at once
+  when it enqueued anything (pg_cron does the same once a minute; the worker's
+  tick makes sub-minute schedules work).
 * ``planner``   next_run_at of cron tasks (croniter, worker/planner.py) via
   tasks_to_plan / apply_plan, woken by NOTIFY agent_tasks_plan.
 * ``claim``     claim_executions in batches up to free capacity (WORKER_CONCURRENCY
@@ -16,10 +18,11 @@ any of them fails (Procrastinate's habit):
 * ``heartbeat`` one call for every in-flight execution each HEARTBEAT_INTERVAL_S;
   executions the database says are no longer ours are abandoned at once.
 
-Per execution: resolve the prompt, start_execution (conversation + the
-scheduled user message, exactly once), call the chat function acting as the
-user, then finish_execution or retry_later. About three round trips to
-Postgres per execution (claim share, start, finish).
+Per execution: resolve the prompt, start (conversation + the scheduled user
+message, exactly once), call the chat function acting as the user, then
+finish or retry_later. Starts and finishes of concurrent executions are
+batched (db.StartBatcher, db.FinishBatcher), so under load an execution costs
+a share of three round trips to Postgres (claim, start, finish).
 
 Shutdown (SIGTERM/SIGINT): stop claiming, let in-flight executions finish
 within SHUTDOWN_GRACE_S, release the rest to the queue (another worker takes
@@ -79,6 +82,9 @@ LISTENER_CHECK_TIMEOUT_S = 5.0
 # When capacity frees up one slot at a time under load, wait this long to
 # claim a few at once instead of one per round trip.
 CLAIM_COALESCE_S = 0.005
+# The tick runs this long after each multiple of TICK_INTERVAL_S (wall clock):
+# enough for the database's clock to be past the boundary too.
+TICK_ALIGN_OFFSET_S = 0.01
 # Bound on DB calls made during shutdown.
 SHUTDOWN_DB_TIMEOUT_S = 5.0
 HARD_STOP_DB_TIMEOUT_S = 1.0
@@ -96,6 +102,15 @@ class InFlight:
     finishing: bool = False
     abandon_reason: str | None = None
     log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+def tick_delay_s(now_s: float, interval_s: float, offset_s: float = TICK_ALIGN_OFFSET_S) -> float:
+    """Seconds from `now_s` (epoch) to the next tick: the next multiple of `interval_s`
+    plus `offset_s`, never less than a millisecond away (a tick that just ran waits for the next)."""
+    target = (now_s // interval_s) * interval_s + offset_s
+    while target - now_s < 0.001:
+        target += interval_s
+    return target - now_s
 
 
 class WorkerCrashed(RuntimeError):
@@ -317,16 +332,20 @@ class Worker:
     async def _tick_loop(self) -> None:
         s = self.settings
         while True:
+            # Schedules are whole seconds: tick just after each boundary so a due
+            # occurrence is enqueued within TICK_ALIGN_OFFSET_S, not up to a tick later.
+            await asyncio.sleep(tick_delay_s(time.time(), s.tick_interval_s))
+
             async def tick() -> None:
                 enqueued = await self.queue.enqueue_due(s.enqueue_batch_size)
+                if enqueued:
+                    self._claim_wake.set()  # claim now, not after the NOTIFY round trip
                 rescued = await self.queue.rescue_expired()
-                if enqueued or rescued:
+                if rescued:
                     self._claim_wake.set()
-                    if rescued:
-                        log_event(logger, "rescued", count=rescued)
+                    log_event(logger, "rescued", count=rescued)
 
             await self._survive("tick", tick)
-            await asyncio.sleep(s.tick_interval_s)
 
     async def _planner_loop(self) -> None:
         s = self.settings
@@ -400,7 +419,9 @@ class Worker:
         entry = InFlight(execution=execution, started_monotonic=time.monotonic(), log_fields=fields)
         self.inflight[execution.id] = entry
         self._idle.clear()
-        log_event(logger, "claimed", status="running", **fields)
+        # DEBUG: the "finished" line (INFO) already names the execution, task and
+        # attempt; a second INFO line per execution is measurable CPU under load
+        log_event(logger, "claimed", level=logging.DEBUG, status="running", **fields)
         task = asyncio.create_task(self._execute(entry), name=f"execution:{execution.id}")
         entry.task = task
         execution_id = execution.id
@@ -462,8 +483,8 @@ class Worker:
                                error_kind=ErrorKind.PERMANENT)
             return
         try:
-            started = await self.queue.start_execution(ex.id, self.worker_id, ex.attempt, prompt,
-                                                       self._conversation_title(ex))
+            started = await self.queue.start(ex.id, self.worker_id, ex.attempt, prompt,
+                                             self._conversation_title(ex))
         except ConversationGone as exc:
             await self._finish(entry, "failed", error=str(exc), error_kind=ErrorKind.PERMANENT)
             return

@@ -309,10 +309,20 @@ begin
     return;
   end if;
   return query
-  with candidates as (
+  with capped as (
+    -- users already at the cap: their backlog must not fill the candidate
+    -- window and starve everyone queued behind it
+    select e.user_id
+    from public.agent_task_executions e
+    where p_per_user_limit is not null and e.status = 'running'
+    group by e.user_id
+    having count(*) >= p_per_user_limit
+  ),
+  candidates as (
     select e.id, e.user_id, e.task_id, e.exclusive, e.priority, e.scheduled_for
     from public.agent_task_executions e
     where e.status = 'queued' and e.run_after <= v_now
+      and (p_per_user_limit is null or e.user_id not in (select c.user_id from capped c))
       and (not e.exclusive or not exists (
              select 1 from public.agent_task_executions r
              where r.task_id = e.task_id and r.status = 'running'))
@@ -498,6 +508,60 @@ begin
   where e.id = v_exec.id;
 
   return query select v_conversation, v_message, v_created;
+end
+$$;
+
+-- start_executions: start_execution for a claim batch, in one round trip.
+-- p_items is a JSON array of {id, attempt, resolved_prompt, conversation_title?}.
+-- Each item runs scheduler.start_execution itself (same fence on status,
+-- worker and attempt; same exactly-once user message; idempotent) inside its
+-- own BEGIN/EXCEPTION block, so one bad item neither aborts nor undoes the
+-- others: its error comes back in error_code / error_message ('55000' fenced,
+-- 'P0002' conversation gone, anything else unexpected) instead of being
+-- raised. Items are taken in conversation order so two batches sharing
+-- conversations lock them in the same order. Callers keep batches well under
+-- 64 items: each item is a subtransaction with an XID, and more than 64 in one
+-- transaction overflow the per-backend subxid cache, which slows every
+-- other snapshot in the cluster.
+create or replace function scheduler.start_executions(
+  p_worker_id text,
+  p_items jsonb,
+  p_now timestamptz default null
+) returns table (
+  id uuid, conversation_id uuid, user_message_id uuid, created_conversation boolean,
+  error_code text, error_message text
+)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_item record;
+  v_started record;
+begin
+  if p_items is null or jsonb_typeof(p_items) <> 'array' then
+    raise exception 'start_executions: p_items must be a JSON array' using errcode = '22023';
+  end if;
+  for v_item in
+    select i.id, i.attempt, i.resolved_prompt, i.conversation_title
+    from jsonb_array_elements(p_items) with ordinality as o(elem, ord)
+    cross join lateral jsonb_to_record(o.elem)
+      as i(id uuid, attempt integer, resolved_prompt text, conversation_title text)
+    left join public.agent_task_executions e on e.id = i.id
+    left join public.agent_tasks t on t.id = e.task_id
+    order by coalesce(e.conversation_id, t.conversation_id) nulls last, e.task_id, o.ord
+  loop
+    begin
+      select * into strict v_started
+      from scheduler.start_execution(v_item.id, p_worker_id, v_item.attempt, v_item.resolved_prompt,
+                                     v_item.conversation_title, p_now);
+      return query select v_item.id, v_started.conversation_id, v_started.user_message_id,
+                          v_started.created_conversation, null::text, null::text;
+    exception when others then
+      return query select v_item.id, null::uuid, null::uuid, null::boolean,
+                          sqlstate::text, sqlerrm::text;
+    end;
+  end loop;
 end
 $$;
 
@@ -972,6 +1036,7 @@ grant execute on function
   scheduler.claim_executions(text, integer, integer, integer, timestamptz),
   scheduler.heartbeat(text, uuid[], integer, integer, timestamptz),
   scheduler.start_execution(uuid, text, integer, text, text, timestamptz),
+  scheduler.start_executions(text, jsonb, timestamptz),
   scheduler.finish_execution(uuid, text, integer, text, text, text, text, uuid, jsonb, timestamptz),
   scheduler.finish_executions(text, jsonb, timestamptz),
   scheduler.retry_later(uuid, text, integer, text, text, double precision, timestamptz),

@@ -145,6 +145,10 @@ def test_listener__reconnects_after_its_connection_is_killed(
         chat_endpoint: ChatEndpoint, db: psycopg.Connection[Any], task_factory: Any, tmp_path: Path,
         workers: list[WorkerProcess]) -> None:
     a = _start(chat_endpoint, tmp_path, workers, poll_interval_s=5)
+    # the listener connects after the worker registers: wait for it rather than race it
+    wait_for(lambda: db.execute("select 1 from pg_stat_activity where application_name = %s",
+                                (f"agent-tasks listener {a.worker_id}",)).fetchone(),
+             timeout_s=10, what="the listener connection")
     killed = db.execute(
         "select pg_terminate_backend(pid) as ok from pg_stat_activity where application_name = %s",
         (f"agent-tasks listener {a.worker_id}",)).fetchall()

@@ -61,3 +61,25 @@ def test_settings__heartbeat_shorter_than_lease(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("HEARTBEAT_INTERVAL_S", "6")
     with pytest.raises(ValidationError):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+# --- tick alignment (worker/runner.py) ---------------------------------------
+
+
+def test_tick_delay__lands_just_after_the_next_whole_second() -> None:
+    from worker.runner import TICK_ALIGN_OFFSET_S, tick_delay_s
+
+    assert abs(tick_delay_s(1000.3, 1.0) - (0.7 + TICK_ALIGN_OFFSET_S)) < 1e-9
+    # just before this second's tick: wait for it, not for the next one
+    assert abs(tick_delay_s(1000.0, 1.0) - TICK_ALIGN_OFFSET_S) < 1e-9
+    # just after this second's tick ran: the next second's
+    assert abs(tick_delay_s(1000.0 + TICK_ALIGN_OFFSET_S, 1.0) - 1.0) < 1e-9
+
+
+def test_tick_delay__other_intervals_align_to_their_multiples() -> None:
+    from worker.runner import tick_delay_s
+
+    assert abs(tick_delay_s(1001.0, 5.0, 0.0) - 4.0) < 1e-9
+    assert abs(tick_delay_s(1000.2, 0.5, 0.01) - 0.31) < 1e-9
+    for now in (0.0, 0.004, 12.9999, 1e9 + 0.5):
+        assert 0.001 <= tick_delay_s(now, 1.0) <= 1.0 + 0.011

@@ -6,10 +6,10 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from worker.chat_client import (
     ChatNeedsInput,
@@ -137,7 +137,7 @@ def test_classify__body_retryable_flag_wins() -> None:
 
 
 def test_classify__retry_after_header() -> None:
-    r = classify_response(429, err_body("rate_limited"), httpx.Headers({"Retry-After": "7"}))
+    r = classify_response(429, err_body("rate_limited"), CIMultiDictProxy(CIMultiDict({"Retry-After": "7"})))
     assert isinstance(r, ChatTransient) and r.retry_after_s == 7
 
 

@@ -3,7 +3,7 @@
 -- known state.
 begin;
 \ir helpers/personas.psql
-select plan(98);
+select plan(99);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -351,6 +351,17 @@ select is_empty($$select id from scheduler.claim_executions('w2', 10, 60, 2, '20
   'a user at the cap gets nothing more from another worker');
 select is((select count(*)::int from scheduler.claim_executions('w2', 10, 60, 3, '2030-01-04 09:20Z')), 1,
   'the cap counts executions already running across workers');
+insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type, scheduled_for, run_after, exclusive)
+select 'd1000000-0000-0000-0000-000000000023', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+       'manual', '2030-01-04 08:00Z'::timestamptz + make_interval(secs => g), '2030-01-04 08:00Z', false
+from generate_series(1, 20) g;
+insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type, scheduled_for, run_after, exclusive)
+values ('d2000000-0000-0000-0000-000000000031', tests.get_user_id('bob'), 'a2000000-0000-0000-0000-000000000002',
+        'manual', '2030-01-04 09:15Z', '2030-01-04 09:00Z', false);
+select results_eq(
+  $$select user_id from scheduler.claim_executions('w3', 1, 60, 3, '2030-01-04 09:20Z')$$,
+  format($$values (%L::uuid)$$, tests.get_user_id('bob')),
+  'a capped user''s long backlog ahead in the queue does not starve another user');
 
 -- =========================================================================
 -- client actions: ownership checks
