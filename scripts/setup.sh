@@ -27,7 +27,7 @@ fi
 here=$(pwd -P)
 installed=$(cd / && python3 -c 'import pathlib, worker; print(pathlib.Path(worker.__file__).resolve().parents[1])' 2>/dev/null || true)
 if [ "$installed" != "$here" ] \
-   || ! python3 -c 'import croniter, psycopg_pool, pytest, hypothesis' 2>/dev/null \
+   || ! python3 -c 'import aiohttp, croniter, dotenv, httpx, hypothesis, jwt, psycopg_pool, pydantic_settings, pytest, pytest_asyncio, rich' 2>/dev/null \
    || ! command -v deno >/dev/null || ! command -v agent-tasks >/dev/null; then
   echo "[setup] pip install -e .[dev]"
   python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
