@@ -145,6 +145,35 @@ def test_cron_task__planner_sets_next_run_at_within_a_second(
     assert nxt.minute % 5 == 0 and nxt.second == 0
 
 
+def test_cron_task__due_occurrence_runs_and_the_planner_moves_to_the_next(
+        db: psycopg.Connection[Any], owner: tuple[uuid.UUID, uuid.UUID]) -> None:
+    """A real cron occurrence end to end, without waiting for the wall clock to reach it:
+    once the planner has set next_run_at, the clock is "advanced" by moving that
+    occurrence into the past (what a minute of waiting would do)."""
+    uid, agent = owner
+    task = create_task(db, uid, agent, name="Minutely", schedule_type="cron", cron_expression="* * * * *",
+                       timezone="Europe/Berlin", prompt_template="Minute report for {{TODAY}}")
+    planned = wait_for(lambda: db.execute("select next_run_at from public.agent_tasks where id = %s and "
+                                          "next_run_at is not null", (task,)).fetchone(),
+                       timeout_s=2.0, what="the planner to set next_run_at")
+    occurrence = planned["next_run_at"] - timedelta(minutes=1)  # a minute boundary, just past
+    db.execute("update public.agent_tasks set next_run_at = %s, last_scheduled_for = %s - interval '1 minute'"
+               " where id = %s", (occurrence, occurrence, task))
+    ran = wait_for(lambda: [e for e in executions(db, task) if e["status"] == "succeeded"] or None,
+                   timeout_s=10, what="the cron occurrence to run")
+    assert ran[0]["trigger_type"] == "schedule" and ran[0]["scheduled_for"] == occurrence
+    msgs = _one_user_one_assistant(db, ran[0]["id"])
+    assert msgs[0]["metadata"] == {"source": "scheduler", "task_id": str(task),
+                                   "execution_id": str(ran[0]["id"]), "trigger_type": "schedule"}
+    today = occurrence.astimezone(ZoneInfo("Europe/Berlin")).date().isoformat()
+    assert msgs[0]["content"] == f"Minute report for {today}"
+    # the planner computed the next occurrence from the one that ran: the next minute
+    nxt = wait_for(lambda: db.execute("select next_run_at from public.agent_tasks where id = %s and "
+                                      "next_run_at > %s", (task, occurrence)).fetchone(),
+                   timeout_s=2.0, what="the next occurrence")
+    assert nxt["next_run_at"] == occurrence + timedelta(minutes=1)
+
+
 def test_retry__transient_errors_then_success_with_one_message_each(
         db: psycopg.Connection[Any], owner: tuple[uuid.UUID, uuid.UUID]) -> None:
     uid, agent = owner
