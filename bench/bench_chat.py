@@ -18,7 +18,12 @@ Goals on a 2-core machine: p50 < 15 ms at 1 caller, >= 400 turns/s at 32.
 The client, Deno, Postgres and the fake share those cores, so the figures
 are a floor for the function itself. Not a test: figures are noisy.
 
-    python bench/bench_chat.py [--seconds 10] [--warmup 2] [--concurrency 1,32]
+    python bench/bench_chat.py [--seconds 10] [--warmup 2] [--concurrency 1,32] [--functions]
+
+--functions turns on track_functions in the bench database and adds, per
+level, each SQL function's calls and total / self ms per turn
+(pg_stat_user_functions; wall time inside the function, so under load it
+includes waiting for a core).
 """
 
 from __future__ import annotations
@@ -67,6 +72,31 @@ def backend_pids(db_url: str, db_name: str) -> list[int]:
         rows = conn.execute("select pid from pg_stat_activity where datname = %s and application_name = %s",
                             (db_name, "chat-function")).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def function_times(db_url: str) -> dict[str, tuple[int, float, float]]:
+    """pg_stat_user_functions: (calls, total ms, self ms) per function (needs track_functions)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("select pg_stat_clear_snapshot()")
+        rows = conn.execute("select schemaname || '.' || funcname, calls, total_time, self_time"
+                            " from pg_stat_user_functions").fetchall()
+    return {str(r[0]): (int(r[1]), float(r[2]), float(r[3])) for r in rows}
+
+
+def function_deltas(before: dict[str, tuple[int, float, float]], after: dict[str, tuple[int, float, float]],
+                    turns: int) -> dict[str, dict[str, float]]:
+    """Calls, total and self ms per turn of each function called during a phase, costliest first.
+
+    Stats reach the view when a backend goes idle, so the figures cover warm-up turns too
+    (divided by measured turns they read a little high); a rough guide, not a measurement.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name, (calls, total, self_) in after.items():
+        c0, t0, s0 = before.get(name, (0, 0.0, 0.0))
+        if calls > c0:
+            out[name] = {"calls": round((calls - c0) / turns, 2), "total_ms": round((total - t0) / turns, 3),
+                         "self_ms": round((self_ - s0) / turns, 3)}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["total_ms"]))
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -153,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", default="1,32", help="comma-separated caller counts")
+    parser.add_argument("--functions", action="store_true",
+                        help="track_functions = all in the bench database; add the SQL functions' time per turn")
     args = parser.parse_args(argv)
     seconds = min(args.seconds, MAX_SECONDS)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -160,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     state = stack.up(with_services=False)
     db_name = f"bench_chat_{uuid.uuid4().hex[:8]}"
     db_url = stack.create_database(state, db_name)
+    if args.functions:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f'alter database "{db_name}" set track_functions = \'all\'')
     logs = Path(tempfile.mkdtemp(prefix="bench-chat-"))
     llm_port = stack.free_port(0)
     with (logs / "fake-llm.log").open("wb") as out:
@@ -181,8 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             pids = {"chat_function": [fn.proc.pid], "fake_llm": [llm_proc.pid], "client": [os.getpid()],
                     "postgres": []}
+            before = function_times(db_url) if args.functions else {}
             results[f"concurrency_{level}"] = asyncio.run(
                 measure(fn.url, identities, level, seconds, args.warmup, pids, db_url, db_name))
+            if args.functions:
+                result = results[f"concurrency_{level}"]
+                result["sql_functions_ms_per_turn"] = function_deltas(before, function_times(db_url),
+                                                                      max(result["n"], 1))
         results["goals"] = {
             "p50_ms_at_1": GOAL_P50_MS_AT_1, "rps_at_32": GOAL_RPS_AT_32,
             "met": {

@@ -99,30 +99,21 @@ begin
   return new;
 end
 $$;
+-- The WHEN clauses (evaluated by the executor, as the writing role) call the
+-- function only when it has something to refuse, so ordinary messages pay no
+-- function call: current_user there is the same role the function would see.
 create trigger chat_messages_v2_guard before insert or update on public.chat_messages_v2
-  for each row execute function scheduler.guard_chat_message();
+  for each row
+  when ((new.execution_id is not null or (new.metadata ->> 'source') = 'scheduler')
+        and current_user in ('anon', 'authenticated', 'service_role', 'authenticator'))
+  execute function scheduler.guard_chat_message();
+create trigger chat_messages_v2_guard_move before update on public.chat_messages_v2
+  for each row when (new.conversation_id is distinct from old.conversation_id)
+  execute function scheduler.guard_chat_message();
 
--- Keep the conversation's counters, preview and title. security definer: the
--- counters are not writable by users, yet every user message must move them.
-create or replace function scheduler.touch_conversation() returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  update public.conversation_sessions c set
-    message_count = c.message_count + 1,
-    last_message_at = greatest(coalesce(c.last_message_at, new.created_at), new.created_at),
-    last_message_preview = left(regexp_replace(new.content, '\s+', ' ', 'g'), 160),
-    title = coalesce(c.title, case when new.role = 'user'
-                                   then nullif(left(btrim(regexp_replace(new.content, '\s+', ' ', 'g')), 200), '')
-                              end)
-  where c.id = new.conversation_id;
-  return null;
-end
-$$;
-create trigger chat_messages_v2_touch_conversation after insert on public.chat_messages_v2
-  for each row execute function scheduler.touch_conversation();
+-- The conversation's counters, preview and title are kept by
+-- scheduler.chat_message_after_insert (migration 20261121000600_client_api.sql:
+-- one AFTER INSERT trigger that also resumes a task waiting for the user).
 
 -- A message's user_id is its conversation's owner.
 create or replace function scheduler.message_owner() returns trigger

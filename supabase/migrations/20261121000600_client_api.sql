@@ -236,16 +236,40 @@ $$;
 comment on function public.list_conversations(uuid, integer, text, boolean) is
   'Your conversations, most recent first, with message_count and last_message_preview; keyset pagination via next_cursor.';
 
--- A user's reply in a conversation where a task waits for input resumes the
--- task (seed 001: waiting_input -> active, pending question cleared, the
--- answer kept in state). security definer: the user's message moves the
--- task's status, which users cannot set to arbitrary values themselves.
-create or replace function scheduler.resume_waiting_task() returns trigger
+-- After a message is inserted, in one trigger (one function call per message):
+--
+-- 1. Keep the conversation's counters, preview and title, so list pages read
+--    one row.
+-- 2. A user's reply in a conversation where a task waits for input resumes
+--    the task (seed 001: waiting_input -> active, pending question cleared,
+--    the answer kept in state). The partial index below makes the check for
+--    such a task an empty index probe for the (usual) user with none.
+--
+-- security definer: the counters are not writable by users, yet every user
+-- message must move them; the user's message moves the task's status, which
+-- users cannot set to arbitrary values themselves.
+create or replace function scheduler.chat_message_after_insert() returns trigger
 language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_flat text;
 begin
+  -- whitespace collapsed: preview (160 characters) and title (200). Collapsing
+  -- a prefix gives a prefix of the collapsed whole, so a long reply is not
+  -- scanned to its end when the first 1,000 characters are enough.
+  v_flat := regexp_replace(left(new.content, 1000), '\s+', ' ', 'g');
+  if char_length(v_flat) < 202 and char_length(new.content) > 1000 then
+    v_flat := regexp_replace(new.content, '\s+', ' ', 'g');
+  end if;
+  update public.conversation_sessions c set
+    message_count = c.message_count + 1,
+    last_message_at = greatest(coalesce(c.last_message_at, new.created_at), new.created_at),
+    last_message_preview = left(v_flat, 160),
+    title = coalesce(c.title, case when new.role = 'user' then nullif(left(btrim(v_flat), 200), '') end)
+  where c.id = new.conversation_id;
+
   if new.role = 'user' and new.execution_id is null then
     update public.agent_tasks t set
       status = 'active',
@@ -258,8 +282,11 @@ begin
   return null;
 end
 $$;
-create trigger chat_messages_v2_resume_waiting_task after insert on public.chat_messages_v2
-  for each row execute function scheduler.resume_waiting_task();
+create trigger chat_messages_v2_after_insert after insert on public.chat_messages_v2
+  for each row execute function scheduler.chat_message_after_insert();
+
+-- the tasks waiting for their user's answer, probed on every user message
+create index agent_tasks_waiting_input_idx on public.agent_tasks (user_id) where status = 'waiting_input';
 
 -- ---------------------------------------------------------------------------
 -- chat_private: what the chat edge function needs beyond the user's RLS.

@@ -2,14 +2,19 @@
 //
 // Two short transactions per turn, none held during the model call:
 //   tx1 (as the user: role authenticated + the user's claims, so RLS decides)
-//       load agent, conversation and history, insert the user's message;
-//   tx2 (as service_role with the user's claims) persist the reply through
-//       chat_private.record_assistant_reply, which re-checks ownership.
+//       load agent, conversation and history, insert the user's message:
+//       chat_turn.user_turn_begin / chat_turn.act_as_turn_begin (security
+//       invoker);
+//   tx2 (as service_role with the user's claims) persist the reply:
+//       chat_private.save_reply, through chat_private.record_assistant_reply,
+//       which re-checks ownership.
 // Each is ONE multi-statement query: one round trip, one implicit
-// transaction (`set_config(..., true)` lasts until its end). Values enter
-// those statements only as typed literals (../_shared/sql_literal.ts says
-// why). `prepare: false` keeps the function usable through Supabase's
-// transaction pooler.
+// transaction (`set_config(..., true)` lasts until its end). The work is in
+// PL/pgSQL functions (migration 20261121001000_chat_turn_functions.sql)
+// because `prepare: false` (required by Supabase's transaction pooler) means
+// a statement sent as text is parsed and planned on every request, while a
+// function's statements are planned once per connection. Values enter the
+// short calls only as typed literals (../_shared/sql_literal.ts says why).
 
 import postgres from "postgres";
 import { DEFAULT_HISTORY_MESSAGES, MAX_HISTORY_MESSAGES } from "../_shared/history.ts";
@@ -59,26 +64,6 @@ export interface MessageRow {
 const HISTORY_ROWS_MAX = lit.int(MAX_HISTORY_MESSAGES);
 const DEFAULT_LIMIT = lit.int(DEFAULT_HISTORY_MESSAGES);
 
-// The agent's settings.history_messages, clamped as history.ts clamps it, so
-// the database returns no more rows than the window can use.
-function agentCte(agentId: lit.Literal): lit.Literal {
-  return lit.fragment(lit.sqlText`
-  agent as (
-    select a.id, a.system_prompt, a.model, a.settings,
-           least(greatest(coalesce(
-             case when jsonb_typeof(a.settings -> 'history_messages') = 'number'
-                  then floor((a.settings ->> 'history_messages')::numeric) end, ${DEFAULT_LIMIT}), 1), ${HISTORY_ROWS_MAX})::integer as history_limit
-    from public.agents a
-    where a.id = ${agentId}
-  )`);
-}
-
-const AGENT_JSON = lit.fragment(
-  "json_build_object('id', id, 'system_prompt', system_prompt, 'model', model, 'settings', settings)",
-);
-const MESSAGE_JSON = lit.fragment(`json_build_object('id', m.id, 'role', m.role, 'content', m.content,
-  'tool_calls', m.tool_calls, 'metadata', m.metadata, 'created_at', m.created_at)`);
-
 export interface UserTurnStart {
   /** Seconds to wait when rate limited, else 0. */
   wait: number;
@@ -101,11 +86,11 @@ async function statements(sql: Sql, text: string): Promise<Record<string, unknow
  * tx1 of a user turn, one round trip (one implicit transaction):
  *   1. count the request (rate_limit_hit runs as the connection's role; its
  *      verdict is kept in a transaction-local setting), then become the user;
- *   2. when no conversation is given, create one (the title comes from the
- *      first message, set by a trigger);
- *   3. under RLS: load agent, conversation and history, and insert the
- *      message only if nothing was refused, so a refused request writes no
- *      row (refused requests still count toward the rate limit window).
+ *   2. under RLS, chat_turn.user_turn_begin: load agent and conversation
+ *      (started when none is given; its title comes from the first message,
+ *      set by a trigger) and history, and insert the message only if nothing
+ *      was refused, so a refused request writes no row (refused requests
+ *      still count toward the rate limit window).
  */
 export async function startUserTurn(sql: Sql, args: {
   userId: string;
@@ -116,61 +101,22 @@ export async function startUserTurn(sql: Sql, args: {
   rateLimit: number;
   rateWindowS: number;
 }): Promise<UserTurnStart> {
-  const agentId = lit.uuid(args.agentId);
   // set_config('role', …, true) is `set local role` (PostgREST does the same). In one
   // statement with rate_limit_hit: the function's EXECUTE privilege is checked when the
   // statement starts, as the connection's role, and the new role applies from the next.
-  const becomeUser = lit.sqlText`
-    select set_config('chat.rate_wait',
-             chat_private.rate_limit_hit(${lit.uuid(args.userId)}, ${lit.int(args.rateLimit)},
-                                         ${lit.int(args.rateWindowS)})::text, true),
-           set_config('chat.conversation_id', ${lit.text(args.conversationId ?? "")}, true),
-           set_config('role', 'authenticated', true),
-           set_config('request.jwt.claims', ${lit.text(args.claims)}, true);`;
-  const createConversation = args.conversationId !== null ? "" : lit.sqlText`
-    with created as (
-      insert into public.conversation_sessions (agent_id)
-      select a.id from public.agents a
-      where a.id = ${agentId} and current_setting('chat.rate_wait')::integer = 0
-      returning id
-    )
-    select set_config('chat.conversation_id', coalesce((select id::text from created), ''), true);`;
-  const turn = lit.sqlText`
-    with ${agentCte(agentId)},
-    conv as (
-      select c.id, c.agent_id from public.conversation_sessions c
-      where c.id = nullif(current_setting('chat.conversation_id'), '')::uuid and c.deleted_at is null
-    ),
-    target as (
-      select conv.id from conv join agent on agent.id = conv.agent_id
-      where current_setting('chat.rate_wait')::integer = 0
-    ),
-    ins as (
-      insert into public.chat_messages_v2 (conversation_id, role, content)
-      select target.id, 'user', ${lit.text(args.message)} from target
-      returning id, created_at
-    ),
-    hist as (
-      select h.* from (
-        -- a constant inner limit lets the planner walk the (conversation_id, created_at, id)
-        -- index backwards however long the conversation is; the agent's own limit applies outside
-        select m.id, m.role, m.content, m.created_at from public.chat_messages_v2 m
-        where m.conversation_id = (select target.id from target) and m.role in ('user', 'assistant')
-        order by m.created_at desc, m.id desc
-        limit ${HISTORY_ROWS_MAX}
-      ) h
-      order by h.created_at desc, h.id desc
-      limit (select agent.history_limit from agent)
-    )
-    select
-      current_setting('chat.rate_wait')::integer as wait,
-      (select ${AGENT_JSON} from agent) as agent,
-      (select json_build_object('id', id, 'agent_id', agent_id) from conv) as conversation,
-      (select json_build_object('id', id, 'created_at', created_at) from ins) as user_message,
-      coalesce((select json_agg(json_build_object('role', role, 'content', content)
-                                order by created_at desc, id desc) from hist), '[]'::json) as history;`;
-  const results = await statements(sql, becomeUser + createConversation + turn);
-  const row = results[results.length - 1][0] as {
+  const results = await statements(
+    sql,
+    lit.sqlText`
+      select set_config('chat.rate_wait',
+               chat_private.rate_limit_hit(${lit.uuid(args.userId)}, ${lit.int(args.rateLimit)},
+                                           ${lit.int(args.rateWindowS)})::text, true),
+             set_config('role', 'authenticated', true),
+             set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
+      select * from chat_turn.user_turn_begin(current_setting('chat.rate_wait')::integer,
+        ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}, ${lit.text(args.message)},
+        ${DEFAULT_LIMIT}, ${HISTORY_ROWS_MAX});`,
+  );
+  const row = results[1][0] as {
     wait: number;
     agent: AgentRow | null;
     conversation: { id: string; agent_id: string } | null;
@@ -205,9 +151,10 @@ export interface ActAsStart {
 }
 
 /**
- * tx1 of an act-as turn. First, as service_role, check that user, agent and
- * conversation belong together; only when they do, become the user and read
- * everything else under the user's RLS (one round trip each).
+ * tx1 of an act-as turn, one round trip. First, as service_role, check that
+ * user, agent and conversation belong together; only when they do
+ * (chat_turn.act_as_turn_begin reads nothing otherwise), become the user and
+ * read everything else under the user's RLS.
  */
 export async function startActAsTurn(sql: Sql, args: {
   claims: string;
@@ -217,14 +164,20 @@ export async function startActAsTurn(sql: Sql, args: {
   executionId: string;
   userMessageId: string;
 }): Promise<ActAsStart> {
-  const checked = await statements(
+  // Each set_config('role', …) takes effect from the next statement: check_act_as's
+  // EXECUTE privilege is checked as service_role, the reads run as the user.
+  const results = await statements(
     sql,
     lit.sqlText`
       select set_config('role', 'service_role', true);
-      select chat_private.check_act_as(${lit.uuid(args.userId)}, ${lit.uuid(args.agentId)},
-                                       ${lit.uuid(args.conversationId)}) as verdict;`,
+      select set_config('chat.act_as', chat_private.check_act_as(${lit.uuid(args.userId)},
+               ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}), true) as verdict;
+      select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
+      select * from chat_turn.act_as_turn_begin(current_setting('chat.act_as') = 'ok',
+        ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}, ${lit.uuid(args.executionId)},
+        ${lit.uuid(args.userMessageId)}, ${DEFAULT_LIMIT}, ${HISTORY_ROWS_MAX});`,
   );
-  const verdict = String(checked[1][0].verdict);
+  const verdict = String(results[1][0].verdict);
   if (verdict !== "ok") {
     return {
       verdict,
@@ -236,48 +189,7 @@ export async function startActAsTurn(sql: Sql, args: {
       history: [],
     };
   }
-  const conversationId = lit.uuid(args.conversationId);
-  const executionId = lit.uuid(args.executionId);
-  const results = await statements(
-    sql,
-    lit.sqlText`
-      select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
-      with ${agentCte(lit.uuid(args.agentId))},
-      conv as (
-        select c.id, c.agent_id from public.conversation_sessions c
-        where c.id = ${conversationId} and c.deleted_at is null
-      ),
-      um as (
-        select m.id, m.conversation_id, m.role, m.execution_id, m.created_at
-        from public.chat_messages_v2 m where m.id = ${lit.uuid(args.userMessageId)}
-      ),
-      reply as (
-        select m.id, m.role, m.content, m.tool_calls, m.metadata, m.created_at
-        from public.chat_messages_v2 m
-        where m.execution_id = ${executionId} and m.role = 'assistant'
-      ),
-      hist as (
-        select h.* from (
-          select m.id, m.role, m.content, m.created_at from public.chat_messages_v2 m
-          where m.conversation_id = ${conversationId} and m.role in ('user', 'assistant')
-            and (m.created_at, m.id) <= (select um.created_at, um.id from um where um.conversation_id = ${conversationId})
-          order by m.created_at desc, m.id desc
-          limit ${HISTORY_ROWS_MAX}
-        ) h
-        order by h.created_at desc, h.id desc
-        limit (select agent.history_limit from agent)
-      )
-      select
-        (select ${AGENT_JSON} from agent) as agent,
-        (select json_build_object('id', id, 'agent_id', agent_id) from conv) as conversation,
-        (select json_build_object('id', id, 'conversation_id', conversation_id, 'role', role,
-                                  'execution_id', execution_id) from um) as user_message,
-        (select ${MESSAGE_JSON} from reply m) as reply,
-        (select e.status from public.agent_task_executions e where e.id = ${executionId}) as execution_status,
-        coalesce((select json_agg(json_build_object('role', role, 'content', content)
-                                  order by created_at desc, id desc) from hist), '[]'::json) as history;`,
-  );
-  const row = results[1][0] as {
+  const row = results[3][0] as {
     agent: AgentRow | null;
     conversation: { id: string; agent_id: string } | null;
     user_message: ActAsStart["userMessage"];
@@ -298,13 +210,14 @@ export async function startActAsTurn(sql: Sql, args: {
 
 /** Execution statuses after which nobody waits for a reply. */
 export const FINISHED_EXECUTION_STATUSES = ["succeeded", "failed", "timed_out", "needs_input", "cancelled", "skipped"];
-const FINISHED = lit.fragment(FINISHED_EXECUTION_STATUSES.map((s) => `'${s}'`).join(", "));
+const FINISHED = lit.fragment(
+  `array[${FINISHED_EXECUTION_STATUSES.map((s) => `'${s}'`).join(", ")}]::text[]`,
+);
 
 /**
  * tx2: persist the assistant's reply once, in one round trip, as
- * service_role with the user's claims. record_assistant_reply returns only
- * the id; a transaction-local setting hands it to the next statement, which
- * reads the stored row (the earlier reply when a concurrent attempt of the
+ * service_role with the user's claims, through chat_private.save_reply: it
+ * returns the stored row (the earlier reply when a concurrent attempt of the
  * same execution won). A scheduled run's reply is not written once its
  * execution has finished (cancelled while the model was answering: the
  * worker went away and nobody reads it); null is returned then.
@@ -318,26 +231,16 @@ export async function persistReply(sql: Sql, args: {
   metadata: Json;
   executionId: string | null;
 }): Promise<MessageRow | null> {
-  const executionId = lit.uuid(args.executionId);
   const results = await statements(
     sql,
     lit.sqlText`
       select set_config('role', 'service_role', true), set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
-      select set_config('chat.reply_id', coalesce((
-        select chat_private.record_assistant_reply(
-          ${lit.uuid(args.userId)}, ${lit.uuid(args.conversationId)}, ${lit.text(args.content)},
-          ${lit.jsonb(args.toolCalls)}, ${lit.jsonb(args.metadata)}, ${executionId})::text
-        where not exists (select 1 from public.agent_task_executions e
-                          where e.id = ${executionId} and e.status in (${FINISHED})
-                            and not exists (select 1 from public.chat_messages_v2 r
-                                            where r.execution_id = e.id and r.role = 'assistant'))
-      ), ''), true);
-      select ${MESSAGE_JSON} as message
-      from public.chat_messages_v2 m
-      where m.id = nullif(current_setting('chat.reply_id'), '')::uuid;`,
+      select chat_private.save_reply(${lit.uuid(args.userId)}, ${lit.uuid(args.conversationId)},
+        ${lit.text(args.content)}, ${lit.jsonb(args.toolCalls)}, ${lit.jsonb(args.metadata)},
+        ${lit.uuid(args.executionId)}, ${FINISHED}) as message;`,
   );
-  const rows = results[2] as { message: MessageRow }[];
-  return rows.length > 0 ? rows[0].message : null;
+  const rows = results[1] as { message: MessageRow | null }[];
+  return rows[0]?.message ?? null;
 }
 
 /**
