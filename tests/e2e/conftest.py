@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from tests.conftest import create_agent, create_user
 from worker import stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,3 +211,23 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
         if data:
             events.append((name, json.loads("\n".join(data))))
     return events
+
+
+# --- rows for the chat tests (test modules may override `agent`) ---------------------------
+
+
+@pytest.fixture
+def db(chat_function: ChatFunction) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """A superuser connection to the database the module's chat function serves."""
+    with psycopg.connect(chat_function.db_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def alice(db: psycopg.Connection[Any]) -> uuid.UUID:
+    return create_user(db)
+
+
+@pytest.fixture
+def agent(db: psycopg.Connection[Any], alice: uuid.UUID) -> uuid.UUID:
+    return create_agent(db, alice)

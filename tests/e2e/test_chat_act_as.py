@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from tests.conftest import create_agent, create_user
 from tests.e2e.conftest import ChatFunction, FakeLLM, scheduled_turn, sse_events
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def db(chat_function: ChatFunction) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-    with psycopg.connect(chat_function.db_url, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def alice(db: psycopg.Connection[Any]) -> uuid.UUID:
-    return create_user(db)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +17,12 @@ import httpx
 import jwt
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from tests.conftest import create_agent, create_user
 from tests.e2e.conftest import ChatFunction, FakeLLM, scheduled_turn, start_chat_function
 from worker import stack
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def db(chat_function: ChatFunction) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-    with psycopg.connect(chat_function.db_url, autocommit=True, row_factory=dict_row) as conn:
-        yield conn
-
-
-@pytest.fixture
-def alice(db: psycopg.Connection[Any]) -> uuid.UUID:
-    return create_user(db)
-
-
-@pytest.fixture
-def agent(db: psycopg.Connection[Any], alice: uuid.UUID) -> uuid.UUID:
-    return create_agent(db, alice)
 
 
 def error_of(r: httpx.Response) -> tuple[int, str]:
