@@ -8,7 +8,7 @@ user with its own agent and keeps one conversation going (so history is
 loaded and sent, up to the default 30 messages), starting a new
 conversation every NEW_CONVERSATION_EVERY turns so both paths are measured.
 
-Non-streamed turns are sent with an asyncio httpx client by 1 and then 32
+Non-streamed turns are sent with an asyncio aiohttp client by 1 and then 32
 concurrent callers for a fixed time each. Prints one JSON object:
 
     {"concurrency_1": {"rps", "p50_ms", "p99_ms", "n", "errors"},
@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[index]
 
 
-async def caller(client: httpx.AsyncClient, url: str, headers: dict[str, str], agent_id: str,
+async def caller(session: aiohttp.ClientSession, url: str, headers: dict[str, str], agent_id: str,
                  stop_at: float, record_after: float, latencies: list[float], errors: list[str]) -> None:
     conversation_id: str | None = None
     turns = 0
@@ -116,18 +116,21 @@ async def caller(client: httpx.AsyncClient, url: str, headers: dict[str, str], a
             body["conversation_id"] = conversation_id
         started = time.monotonic()
         try:
-            r = await client.post(url, json=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with session.post(url, json=body, headers=headers) as r:
+                status = r.status
+                data = await r.json() if status == 200 else None
+                text = "" if status == 200 else (await r.text())[:120]
+        except (aiohttp.ClientError, TimeoutError) as exc:
             errors.append(type(exc).__name__)
             continue
         elapsed_ms = (time.monotonic() - started) * 1000
-        if r.status_code != 200:
-            errors.append(f"{r.status_code} {r.text[:120]}")
+        if status != 200 or data is None:
+            errors.append(f"{status} {text}")
             continue
         if started >= record_after:
             latencies.append(elapsed_ms)
         turns += 1
-        conversation_id = None if turns % NEW_CONVERSATION_EVERY == 0 else r.json()["conversation_id"]
+        conversation_id = None if turns % NEW_CONVERSATION_EVERY == 0 else data["conversation_id"]
 
 
 async def measure(url: str, identities: list[tuple[dict[str, str], str]], concurrency: int,
@@ -135,11 +138,10 @@ async def measure(url: str, identities: list[tuple[dict[str, str], str]], concur
                   db_name: str) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
-    # One client (one keep-alive connection) per caller: a single httpx pool
-    # shared by 32 callers spends several ms of CPU per request on pool
-    # bookkeeping, which would measure httpx rather than the function.
-    clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                                 timeout=30.0) for _ in range(concurrency)]
+    # The load generator shares the 2 cores with what it measures: aiohttp (C
+    # parser, one keep-alive connection per caller) keeps its share small.
+    clients = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
+                                     timeout=aiohttp.ClientTimeout(total=30.0)) for _ in range(concurrency)]
     try:
         start = time.monotonic()
         record_after = start + warmup
@@ -160,7 +162,7 @@ async def measure(url: str, identities: list[tuple[dict[str, str], str]], concur
         cpu_used = {name: sum(cpu_seconds(p) for p in ps) - cpu_before[name] for name, ps in pids.items()}
     finally:
         for client in clients:
-            await client.aclose()
+            await client.close()
     latencies.sort()
     turns = max(len(latencies), 1)
     # CPU per turn of each process over the measured window (turns still running at its
