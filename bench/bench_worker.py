@@ -12,7 +12,8 @@ function under Deno, the fake OpenAI-compatible model, and one
   succeeded execution must have exactly its two messages (the scheduler's user
   message and the assistant's reply). Goal >= 300/s.
 * in_flight: the model answers after 2 s (POST /_fake/config latency_ms);
-  WORKER_CONCURRENCY 600 and 2,400 queued executions. Peak `running` rows
+  WORKER_CONCURRENCY 600 and 4,800 queued executions (eight waves, so the
+  steady state outweighs the ramp-up and the tail). Peak `running` rows
   (sampled every 100 ms), executions/s and the worker's peak RSS (VmHWM).
   Goals >= 500 in flight, >= 200/s, RSS < 300 MB.
 
@@ -23,7 +24,7 @@ noisy (the load average is printed). Prints ONE JSON object
 {"throughput": {...}, "in_flight": {...}, "goals": {...}, "machine": {...}}.
 
     python bench/bench_worker.py [--executions 3000] [--concurrency 64,128]
-        [--inflight-executions 2400] [--inflight-concurrency 600] [--only throughput|in_flight]
+        [--inflight-executions 4800] [--inflight-concurrency 600] [--only throughput|in_flight]
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--executions", type=int, default=3000)
     parser.add_argument("--concurrency", default="64,128", help="comma-separated WORKER_CONCURRENCY values")
-    parser.add_argument("--inflight-executions", type=int, default=2400)
+    parser.add_argument("--inflight-executions", type=int, default=4800)
     parser.add_argument("--inflight-concurrency", type=int, default=600)
     parser.add_argument("--inflight-latency-ms", type=int, default=2000)
     parser.add_argument("--log-level", default="INFO", help="the worker's LOG_LEVEL (INFO is the default)")
