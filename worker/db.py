@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import psycopg
 from psycopg.rows import dict_row
@@ -55,6 +55,8 @@ _RETRY_LATER: Final = "select scheduler.retry_later(%s, %s, %s, %s, %s, %s)"
 _RELEASE: Final = "select scheduler.release_executions(%s, %s::uuid[])"
 _REGISTER: Final = "select scheduler.register_worker(%s, %s, %s, %s)"
 _UNREGISTER: Final = "select scheduler.unregister_worker(%s)"
+
+R = TypeVar("R")
 
 SQLSTATE_NO_DATA_FOUND: Final = "P0002"
 SQLSTATE_FENCED: Final = "55000"
@@ -128,41 +130,61 @@ async def connect_listener(database_url: str, worker_id: str) -> psycopg.AsyncCo
     return conn
 
 
-class FinishBatcher:
-    """Coalesces finishes into scheduler.finish_executions calls.
+class _Coalescer(Generic[R]):
+    """Coalesces concurrent calls of one scheduler function into batch calls.
 
-    A finish goes out at once when none is in flight; finishes that arrive
-    while one is running wait for it and then go together. At low load this
-    adds no latency; at high load it turns N round trips (and N task-counter
-    updates) into one.
+    A call goes out at once when no batch is in flight; calls that arrive
+    meanwhile wait for it and then go together (in chunks of max_batch, run
+    concurrently). At low load this adds no latency; at high load it turns N
+    round trips into a few.
     """
 
-    def __init__(self, queue: Queue, max_batch: int = FINISH_BATCH_MAX) -> None:
+    name = "batcher"
+
+    def __init__(self, queue: Queue, max_batch: int) -> None:
         self._queue = queue
         self._max_batch = max_batch
-        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[bool]]] = []
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[R]]] = []
         self._draining = False
 
-    async def submit(self, worker_id: str, item: dict[str, Any]) -> bool:
-        """Finish one execution; True when applied, False when the fence dropped it."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def _submit(self, worker_id: str, item: dict[str, Any]) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((worker_id, item, future))
         if not self._draining:
             self._draining = True
-            asyncio.get_running_loop().create_task(self._drain(), name="finish-batcher")
+            asyncio.get_running_loop().create_task(self._drain(), name=self.name)
         return await future
 
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
-                by_worker: dict[str, list[tuple[dict[str, Any], asyncio.Future[bool]]]] = {}
+                batch, self._pending = self._pending, []
+                by_worker: dict[str, list[tuple[dict[str, Any], asyncio.Future[R]]]] = {}
                 for worker_id, item, future in batch:
                     by_worker.setdefault(worker_id, []).append((item, future))
-                for worker_id, entries in by_worker.items():
-                    await self._flush(worker_id, entries)
+                await asyncio.gather(*(
+                    self._flush(worker_id, entries[i:i + self._max_batch])
+                    for worker_id, entries in by_worker.items()
+                    for i in range(0, len(entries), self._max_batch)))
         finally:
             self._draining = False
+
+    async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[R]]]) -> None:
+        raise NotImplementedError
+
+
+class FinishBatcher(_Coalescer[bool]):
+    """Finishes go out as scheduler.finish_executions calls (one task-counter
+    update per task and batch instead of one per execution)."""
+
+    name = "finish-batcher"
+
+    def __init__(self, queue: Queue, max_batch: int = FINISH_BATCH_MAX) -> None:
+        super().__init__(queue, max_batch)
+
+    async def submit(self, worker_id: str, item: dict[str, Any]) -> bool:
+        """Finish one execution; True when applied, False when the fence dropped it."""
+        return await self._submit(worker_id, item)
 
     async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
         items = [item for item, _ in entries]
@@ -186,49 +208,27 @@ class FinishBatcher:
                 future.set_result(str(item["id"]) in applied)
 
 
-class StartBatcher:
-    """Coalesces start_execution calls into scheduler.start_executions.
+class StartBatcher(_Coalescer[Started]):
+    """start_execution calls go out as scheduler.start_executions.
 
     The executions of one claim batch are spawned together and each asks to
     start in its first step, before the drain task runs: they go out as one
-    call (chunks of START_BATCH_MAX, concurrently). Starts arriving while a
-    drain runs go in the next round. An item that fails with an unexpected
+    call (chunks of START_BATCH_MAX). An item that fails with an unexpected
     error (not fenced, not conversation-gone) is retried alone with
     start_execution, whose exception then reaches the caller as before.
     """
 
+    name = "start-batcher"
+
     def __init__(self, queue: Queue, max_batch: int = START_BATCH_MAX) -> None:
-        self._queue = queue
-        self._max_batch = max_batch
-        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[Started]]] = []
-        self._draining = False
+        super().__init__(queue, max_batch)
 
     async def submit(self, worker_id: str, execution_id: uuid.UUID, attempt: int, resolved_prompt: str,
                      conversation_title: str | None) -> Started:
-        future: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
         item: dict[str, Any] = {"id": str(execution_id), "attempt": attempt, "resolved_prompt": resolved_prompt}
         if conversation_title is not None:
             item["conversation_title"] = conversation_title
-        self._pending.append((worker_id, item, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain(), name="start-batcher")
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                chunks: list[tuple[str, list[tuple[dict[str, Any], asyncio.Future[Started]]]]] = []
-                by_worker: dict[str, list[tuple[dict[str, Any], asyncio.Future[Started]]]] = {}
-                for worker_id, item, future in batch:
-                    by_worker.setdefault(worker_id, []).append((item, future))
-                for worker_id, entries in by_worker.items():
-                    for i in range(0, len(entries), self._max_batch):
-                        chunks.append((worker_id, entries[i:i + self._max_batch]))
-                await asyncio.gather(*(self._flush(w, c) for w, c in chunks))
-        finally:
-            self._draining = False
+        return await self._submit(worker_id, item)
 
     async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[Started]]]) -> None:
         if len(entries) == 1:  # nothing to batch: the plain call raises the same exceptions
