@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { SignJWT } from "jose";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import {
   type AuthDeps,
   authenticate,
@@ -129,6 +129,25 @@ Deno.test("createUserTokenVerifier__checks_the_issuer_when_configured", async ()
   const claims = { sub: USER, role: "authenticated", aud: "authenticated" };
   assert.equal((await verify(await sign({ ...claims, iss: "https://x.supabase.co/auth/v1" }))).ok, true);
   assert.equal((await verify(await sign({ ...claims, iss: "elsewhere" }))).ok, false);
+});
+
+Deno.test("createUserTokenVerifier__accepts_asymmetric_tokens_from_the_projects_jwks", async () => {
+  // projects with asymmetric signing keys: ES256 tokens, public keys published as a JWKS
+  const { publicKey, privateKey } = await generateKeyPair("ES256", { extractable: true });
+  const jwk = { ...(await exportJWK(publicKey)), kid: "key-1", alg: "ES256", use: "sig" };
+  const verify = createUserTokenVerifier({ jwks: JSON.stringify({ keys: [jwk] }) });
+  const claims = { sub: USER, role: "authenticated", aud: "authenticated" };
+  const good = await new SignJWT(claims).setProtectedHeader({ alg: "ES256", kid: "key-1" }).setIssuedAt()
+    .setExpirationTime("1h").sign(privateKey);
+  assert.equal((await verify(good)).ok, true);
+
+  // a token signed by another key pair with the same kid is refused
+  const other = await generateKeyPair("ES256");
+  const forged = await new SignJWT(claims).setProtectedHeader({ alg: "ES256", kid: "key-1" })
+    .setExpirationTime("1h").sign(other.privateKey);
+  assert.equal((await verify(forged)).ok, false);
+  // without the HS256 secret configured, an HS256 token is refused too
+  assert.equal((await verify(await sign(claims))).ok, false);
 });
 
 Deno.test("createServiceCredentialCheck__accepts_secret_keys_and_service_role_jwts", async () => {
