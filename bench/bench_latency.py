@@ -22,7 +22,7 @@ WORKER_CONCURRENCY.
   before the call to the poll that sees the row (p50/p99), and the database's
   own view (message created_at - execution created_at). Goal p50 < 100 ms.
 
-The machine has 2 cores shared with other engineers' tests: figures are noisy.
+The machine has 2 cores shared with whatever else runs: figures are noisy.
 Prints ONE JSON object.
 
     python bench/bench_latency.py [--tasks 1000] [--concurrency 200,1000] [--repeats 50]
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "run_now"):
         out["run_now_to_message"] = {**run_now_to_message(args.repeats), "goal_p50_ms": GOAL_RUN_NOW_P50_MS}
     out["machine"]["loadavg_end"] = machine_load()["loadavg"]
-    out["note"] = ("2 shared cores: worker, Deno, the fake model, Postgres and other engineers' tests "
+    out["note"] = ("2 shared cores: worker, Deno, the fake model, Postgres and anything else running "
                    "compete for CPU; figures are noisy")
     print(json.dumps(out, default=str))
     # slow is never a failure; runs that never started or a message never seen are

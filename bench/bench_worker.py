@@ -19,7 +19,7 @@ function under Deno, the fake OpenAI-compatible model, and one
 
 CPU used by each process (worker, chat function, fake model, Postgres
 backends by owner) is reported per execution, to tell where the time goes.
-The machine has 2 cores shared with other engineers' tests: figures are
+The machine has 2 cores shared with whatever else runs: figures are
 noisy (the load average is printed). Prints ONE JSON object
 {"throughput": {...}, "in_flight": {...}, "goals": {...}, "machine": {...}}.
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
     out["machine"]["loadavg_end"] = machine_load()["loadavg"]
-    out["note"] = ("2 shared cores: worker, Deno, the fake model, Postgres and other engineers' tests "
+    out["note"] = ("2 shared cores: worker, Deno, the fake model, Postgres and anything else running "
                    "compete for CPU; figures are noisy")
     print(json.dumps(out, default=str))
     # slow is never a failure; a wrong result (lost or duplicated messages, runs left over) is
