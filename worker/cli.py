@@ -183,35 +183,41 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _task_action(args: argparse.Namespace, sql: str, done: str) -> int:
+def _row_action(args: argparse.Namespace, key: str, sql: str, done: str, refused: str) -> int:
+    """Run one SQL action on the row named by args.<key>; print its result (or JSON)."""
+    target = getattr(args, key)
     with connect(args) as conn:
         try:
-            row = conn.execute(sql, (args.task_id,)).fetchone()
+            row = conn.execute(sql, (target,)).fetchone()
         except psycopg.Error as exc:
             raise _sql_error(exc) from exc
-    if row is None:
-        raise CliError(f"task {args.task_id} not found")
-    result = next(iter(row.values()))
+    result = None if row is None else next(iter(row.values()))
+    if row is None or result is False:
+        raise CliError(refused.format(id=target))
     if args.json:
-        print(json.dumps({"task_id": args.task_id, "result": _jsonable(result)}))
+        print(json.dumps({key: target, "result": _jsonable(result)}))
     else:
-        console.print(done.format(task=args.task_id, result=result))
+        console.print(done.format(id=target, result=result))
     return EXIT_OK
+
+
+def _task_action(args: argparse.Namespace, sql: str, done: str) -> int:
+    return _row_action(args, "task_id", sql, done, "task {id} not found")
 
 
 def cmd_tasks_run(args: argparse.Namespace) -> int:
     return _task_action(args, "select scheduler.enqueue_now(%s, 'manual') as execution_id",
-                        "queued execution [bold]{result}[/bold] for task {task}")
+                        "queued execution [bold]{result}[/bold] for task {id}")
 
 
 def cmd_tasks_pause(args: argparse.Namespace) -> int:
     return _task_action(args, "select status from scheduler.pause_task(%s)",
-                        "task {task} is now {result} (its queued scheduled runs were cancelled)")
+                        "task {id} is now {result} (its queued scheduled runs were cancelled)")
 
 
 def cmd_tasks_resume(args: argparse.Namespace) -> int:
     return _task_action(args, "select next_run_at from scheduler.resume_task(%s)",
-                        "resumed task {task}; next run {result}")
+                        "resumed task {id}; next run {result}")
 
 
 # --- executions ------------------------------------------------------------------------
@@ -283,30 +289,17 @@ def _exec_line(r: dict[str, Any]) -> str:
 
 
 def _exec_action(args: argparse.Namespace, sql: str, done: str) -> int:
-    with connect(args) as conn:
-        try:
-            row = conn.execute(sql, (args.execution_id,)).fetchone()
-        except psycopg.Error as exc:
-            raise _sql_error(exc) from exc
-    assert row is not None
-    result = next(iter(row.values()))
-    if result is False:
-        raise CliError(f"execution {args.execution_id} is not queued or running")
-    if args.json:
-        print(json.dumps({"execution_id": args.execution_id, "result": _jsonable(result)}))
-    else:
-        console.print(done.format(execution=args.execution_id, result=result))
-    return EXIT_OK
+    return _row_action(args, "execution_id", sql, done, "execution {id} is not queued or running")
 
 
 def cmd_executions_retry(args: argparse.Namespace) -> int:
     return _exec_action(args, "select scheduler.retry_execution(%s) as new_id",
-                        "queued retry [bold]{result}[/bold] of execution {execution}")
+                        "queued retry [bold]{result}[/bold] of execution {id}")
 
 
 def cmd_executions_cancel(args: argparse.Namespace) -> int:
     return _exec_action(args, "select scheduler.cancel_execution(%s, 'cancelled by an operator') as ok",
-                        "cancelled execution {execution}")
+                        "cancelled execution {id}")
 
 
 # --- queue -------------------------------------------------------------------------------
