@@ -1,29 +1,32 @@
 # One entry point. `make demo` and `make test` are the README's two commands.
+# Everything runs from this checkout's own environment, .venv/ (scripts/setup.sh).
 .PHONY: setup up down status reset demo test test-db test-deno test-py lint bench
+
+BIN := .venv/bin
 
 setup:
 	@bash scripts/setup.sh
 
 up: setup
-	@agent-tasks stack up
+	@$(BIN)/agent-tasks stack up
 
 down:
-	@agent-tasks stack down
+	@if [ -x $(BIN)/agent-tasks ]; then $(BIN)/agent-tasks stack down; fi
 
-status:
-	@agent-tasks stack status
+status: setup
+	@$(BIN)/agent-tasks stack status
 
 reset: setup
-	@agent-tasks stack reset
+	@$(BIN)/agent-tasks stack reset
 
 demo: setup
-	@agent-tasks demo
+	@$(BIN)/agent-tasks demo
 
 test: setup
 	@bash scripts/test.sh
 
 test-db: setup
-	@python3 -m worker stack up --db-only >/dev/null && bash scripts/test.sh db
+	@bash scripts/test.sh db
 
 test-deno: setup
 	@bash scripts/test.sh deno

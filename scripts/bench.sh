@@ -4,9 +4,11 @@
 # per bench, as {"bench": NAME, "exit": CODE, "result": {...}} lines.
 # Benchmarks are never tests: a bench that misses its goal still prints.
 # Needs the local stack's Postgres (started if needed); the queue bench also
-# installs its peers (npm install in bench/peers, pip install procrastinate).
+# installs its peers (npm install in bench/peers; Procrastinate is in .venv/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || bash scripts/setup.sh || exit 1
+export PATH="$PWD/.venv/bin:$PATH"
 
 if [ $# -gt 0 ]; then
   benches=()
@@ -15,17 +17,14 @@ else
   benches=(bench/bench_*.py)
 fi
 
-python3 -c 'import procrastinate' 2>/dev/null \
-  || python3 -m pip install -q --disable-pip-version-check -e '.[bench]'
-
 status=0
 for path in "${benches[@]}"; do
   name=$(basename "$path" .py)
   echo "[bench] $name" >&2
-  out=$(python3 "$path")
+  out=$(python "$path")
   code=$?
   [ $code -eq 0 ] || status=1
-  python3 -c 'import json, sys
+  python -c 'import json, sys
 name, code, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 try:
     result = json.loads(out)

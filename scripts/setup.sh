@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian machine (idempotent):
-# Postgres 15 with pg_cron, pgTAP and wal2json (apt-get, as root), then the
-# Python package with its dev tools (pip, which also brings Deno from PyPI).
+# Postgres 15 with pg_cron, pgTAP and wal2json (apt-get, as root), then this
+# checkout's own Python environment in .venv/ (git-ignored): the package,
+# editable, with the exact versions of uv.lock and the dev tools (Deno comes
+# from PyPI too). uv itself is pinned and kept in .tools/ (git-ignored).
+# Nothing is installed into the machine's Python: two clones never share a
+# package, a console script or a stack.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.9
 
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
@@ -22,13 +28,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-# the installed package must be this checkout (an editable install of another
-# clone would run that clone's code and stack)
-here=$(pwd -P)
-installed=$(cd / && python3 -c 'import pathlib, worker; print(pathlib.Path(worker.__file__).resolve().parents[1])' 2>/dev/null || true)
-if [ "$installed" != "$here" ] \
-   || ! python3 -c 'import aiohttp, croniter, dotenv, httpx, hypothesis, jwt, psycopg_pool, pydantic_settings, pytest, pytest_asyncio, rich' 2>/dev/null \
-   || ! command -v deno >/dev/null || ! command -v agent-tasks >/dev/null; then
-  echo "[setup] pip install -e .[dev]"
-  python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+uv=.tools/uv/bin/uv
+if [ ! -x "$uv" ] || [ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+  echo "[setup] uv $UV_VERSION into .tools/uv (from PyPI)"
+  rm -rf .tools/uv
+  # --target: only this folder, never the interpreter's site-packages
+  if ! log=$(PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check \
+               --target .tools/uv "uv==$UV_VERSION" 2>&1); then
+    echo "$log" >&2
+    echo "setup: could not install uv $UV_VERSION with \`python3 -m pip\` (is pip installed? apt-get install python3-pip)" >&2
+    exit 1
+  fi
 fi
+
+# --frozen: exactly uv.lock (refresh it with `.tools/uv/bin/uv lock` after editing pyproject.toml);
+# a no-op when .venv already matches it
+UV_PROJECT_ENVIRONMENT="$PWD/.venv" "$uv" sync --frozen --quiet

@@ -371,15 +371,11 @@ def _wait_port(port: int, name: str, pid: int) -> None:
 
 
 def deno_binary() -> str:
-    """The Deno executable: from PATH, else installed from PyPI (package `deno`)."""
-    found = shutil.which("deno")
-    if found:
-        return found
-    _log("installing deno from PyPI")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "deno"], check=True)
-    found = shutil.which("deno")
+    """The Deno executable of this environment (PyPI package `deno`, in uv.lock), else from PATH."""
+    beside = Path(sys.executable).parent / "deno"
+    found = str(beside) if beside.exists() else shutil.which("deno")
     if not found:
-        raise StackError("deno is not on PATH after `pip install deno`")
+        raise StackError("deno not found: run `make setup` (it installs Deno into .venv/)")
     return found
 
 
