@@ -6,7 +6,10 @@ and go through the same SQL functions as everything else. Every listing takes
 `--json` for scripts.
 
 Exit codes: 0 done; 1 refused or not found (the message says why); 2 bad usage
-or configuration; 3 the database cannot be reached.
+or configuration; 3 the database cannot be reached. Every failure is one line
+on stderr (and, under --json, a JSON object {"error": {"code", "message"}} on
+stdout). Output is plain (no colour, wrapping or truncation) when stdout is not
+a terminal.
 """
 
 from __future__ import annotations
@@ -14,34 +17,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
-from worker import stack
+from worker import __version__
+from worker.errors import ERROR_CODES, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, one_line
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+__all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "CliError", "main"]
 
-console = Console()
-err_console = Console(stderr=True)
-
-
-class CliError(Exception):
-    """A failure with its exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_REFUSED) -> None:
-        super().__init__(message)
-        self.code = code
+# soft_wrap: a long line is never folded at the terminal's (or a pipe's 80) columns
+console = Console(soft_wrap=True, highlight=False)
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -52,6 +46,8 @@ def resolve_database_url(explicit: str | None) -> str:
     url = explicit or os.environ.get("DATABASE_URL") or os.environ.get("SUPABASE_DB_URL")
     if url:
         return url
+    from worker import stack  # development tooling: only when no URL is given
+
     state = stack.State.load()
     if state is None or not stack.pg_running():
         raise CliError("no database: pass --database-url, set DATABASE_URL, or start the local stack"
@@ -64,7 +60,9 @@ def connect(args: argparse.Namespace) -> psycopg.Connection[dict[str, Any]]:
     try:
         return psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        raise CliError(f"cannot reach the database: {exc}", EXIT_UNREACHABLE) from exc
+        raise CliError(f"cannot reach the database: {one_line(str(exc))}", EXIT_UNREACHABLE) from exc
+    except psycopg.ProgrammingError as exc:  # a malformed connection string
+        raise CliError(f"bad database URL: {one_line(str(exc))}", EXIT_USAGE) from exc
 
 
 def _jsonable(value: Any) -> Any:
@@ -76,9 +74,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool, title: str) -> None:
-    """Print rows as a rich table, or as JSON lines-free array for scripts."""
+    """Print rows as a table on a terminal; as tab-separated lines (a header, then every
+    value in full) when piped; as a JSON array under --json."""
     if as_json:
         print(json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in rows], indent=2))
+        return
+    if not sys.stdout.isatty():
+        print("\t".join(columns))
+        for r in rows:
+            print("\t".join(_plain(r.get(c)) for c in columns))
         return
     table = Table(title=title, show_lines=False)
     for col in columns:
@@ -86,6 +90,14 @@ def emit(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool, 
     for r in rows:
         table.add_row(*[_short(r.get(c)) for c in columns])
     console.print(table)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return " ".join(str(value).split("\n")).replace("\t", " ")
 
 
 def _short(value: Any) -> str:
@@ -101,7 +113,7 @@ def _short(value: Any) -> str:
 
 def _sql_error(exc: psycopg.Error) -> CliError:
     diag = exc.diag
-    message = diag.message_primary or str(exc)
+    message = one_line(diag.message_primary or str(exc))
     if diag.sqlstate in ("P0002",):
         return CliError(message, EXIT_REFUSED)
     if diag.sqlstate in ("22023", "23514", "23503", "55000", "42501"):
@@ -147,6 +159,13 @@ def cmd_tasks_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _variables(pairs: Sequence[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p or not p.split("=", 1)[0]]
+    if bad:
+        raise CliError(f"--var takes NAME=VALUE, got {bad[0]!r}", EXIT_USAGE)
+    return dict(p.split("=", 1) for p in pairs)
+
+
 def cmd_tasks_create(args: argparse.Namespace) -> int:
     schedule: dict[str, Any]
     if args.cron:
@@ -162,7 +181,7 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         fields: dict[str, Any] = {
             "user_id": user_id, "agent_id": args.agent, "name": args.name,
             "prompt_template": args.prompt, "timezone": args.timezone,
-            "prompt_variables": json.dumps(dict(v.split("=", 1) for v in args.var)),
+            "prompt_variables": json.dumps(_variables(args.var)),
             "conversation_mode": "new_per_run" if args.new_per_run else "reuse",
             "conversation_id": args.conversation, "priority": args.priority,
             "max_retries": args.max_retries, "timeout_seconds": args.timeout,
@@ -331,16 +350,119 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 
 # --- worker, stack, demo ----------------------------------------------------------------------
 
+# What each worker setting means (`agent-tasks worker --help` lists them with their defaults;
+# a unit test keeps this in step with worker.config.Settings).
+SETTING_HELP = {
+    "database_url": "direct or session-mode Postgres URL (port 5432); the transaction pooler (6543) is refused",
+    "chat_url": "the chat edge function, e.g. https://<ref>.supabase.co/functions/v1/chat",
+    "supabase_secret_key": "sb_secret_... key the worker calls the chat function with",
+    "supabase_service_role_key": "legacy service-role JWT, used when no secret key is set",
+    "worker_id": "the worker's name in scheduler.workers",
+    "worker_concurrency": "executions in flight in this worker",
+    "worker_per_user_limit": "running executions per user across all workers (0 = no cap)",
+    "lease_seconds": "lease of a running execution, renewed by heartbeats",
+    "heartbeat_interval_s": "seconds between heartbeats; shorter than the lease",
+    "poll_interval_s": "polling fallback behind LISTEN/NOTIFY, seconds",
+    "tick_interval_s": "own enqueue + rescue tick, seconds",
+    "planner_batch_size": "cron tasks planned per pass",
+    "enqueue_batch_size": "executions enqueued per call",
+    "shutdown_grace_s": "how long SIGTERM waits for in-flight runs before releasing them",
+    "retry_base_s": "first retry delay (exponential backoff with full jitter)",
+    "retry_cap_s": "longest retry delay",
+    "db_pool_size": "work connections (the listener has its own)",
+    "http_connect_timeout_s": "connect timeout of calls to the chat function (a transient error)",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_json": "one JSON object per log line instead of key=value",
+}
+SETTING_DEFAULT_TEXT = {"worker_id": "host-pid-random", "heartbeat_interval_s": "LEASE_SECONDS / 3",
+                        "database_url": "-", "supabase_secret_key": "-", "supabase_service_role_key": "-"}
+
+
+def settings_help() -> str:
+    """The worker's settings as help text: variable, default, meaning (from worker.config.Settings)."""
+    from pydantic.aliases import AliasChoices
+
+    from worker.config import Settings
+
+    lines = ["settings (environment variables, or a .env file in the working directory):"]
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = " or ".join(str(a) for a in alias.choices[:2]) if isinstance(alias, AliasChoices) else name.upper()
+        default = SETTING_DEFAULT_TEXT.get(name, str(field.default).lower() if isinstance(field.default, bool)
+                                           else str(field.default))
+        lines.append(f"  {env} (default: {default})\n      {SETTING_HELP.get(name, '')}")
+    return "\n".join(lines)
+
+
+def _settings() -> Any:
+    """worker.config.Settings from the environment; each bad setting named, exit 2."""
+    from pydantic import ValidationError
+
+    from worker.config import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]).upper()
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(msg if not where or msg.startswith(where) else f"{where}: {msg}")
+        raise CliError("configuration: " + "; ".join(problems), EXIT_USAGE) from None
+
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run a worker until SIGTERM/SIGINT; configuration errors exit 2 with the setting named."""
-    from worker.runner import main as worker_main
+    """Run a worker until SIGTERM/SIGINT (or, with --check, check that it could)."""
+    settings = _settings()
+    if args.check:
+        from worker.check import report, run_checks
 
-    return worker_main()
+        return report(run_checks(settings), args.json)
+    from worker.check import require_database
+
+    require_database(settings.database_url)  # fail fast, in one line, before the pool retries for 30 s
+    import psycopg_pool
+
+    from worker.runner import run
+
+    try:
+        return run(settings)
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+        raise CliError(f"lost the database while starting: {one_line(str(exc))}", EXIT_UNREACHABLE) from exc
 
 
-def cmd_stack(args: argparse.Namespace) -> int:
-    return stack.main(args.stack_args)
+def cmd_stack_up(args: argparse.Namespace) -> int:
+    from worker import stack
+
+    print(stack.database_url(stack.up(with_services=not args.db_only)))
+    return EXIT_OK
+
+
+def cmd_stack_down(args: argparse.Namespace) -> int:
+    from worker import stack
+
+    stack.down(purge=args.purge)
+    return EXIT_OK
+
+
+def cmd_stack_reset(args: argparse.Namespace) -> int:
+    from worker import stack
+
+    print(stack.database_url(stack.reset()))
+    return EXIT_OK
+
+
+def cmd_stack_status(args: argparse.Namespace) -> int:
+    from worker import stack
+
+    stack.require_checkout()
+    info = stack.status()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>22}: {value}")
+    return EXIT_OK if info.get("running") else EXIT_REFUSED
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -352,100 +474,157 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are CliErrors (one line, exit 2), not argparse's usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see `{self.prog} --help`)", EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agent-tasks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="agent-tasks", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser, listing: bool = True) -> None:
-        p.add_argument("--database-url", help="defaults to DATABASE_URL, then the local stack")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--database-url", help="direct or session Postgres URL; defaults to DATABASE_URL"
+                       " (or SUPABASE_DB_URL), then the local stack")
+        p.add_argument("--json", action="store_true", help="machine-readable output (errors too)")
 
-    p = sub.add_parser("worker", help="run a worker (configuration from the environment / .env)")
+    def command(parent: Any, name: str, helptext: str, **kw: Any) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=helptext, description=helptext, **kw)  # type: ignore[no-any-return]
+
+    p = command(sub, "worker", "run a worker until SIGTERM/SIGINT (settings from the environment or .env)",
+                epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true",
+                   help="check the database (reachable, a session connection, the migrations the worker"
+                        " needs) and that the chat function accepts the service credential; exit 0 or"
+                        " 2/3 with one line per problem")
+    p.add_argument("--json", action="store_true", help="--check: the results as one JSON object")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("stack", help="the local stack: up | down | status [--json] | reset")
-    p.add_argument("stack_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_stack)
+    stack_cmd = command(sub, "stack", "the local development stack (needs a source checkout)")
+    stack_sub = stack_cmd.add_subparsers(dest="stack_command", required=True, metavar="ACTION")
+    p = command(stack_sub, "up", "install what is missing, start Postgres, migrate, serve the chat function")
+    p.add_argument("--db-only", action="store_true", help="only Postgres (no chat function or fake model)")
+    p.set_defaults(func=cmd_stack_up)
+    p = command(stack_sub, "down", "stop everything (the data is kept)")
+    p.add_argument("--purge", action="store_true", help="also delete the cluster and .stack/")
+    p.set_defaults(func=cmd_stack_down)
+    p = command(stack_sub, "status", "where everything is; exit 1 when not running")
+    p.add_argument("--json", action="store_true", help="as JSON, like `supabase status -o json`")
+    p.set_defaults(func=cmd_stack_status)
+    p = command(stack_sub, "reset", "delete the cluster and start a fresh one")
+    p.set_defaults(func=cmd_stack_reset)
 
-    p = sub.add_parser("demo", help="start everything and watch scheduled runs arrive in a conversation")
+    p = command(sub, "demo", "start everything and watch scheduled runs arrive in a conversation (Ctrl-C stops)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_demo)
 
-    tasks = sub.add_parser("tasks", help="list, create, run, pause, resume tasks").add_subparsers(
-        dest="tasks_command", required=True)
-    p = tasks.add_parser("list")
+    tasks = command(sub, "tasks", "list, create, run, pause, resume tasks").add_subparsers(
+        dest="tasks_command", required=True, metavar="ACTION")
+    p = command(tasks, "list", "tasks, newest first")
     common(p)
-    p.add_argument("--user", help="user id or email")
-    p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--user", help="only this user's (id or email)")
+    p.add_argument("--status", choices=["active", "paused", "waiting_input", "completed", "error"],
+                   help="only tasks in this status")
+    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(func=cmd_tasks_list)
 
-    p = tasks.add_parser("create")
+    p = command(tasks, "create", "create a task (validated by the database: a bad cron or zone is refused)")
     common(p)
     p.add_argument("--user", required=True, help="owner: user id or email")
     p.add_argument("--agent", required=True, help="agent id (the owner's)")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="the task's name")
     p.add_argument("--prompt", required=True, help="prompt template; {{TODAY}}, {{NOW}}, ... allowed")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--cron", help="five-field cron expression, e.g. '0 9 * * 1-5'")
     when.add_argument("--every", type=int, metavar="SECONDS", help="interval schedule")
     when.add_argument("--at", help="run once at this ISO 8601 instant")
-    p.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule")
-    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="custom template variable")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule (default UTC)")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="custom template variable (repeatable)")
     p.add_argument("--conversation", help="run in this conversation (reuse)")
     p.add_argument("--new-per-run", action="store_true", help="a new conversation for every run")
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--max-retries", type=int, default=3)
-    p.add_argument("--timeout", type=int, default=300, help="seconds")
-    p.add_argument("--overlap", choices=["skip", "queue", "allow"], default="skip")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--max-retries", type=int, default=3, help="retries after a transient failure (default 3)")
+    p.add_argument("--timeout", type=int, default=300, help="seconds a run may take (default 300)")
+    p.add_argument("--overlap", choices=["skip", "queue", "allow"], default="skip",
+                   help="a due run while the previous one runs (default skip)")
     p.set_defaults(func=cmd_tasks_create)
 
-    for name, func, helptext in [("run", cmd_tasks_run, "run now"), ("pause", cmd_tasks_pause, "pause"),
-                                 ("resume", cmd_tasks_resume, "resume")]:
-        p = tasks.add_parser(name, help=helptext)
+    for name, func, helptext in [("run", cmd_tasks_run, "queue a run now"),
+                                 ("pause", cmd_tasks_pause, "pause (queued scheduled runs are cancelled)"),
+                                 ("resume", cmd_tasks_resume, "resume and plan the next run")]:
+        p = command(tasks, name, helptext)
         common(p)
-        p.add_argument("task_id")
+        p.add_argument("task_id", help="the task's id")
         p.set_defaults(func=func)
 
-    execs = sub.add_parser("executions", help="list, tail, retry, cancel executions").add_subparsers(
-        dest="executions_command", required=True)
-    p = execs.add_parser("list")
+    execs = command(sub, "executions", "list, tail, retry, cancel executions").add_subparsers(
+        dest="executions_command", required=True, metavar="ACTION")
+    p = command(execs, "list", "executions, most recently changed first")
     common(p)
-    p.add_argument("--task")
-    p.add_argument("--status")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--task", help="only this task's (id)")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "timed_out", "cancelled",
+                                        "skipped", "needs_input"], help="only executions in this status")
+    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(func=cmd_executions_list)
-    p = execs.add_parser("tail", help="follow status changes")
+    p = command(execs, "tail", "follow status changes (Ctrl-C stops)")
     common(p)
-    p.add_argument("--task")
+    p.add_argument("--task", help="only this task's (id)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_executions_tail)
-    for name, func in [("retry", cmd_executions_retry), ("cancel", cmd_executions_cancel)]:
-        p = execs.add_parser(name)
+    for name, func, helptext in [("retry", cmd_executions_retry, "queue a new attempt of a finished execution"),
+                                 ("cancel", cmd_executions_cancel, "cancel a queued or running execution")]:
+        p = command(execs, name, helptext)
         common(p)
-        p.add_argument("execution_id")
+        p.add_argument("execution_id", help="the execution's id")
         p.set_defaults(func=func)
 
-    queue = sub.add_parser("queue", help="queue figures").add_subparsers(dest="queue_command", required=True)
-    p = queue.add_parser("stats")
+    queue = command(sub, "queue", "queue figures").add_subparsers(dest="queue_command", required=True,
+                                                                  metavar="ACTION")
+    p = command(queue, "stats", "executions per status, workers, the oldest claimable wait")
     common(p)
     p.set_defaults(func=cmd_queue_stats)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def fail(message: str, code: int, as_json: bool) -> int:
+    """Print one error line on stderr (and the JSON error object on stdout under --json)."""
+    message = one_line(message)
+    if as_json:
+        print(json.dumps({"error": {"code": ERROR_CODES.get(code, "error"), "message": message}}), flush=True)
+    prefix = "\x1b[31merror:\x1b[0m" if sys.stderr.isatty() else "error:"
+    print(f"{prefix} {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: run one command, map every failure to one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
     try:
-        code: int = args.func(args)
-        return code
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
     except CliError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return exc.code
-    except stack.StackError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        return EXIT_USAGE
+        return fail(str(exc), exc.code, as_json)
+    except psycopg.OperationalError as exc:
+        return fail(f"cannot reach the database: {exc}", EXIT_UNREACHABLE, as_json)
+    except psycopg.Error as exc:
+        err = _sql_error(exc)
+        return fail(str(err), err.code, as_json)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `agent-tasks ... | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as exc:
+        if os.environ.get("AGENT_TASKS_DEBUG"):
+            raise
+        return fail(f"unexpected {type(exc).__name__}: {exc} (AGENT_TASKS_DEBUG=1 shows the traceback)",
+                    EXIT_REFUSED, as_json)
 
 
 if __name__ == "__main__":

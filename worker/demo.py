@@ -29,7 +29,7 @@ AGENT_NAME = "Demo assistant"
 CONVERSATION_TITLE = "Demo: scheduled check-ins"
 POLL_S = 0.3
 
-console = Console()
+console = Console(soft_wrap=True, highlight=False)
 
 
 def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def _start_worker(state: stack.State, info: dict[str, Any]) -> subprocess.Popen[
     })
     stack.LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = (stack.LOG_DIR / "demo-worker.log").open("ab")
-    return subprocess.Popen([sys.executable, "-m", "worker.runner"], env=env, stdout=log,
+    return subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 

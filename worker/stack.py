@@ -1,12 +1,23 @@
 """The local stack: the real parts of a Supabase project that run on a plain machine.
 
 `up` installs what is missing (Debian's Postgres 15 with pg_cron, pgTAP and
-wal2json), creates a cluster under `.stack/` on a free port, applies
+wal2json), creates a cluster for this checkout on a free port, applies
 `sql/local/bootstrap.sql` and every migration once (recorded in
 `supabase_migrations.schema_migrations`, as the Supabase CLI records them),
 then serves the fake OpenAI-compatible model (when no OPENAI_API_KEY is set)
 and the chat edge function under Deno. `status --json` tells scripts, tests
 and operators where everything is. Every step is idempotent.
+
+The stack's state (ports, keys, logs) lives in `.stack/` of the checkout. The
+cluster runs as the `postgres` OS user when started as root, and that user
+may not be able to enter the checkout (a clone under root's 0700 home): as
+root, the cluster's folder is then `/var/lib/agent-tasks/<checkout>-<hash>/`
+(one per checkout path, recorded in `.stack/cluster`); otherwise
+`.stack/pg/`. `down --purge` and `reset` remove it.
+
+This is development tooling: it needs the repository's files (migrations,
+the chat function, the fake model), so it refuses to run from an installed
+wheel, before starting anything.
 """
 
 from __future__ import annotations
@@ -28,9 +39,25 @@ from typing import Any
 import jwt
 import psycopg
 
+from worker.errors import EXIT_USAGE, CliError
+
 ROOT = Path(__file__).resolve().parents[1]
 STACK_DIR = ROOT / ".stack"
-PG_DIR = STACK_DIR / "pg"
+# as root: one folder per checkout here, reachable by the postgres OS user
+SYSTEM_STATE_DIR = Path("/var/lib/agent-tasks")
+CLUSTER_RECORD = STACK_DIR / "cluster"
+
+
+def _cluster_dir() -> Path:
+    """Where this checkout's cluster lives (see the module docstring)."""
+    in_checkout = STACK_DIR / "pg"
+    if os.geteuid() != 0 or (in_checkout / "data" / "PG_VERSION").exists():
+        return in_checkout  # non-root, or a cluster made there before: it works, keep it
+    name = "".join(c if c.isalnum() or c in "._-" else "_" for c in ROOT.name)[:40]
+    return SYSTEM_STATE_DIR / f"{name}-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+
+
+PG_DIR = _cluster_dir()
 PGDATA = PG_DIR / "data"
 PG_LOG = PG_DIR / "postgres.log"
 LOG_DIR = STACK_DIR / "logs"
@@ -56,8 +83,24 @@ WORKER_ROLE = "agent_worker"
 READY_TIMEOUT_S = 60.0
 
 
-class StackError(RuntimeError):
+class StackError(CliError):
     """A stack step failed; the message says what to do."""
+
+    default_code = EXIT_USAGE
+
+
+def in_checkout() -> bool:
+    """True when the package runs from a source checkout (the stack needs its files)."""
+    return (ROOT / "pyproject.toml").is_file() and MIGRATIONS_DIR.is_dir() and BOOTSTRAP_SQL.is_file()
+
+
+def require_checkout() -> None:
+    """Refuse, before anything starts, when installed from a wheel (no migrations to apply)."""
+    if not in_checkout():
+        raise StackError(
+            f"the local stack needs a source checkout of agent-tasks ({ROOT} has no supabase/migrations):"
+            " clone the repository and run `make up` there; a deployed worker needs only"
+            " `agent-tasks worker` with DATABASE_URL")
 
 
 def _log(msg: str) -> None:
@@ -194,7 +237,11 @@ def pg_running() -> bool:
 
 
 def _init_cluster(state: State) -> None:
+    if PG_DIR.is_relative_to(SYSTEM_STATE_DIR):
+        SYSTEM_STATE_DIR.mkdir(mode=0o755, exist_ok=True)
     PG_DIR.mkdir(parents=True, exist_ok=True)
+    STACK_DIR.mkdir(parents=True, exist_ok=True)
+    CLUSTER_RECORD.write_text(f"{PG_DIR}\n")
     if os.geteuid() == 0:
         shutil.chown(PG_DIR, "postgres", "postgres")
     pwfile = PG_DIR / "pwfile"
@@ -448,9 +495,12 @@ def _stop_pid(pid: int | None) -> None:
 
 def up(with_services: bool = True) -> State:
     """Start everything; a second call is a no-op."""
+    require_checkout()
     ensure_packages()
     state = State.load()
     if state is None or not PGDATA.exists():
+        if pg_running():  # a cluster whose state was deleted: stop it before replacing it
+            _pg_ctl("stop", "-m", "fast", "-w")
         state = State(
             port=free_port(54322),
             password=secrets.token_urlsafe(18),
@@ -478,8 +528,9 @@ def up(with_services: bool = True) -> State:
     return state
 
 
-def down() -> None:
-    """Stop the services and Postgres; data stays for the next `up`."""
+def down(purge: bool = False) -> None:
+    """Stop the services and Postgres; data stays for the next `up` unless `purge`."""
+    require_checkout()
     state = State.load()
     if state is not None:
         _stop_pid(state.chat_pid)
@@ -488,13 +539,15 @@ def down() -> None:
         state.save()
     if pg_running():
         _pg_ctl("stop", "-m", "fast", "-w")
+    if purge:
+        for path in (PG_DIR, STACK_DIR):
+            if path.exists():
+                shutil.rmtree(path)
 
 
 def reset() -> State:
     """Throw the cluster away and start a new one."""
-    down()
-    if STACK_DIR.exists():
-        shutil.rmtree(STACK_DIR)
+    down(purge=True)
     return up()
 
 
@@ -532,6 +585,7 @@ def status() -> dict[str, Any]:
                 else {"fake": False, "base_url": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")}),
         "workers": workers(state) if running else [],
         "logs": str(LOG_DIR),
+        "cluster": str(PG_DIR),
     }
     return out
 
@@ -545,39 +599,10 @@ def require_running() -> State:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """`python -m worker.stack ARGS` is `agent-tasks stack ARGS`."""
+    from worker.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="agent-tasks stack", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_up = sub.add_parser("up", help="install, start Postgres, migrate, serve the chat function")
-    p_up.add_argument("--db-only", action="store_true", help="only Postgres (no chat function or fake model)")
-    sub.add_parser("down", help="stop everything (data is kept)")
-    sub.add_parser("reset", help="delete the local cluster and start a fresh one")
-    p_status = sub.add_parser("status", help="where everything is")
-    p_status.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "up":
-            state = up(with_services=not args.db_only)
-            print(database_url(state))
-        elif args.cmd == "down":
-            down()
-        elif args.cmd == "reset":
-            state = reset()
-            print(database_url(state))
-        elif args.cmd == "status":
-            info = status()
-            if args.json:
-                print(json.dumps(info, indent=2))
-            else:
-                for key, value in info.items():
-                    print(f"{key:>22}: {value}")
-            return 0 if info.get("running") else 1
-    except StackError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    return cli_main(["stack", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

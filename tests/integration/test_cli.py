@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -131,6 +134,88 @@ def test_bad_usage__exits_2() -> None:
     assert proc.returncode == 2
 
 
+UNREACHABLE = "postgresql://nobody:x@127.0.0.1:1/none"
+NO_SUCH_ID = "00000000-0000-4000-8000-000000000001"
+
+# (argv, environment, exit code, words of the message); {db} is a fresh migrated database.
+# Every failure path: bad usage, bad configuration, refused / not found, unreachable.
+ERROR_PATHS: list[tuple[list[str], dict[str, str], int, str]] = [
+    (["tasks", "frobnicate"], {}, cli.EXIT_USAGE, "invalid choice: 'frobnicate'"),
+    (["tasks", "list", "--limit", "many", "--json"], {}, cli.EXIT_USAGE, "invalid int value: 'many'"),
+    (["executions", "list", "--status", "done", "--json"], {}, cli.EXIT_USAGE, "invalid choice: 'done'"),
+    (["tasks", "create", "--user", "u", "--json"], {}, cli.EXIT_USAGE, "required: --agent, --name, --prompt"),
+    (["queue", "stats", "--json", "--database-url", UNREACHABLE], {}, cli.EXIT_UNREACHABLE,
+     "cannot reach the database"),
+    (["tasks", "list", "--json", "--database-url", "not a url"], {}, cli.EXIT_USAGE, "bad database URL"),
+    (["tasks", "list", "--json"], {"DATABASE_URL": UNREACHABLE}, cli.EXIT_UNREACHABLE, "port 1 failed"),
+    (["tasks", "run", NO_SUCH_ID, "--json", "--database-url", "{db}"], {}, cli.EXIT_REFUSED, "not found"),
+    (["tasks", "pause", "not-a-uuid", "--json", "--database-url", "{db}"], {}, cli.EXIT_REFUSED,
+     "invalid input syntax for type uuid"),
+    (["executions", "cancel", NO_SUCH_ID, "--json", "--database-url", "{db}"], {}, cli.EXIT_REFUSED,
+     "is not queued or running"),
+    (["executions", "list", "--task", "x", "--json", "--database-url", "{db}"], {}, cli.EXIT_REFUSED,
+     "invalid input syntax for type uuid"),
+    (["tasks", "create", "--user", "nobody@example.test", "--agent", NO_SUCH_ID, "--name", "n", "--prompt", "p",
+      "--json", "--database-url", "{db}"], {}, cli.EXIT_REFUSED, "user nobody@example.test not found"),
+    (["worker"], {"DATABASE_URL": ""}, cli.EXIT_USAGE, "DATABASE_URL (or SUPABASE_DB_URL) is required"),
+    (["worker"], {"DATABASE_URL": "postgresql://u:p@db.example.test:6543/postgres"}, cli.EXIT_USAGE,
+     "transaction pooler"),
+    (["worker"], {"DATABASE_URL": UNREACHABLE, "SUPABASE_SECRET_KEY": "sb_secret_x"}, cli.EXIT_UNREACHABLE,
+     "cannot reach the database"),
+    (["worker"], {"DATABASE_URL": UNREACHABLE, "LEASE_SECONDS": "3", "HEARTBEAT_INTERVAL_S": "5"},
+     cli.EXIT_USAGE, "HEARTBEAT_INTERVAL_S must be shorter than LEASE_SECONDS"),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "code", "words"), ERROR_PATHS,
+                         ids=[" ".join(a[:2]) + f"->{c}" for a, _, c, _ in ERROR_PATHS])
+def test_error_paths__one_line_and_the_documented_exit_code(argv: list[str], env: dict[str, str], code: int,
+                                                            words: str, db_url: str, tmp_path: Path) -> None:
+    argv = [db_url if a == "{db}" else a for a in argv]
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_DB_URL")}
+    environ.update({"SUPABASE_SECRET_KEY": "", **env})
+    started = time.monotonic()
+    # cwd: an empty folder (no .env, no local stack)
+    proc = subprocess.run([sys.executable, "-m", "worker", *argv], capture_output=True, text=True, env=environ,
+                          cwd=tmp_path, timeout=60)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert words in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    if "--json" in argv:
+        assert json.loads(proc.stdout) == {"error": {"code": cli.ERROR_CODES[code], "message": lines[0][7:]}}
+    else:
+        assert proc.stdout == ""
+    assert elapsed < 20, f"{argv} took {elapsed:.1f}s to fail"  # no 30 s pool retry before giving up
+
+
+def test_listings__plain_when_piped(capsys: pytest.CaptureFixture[str], conn: psycopg.Connection[Any],
+                                    db_url: str) -> None:
+    """Piped output is tab-separated and complete: no wrapping at 80 columns, no truncated cells."""
+    uid = create_user(conn)
+    agent = create_agent(conn, uid)
+    name = "A task whose name is much longer than any terminal column would allow " * 2
+    task = create_task(conn, uid, agent, name=name.strip())
+    row = conn.execute("select scheduler.enqueue_now(%s) as id", (task,)).fetchone()
+    assert row is not None
+    proc = subprocess.run([sys.executable, "-m", "worker", "executions", "list", "--database-url", db_url],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    header, line = proc.stdout.splitlines()
+    assert header.split("\t") == cli.EXEC_COLUMNS
+    cells = dict(zip(cli.EXEC_COLUMNS, line.split("\t"), strict=True))
+    assert cells["id"] == str(row["id"]) and cells["task"] == name.strip()
+    assert cells["trigger_type"] == "manual" and cells["status"] == "queued"
+
+    proc = subprocess.run([sys.executable, "-m", "worker", "tasks", "create", "--database-url", db_url,
+                           "--user", str(uid), "--agent", str(agent), "--name", "x" * 150, "--prompt", "p"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1 and "x" * 150 in proc.stdout
+
+
 ADMIN = ROOT / "sql" / "admin"
 
 
@@ -175,3 +260,19 @@ def test_admin_cron_scripts__run_where_pg_cron_lives(script: str, stack_state: A
     assert proc.returncode == 0, proc.stderr
     if script in ("cron_pause.sql", "cron_resume.sql"):
         assert "agent-tasks-enqueue-due" in proc.stdout
+
+
+def test_worker_check__one_line_per_problem(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_DB_URL")}
+    environ.update({"DATABASE_URL": UNREACHABLE, "SUPABASE_SECRET_KEY": "", "SUPABASE_SERVICE_ROLE_KEY": ""})
+    proc = subprocess.run([sys.executable, "-m", "worker", "worker", "--check", "--json"], capture_output=True,
+                          text=True, env=environ, cwd=tmp_path, timeout=60)
+    assert proc.returncode == cli.EXIT_UNREACHABLE
+    assert proc.stderr.splitlines() == [
+        "error: cannot reach the database: connection failed: connection to server at \"127.0.0.1\", port 1 failed:"
+        " Connection refused; Is the server running on that host and accepting TCP/IP connections?",
+        "error: set SUPABASE_SECRET_KEY (sb_secret_...) or SUPABASE_SERVICE_ROLE_KEY so the worker can call the"
+        " chat function"]
+    out = json.loads(proc.stdout)
+    assert out["ok"] is False and out["error"]["code"] == "database_unreachable"
+    assert [(c["name"], c["ok"]) for c in out["checks"]] == [("database", False), ("chat", False)]
