@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from worker import stack
+from worker.errors import CliError
 
 DEMO_EMAIL = "demo@agent-tasks.local"
 AGENT_NAME = "Demo assistant"
@@ -89,6 +90,14 @@ def _start_worker(state: stack.State, info: dict[str, Any]) -> subprocess.Popen[
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _box(body: str, title: str) -> None:
+    """A framed panel on a terminal; piped, the title and the lines as they are (no cropping at 80 columns)."""
+    if console.is_terminal:
+        console.print(Panel(body, title=title))
+    else:
+        console.print(f"== {title} ==\n{body}")
+
+
 def _print_message(m: dict[str, Any]) -> None:
     meta = m["metadata"] or {}
     when = f"[dim]{m['created_at']:%H:%M:%S}[/dim]"
@@ -117,23 +126,20 @@ def run_demo(duration_s: float | None = None) -> int:
     state = stack.up()
     info = stack.status()
     if not info.get("chat_url"):
-        console.print("[red]the chat function did not start; see .stack/logs/chat.log[/red]")
-        return 1
+        raise CliError(f"the chat function did not start; see {stack.LOG_DIR / 'chat.log'}")
     if info["llm"]["fake"]:
-        console.print(Panel("[bold yellow]No OPENAI_API_KEY set: replies come from the local FAKE model "
-                            f"({info['llm']['base_url']}).[/bold yellow]\nSet OPENAI_API_KEY (and OPENAI_BASE_URL "
-                            "for Ollama/vLLM) to use a real model.", title="fake model"))
+        _box("[bold yellow]No OPENAI_API_KEY set: replies come from the local FAKE model "
+             f"({info['llm']['base_url']}).[/bold yellow]\nSet OPENAI_API_KEY (and OPENAI_BASE_URL "
+             "for Ollama/vLLM) to use a real model.", "fake model")
     else:
         console.print(f"Using the model endpoint {info['llm']['base_url']}")
 
     with psycopg.connect(stack.database_url(state), autocommit=True, row_factory=dict_row) as conn:
         demo = _ensure_demo_rows(conn)
         worker = _start_worker(state, {**demo, "chat_url": info["chat_url"]})
-        console.print(Panel(
-            f"conversation [bold]{CONVERSATION_TITLE}[/bold] ({demo['conversation_id']})\n"
-            "tasks: every 10 s (interval) and every minute (cron), both posting here\n"
-            f"worker log: {stack.LOG_DIR / 'demo-worker.log'}   ·   Ctrl-C to stop",
-            title="agent-tasks demo"))
+        _box(f"conversation [bold]{CONVERSATION_TITLE}[/bold] ({demo['conversation_id']})\n"
+             "tasks: every 10 s (interval) and every minute (cron), both posting here\n"
+             f"worker log: {stack.LOG_DIR / 'demo-worker.log'}   ·   Ctrl-C to stop", "agent-tasks demo")
         started = time.monotonic()
         seen_messages: datetime | None = None
         seen_exec = conn.execute("select now() as t").fetchone()
@@ -150,9 +156,8 @@ def run_demo(duration_s: float | None = None) -> int:
         try:
             while not stop and (duration_s is None or time.monotonic() - started < duration_s):
                 if worker.poll() is not None:
-                    console.print(f"[red]the worker exited ({worker.returncode}); see "
-                                  f"{stack.LOG_DIR / 'demo-worker.log'}[/red]")
-                    return 1
+                    raise CliError(f"the worker exited ({worker.returncode}); see "
+                                   f"{stack.LOG_DIR / 'demo-worker.log'}")
                 execs = conn.execute(
                     """select e.id, t.name as task, e.status, e.attempt, e.duration_ms, e.error, e.updated_at
                        from public.agent_task_executions e join public.agent_tasks t on t.id = e.task_id

@@ -143,7 +143,8 @@ def ensure_packages() -> None:
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
-    """Postgres refuses to run as root: run its tools as the postgres OS user then."""
+    """Postgres refuses to run as root: run its tools as the postgres OS user then (callers run
+    them from / : that user may not be allowed into the working directory)."""
     if os.geteuid() == 0:
         return ["runuser", "-u", "postgres", "--", *cmd]
     return cmd
@@ -229,7 +230,7 @@ def user_token(state: State, user_id: str, email: str | None = None, ttl_s: int 
 
 def _pg_ctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(PGDATA), *args]),
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd="/")
 
 
 def pg_running() -> bool:
@@ -253,7 +254,7 @@ def _init_cluster(state: State) -> None:
     subprocess.run(_as_postgres([
         str(PG_BIN / "initdb"), "-D", str(PGDATA), "-U", "postgres", "--pwfile", str(pwfile),
         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8",
-    ]), check=True, stdout=subprocess.DEVNULL)
+    ]), check=True, stdout=subprocess.DEVNULL, cwd="/")
     pwfile.unlink()
     conf = f"""
 # --- agent-tasks local stack ---

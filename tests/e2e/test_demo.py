@@ -24,6 +24,9 @@ def test_demo__scheduled_runs_arrive_in_the_conversation() -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "FAKE model" in out
+    # piped: plain lines, nothing cropped at 80 columns
+    assert "Set OPENAI_API_KEY (and OPENAI_BASE_URL for Ollama/vLLM) to use a real model." in out
+    assert "╭" not in out
     assert "scheduled prompt" in out      # the scheduler's user message, printed as it lands
     assert "Demo assistant" in out        # the agent's reply
     assert "succeeded" in out             # an execution status change

@@ -64,6 +64,7 @@ def test_clone_in_a_0700_home__gets_its_own_environment_and_stack(tmp_path: Path
         up = subprocess.run([cli, "stack", "up", "--db-only"], cwd=clone, env=env, capture_output=True, text=True,
                             timeout=300)
         assert up.returncode == 0, up.stderr
+        assert "could not change directory" not in up.stderr  # postgres' tools do not start in the clone
         info = json.loads(subprocess.run([cli, "stack", "status", "--json"], cwd=clone, env=env,
                                          capture_output=True, text=True, check=True).stdout)
         cluster = info["cluster"]
