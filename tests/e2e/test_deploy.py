@@ -143,6 +143,14 @@ def test_wheel__refuses_the_development_stack_before_starting_anything(image_ven
     assert not (site / ".stack").exists()
 
 
+def test_wheel__operator_commands_without_a_database_url_say_what_to_set(image_venv: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_DB_URL")}
+    proc = subprocess.run([image_venv / "bin" / "agent-tasks", "tasks", "list", "--json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"]["message"].startswith("no database: pass --database-url, set DATABASE_URL")
+
+
 def test_image__runs_the_worker_unprivileged_with_a_health_check() -> None:
     final = _stages()[-1]
     assert any(re.fullmatch(r"USER (\d+)(:\d+)?", s) and not s.startswith("USER 0") for s in final)

@@ -130,7 +130,9 @@ def test_unreachable_database__exits_3(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_bad_usage__exits_2() -> None:
-    proc = subprocess.run(["agent-tasks", "tasks", "frobnicate"], capture_output=True, text=True)
+    # the console script of this checkout's environment (the one next to this interpreter)
+    proc = subprocess.run([Path(sys.executable).parent / "agent-tasks", "tasks", "frobnicate"], capture_output=True,
+                          text=True)
     assert proc.returncode == 2
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from typing import Any
 
@@ -81,3 +83,17 @@ def test_pg_cron__migrations_apply_cleanly_without_it(conn: psycopg.Connection[d
     assert last is not None and last["v"] == _expected_migrations()[-1][0]
     said = conn.execute("select scheduler.schedule_cron_jobs() as msg").fetchone()
     assert said is not None and "not scheduled" in said["msg"]
+
+
+def test_cluster__lives_where_the_postgres_user_can_reach_it(stack_state: stack.State) -> None:
+    """As root the cluster runs as the postgres OS user: its folder must not depend on the checkout's
+    permissions (a clone under root's 0700 home)."""
+    cluster = stack.status()["cluster"]
+    assert cluster == str(stack.PG_DIR)
+    data = stack.PG_DIR / "data"
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    if os.geteuid() == 0 and not (stack.STACK_DIR / "pg" / "data").exists():
+        assert stack.PG_DIR.parent == stack.SYSTEM_STATE_DIR
+        assert not stack.PG_DIR.is_relative_to(stack.ROOT)
+        assert (stack.STACK_DIR / "cluster").read_text().strip() == cluster
+        assert data.owner() == "postgres"
