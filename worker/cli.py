@@ -20,9 +20,9 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 from psycopg.rows import dict_row
@@ -31,6 +31,9 @@ from rich.table import Table
 
 from worker import __version__
 from worker.errors import ERROR_CODES, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, one_line
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 __all__ = ["EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "CliError", "main"]
 
@@ -394,7 +397,7 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     """worker.config.Settings from the environment; each bad setting named, exit 2."""
     from pydantic import ValidationError
 
@@ -475,10 +478,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors are CliErrors (one line, exit 2), not argparse's usage dump."""
+    """Usage errors are CliErrors (one line, exit 2), not argparse's usage dump. An epilog can be
+    made only when help is shown (the worker's settings need pydantic, slow to import)."""
+
+    epilog_factory: Callable[[], str] | None = None
 
     def error(self, message: str) -> NoReturn:
         raise CliError(f"{message} (see `{self.prog} --help`)", EXIT_USAGE)
+
+    def format_help(self) -> str:
+        if self.epilog_factory is not None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -492,11 +503,12 @@ def build_parser() -> argparse.ArgumentParser:
                        " (or SUPABASE_DB_URL), then the local stack")
         p.add_argument("--json", action="store_true", help="machine-readable output (errors too)")
 
-    def command(parent: Any, name: str, helptext: str, **kw: Any) -> argparse.ArgumentParser:
+    def command(parent: Any, name: str, helptext: str, **kw: Any) -> _Parser:
         return parent.add_parser(name, help=helptext, description=helptext, **kw)  # type: ignore[no-any-return]
 
     p = command(sub, "worker", "run a worker until SIGTERM/SIGINT (settings from the environment or .env)",
-                epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.epilog_factory = settings_help
     p.add_argument("--check", action="store_true",
                    help="check the database (reachable, a session connection, the migrations the worker"
                         " needs) and that the chat function accepts the service credential; exit 0 or"
