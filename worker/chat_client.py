@@ -9,7 +9,7 @@ again after a lost answer returns the stored reply (`replayed: true`), so
 retrying never duplicates a message.
 
 The result is one of four small types; the runner maps them onto the queue's
-transitions (finish, retry_later).
+transitions (finish, requeue_later).
 """
 
 from __future__ import annotations

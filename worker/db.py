@@ -1,7 +1,8 @@
 """The worker's only door to Postgres: the `scheduler.*` functions, called by name.
 
 Every queue transition is a guarded SQL function in
-supabase/migrations/20261121000500_queue.sql; this module gives each one a
+supabase/migrations/20261121000500_queue_transitions.sql (and scheduling in
+20261121000600_scheduling.sql); this module gives each one a
 typed async wrapper and nothing else (no SQL is assembled here). Calls run in
 autocommit on a shared pool, one round trip each; psycopg prepares them after
 a few uses.
@@ -51,7 +52,7 @@ START_BATCH_MAX: Final = 48
 _FINISH_MANY: Final = "select id from scheduler.finish_executions(%s, %s)"
 FINISH_BATCH_MAX: Final = 200
 DEADLOCK_RETRIES: Final = 3
-_RETRY_LATER: Final = "select scheduler.retry_later(%s, %s, %s, %s, %s, %s)"
+_REQUEUE_LATER: Final = "select scheduler.requeue_later(%s, %s, %s, %s, %s, %s)"
 _RELEASE: Final = "select scheduler.release_executions(%s, %s::uuid[])"
 _REGISTER: Final = "select scheduler.register_worker(%s, %s, %s, %s)"
 _UNREGISTER: Final = "select scheduler.unregister_worker(%s)"
@@ -379,11 +380,11 @@ class Queue:
             item["usage"] = usage
         return await self._finishes.submit(worker_id, item)
 
-    async def retry_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
-                          error_kind: str, delay_seconds: float) -> str | None:
+    async def requeue_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
+                            error_kind: str, delay_seconds: float) -> str | None:
         """'queued' (attempts left), 'failed' (none left) or None (fenced)."""
         result = await self._scalar(
-            _RETRY_LATER, (execution_id, worker_id, attempt, error, error_kind, delay_seconds))
+            _REQUEUE_LATER, (execution_id, worker_id, attempt, error, error_kind, delay_seconds))
         return None if result is None else str(result)
 
     async def release(self, worker_id: str, ids: Sequence[uuid.UUID]) -> int:

@@ -5,7 +5,7 @@ Backoff And Jitter"): the delay before retry n is uniform in
 [0, min(cap, base * 2**(n-1))]. Full jitter spreads a burst of failures (one
 provider outage hitting hundreds of executions) over the whole window instead
 of retrying them in lockstep. The database decides when no attempt is left
-(scheduler.retry_later fails the execution and writes the notification).
+(scheduler.requeue_later fails the execution and writes the notification).
 """
 
 from __future__ import annotations

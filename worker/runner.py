@@ -20,7 +20,7 @@ any of them fails (Procrastinate's habit):
 
 Per execution: resolve the prompt, start (conversation + the scheduled user
 message, exactly once), call the chat function acting as the user, then
-finish or retry_later. Starts and finishes of concurrent executions are
+finish or requeue_later. Starts and finishes of concurrent executions are
 batched (db.StartBatcher, db.FinishBatcher), so under load an execution costs
 a share of three round trips to Postgres (claim, start, finish).
 
@@ -542,7 +542,7 @@ class Worker:
         s = self.settings
         delay = backoff_delay_s(ex.attempt, s.retry_base_s, s.retry_cap_s, retry_after_s)
         entry.finishing = True
-        outcome = await self.queue.retry_later(ex.id, self.worker_id, ex.attempt, error, kind.value, delay)
+        outcome = await self.queue.requeue_later(ex.id, self.worker_id, ex.attempt, error, kind.value, delay)
         if outcome == "queued":
             self.stats["retried"] += 1
         elif outcome == "failed":

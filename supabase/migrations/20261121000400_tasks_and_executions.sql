@@ -1,5 +1,47 @@
 -- Agent tasks (the schedules), their executions (the queue and the history in
--- one table) and notifications.
+-- one table), notifications and the worker registry: the tables, their
+-- constraints and indexes. The functions that write them live by topic:
+-- queue transitions, scheduling, task lifecycle (docs/architecture.md).
+
+-- The execution status vocabulary, stated once: the CHECK on
+-- agent_task_executions.status is `status = any (scheduler.execution_statuses())`.
+-- worker/status.py mirrors it (ExecutionStatus) and tests/unit/test_status.py
+-- holds the two equal. (A domain would say the same, but the column would then
+-- no longer be plain text to clients comparing rows.)
+create or replace function scheduler.execution_statuses() returns text[]
+language sql immutable
+as $$
+  select array['queued', 'running', 'succeeded', 'failed', 'timed_out', 'needs_input', 'cancelled', 'skipped']
+$$;
+
+-- The statuses after which nothing moves an execution again.
+--
+-- These helpers read no object (so `set search_path` would protect
+-- nothing) and have none, so that Postgres inlines them where they are used:
+-- the CHECK constraint below and the queue's hot statements pay nothing.
+create or replace function scheduler.is_terminal(p_status text) returns boolean
+language sql immutable
+as $$
+  select p_status not in ('queued', 'running')
+$$;
+
+-- The run time of an execution in milliseconds (NULL when it never started),
+-- the one expression every finishing transition writes into duration_ms.
+create or replace function scheduler.duration_ms(p_started_at timestamptz, p_finished_at timestamptz)
+returns integer
+language sql immutable
+as $$
+  select case when p_started_at is not null and p_finished_at is not null
+              then greatest(0, (extract(epoch from (p_finished_at - p_started_at)) * 1000)::integer) end
+$$;
+
+-- The terminal statuses a worker may finish a running execution with (the
+-- others come from cancel_execution and the scheduler's skips).
+create or replace function scheduler.is_finishing(p_status text) returns boolean
+language sql immutable
+as $$
+  select p_status in ('succeeded', 'failed', 'timed_out', 'needs_input')
+$$;
 
 -- A recurring or one-off job for an agent: a prompt template, a schedule, the
 -- conversation it runs in and how it executes.
@@ -92,8 +134,7 @@ create table public.agent_task_executions (
   user_id uuid not null references auth.users (id) on delete cascade,
   agent_id uuid not null,
   trigger_type text not null check (trigger_type in ('schedule', 'manual', 'retry', 'user_reply')),
-  status text not null default 'queued'
-    check (status in ('queued', 'running', 'succeeded', 'failed', 'timed_out', 'needs_input', 'cancelled', 'skipped')),
+  status text not null default 'queued' check (status = any (scheduler.execution_statuses())),
   scheduled_for timestamptz not null,
   run_after timestamptz not null default now(),
   attempt integer not null default 0 check (attempt >= 0),
@@ -107,6 +148,7 @@ create table public.agent_task_executions (
   heartbeat_at timestamptz,
   started_at timestamptz,
   finished_at timestamptz,
+  -- scheduler.duration_ms(started_at, finished_at), written with finished_at
   duration_ms integer check (duration_ms >= 0),
   conversation_id uuid references public.conversation_sessions (id) on delete set null,
   resolved_prompt text,
@@ -125,8 +167,7 @@ create table public.agent_task_executions (
   constraint agent_task_executions_occurrence_key unique (task_id, scheduled_for),
   -- River's invariant: finished_at is set iff the status is terminal
   constraint agent_task_executions_finished_iff_terminal check (
-    (status in ('succeeded', 'failed', 'timed_out', 'needs_input', 'cancelled', 'skipped'))
-    = (finished_at is not null)
+    scheduler.is_terminal(status) = (finished_at is not null)
   ),
   constraint agent_task_executions_running_has_lease check (
     status <> 'running' or (worker_id is not null and lease_expires_at is not null and started_at is not null)
@@ -184,104 +225,6 @@ create table public.notifications (
 comment on table public.notifications is 'Alerts for a user: failed runs, questions from agents.';
 create index notifications_user_idx on public.notifications (user_id, created_at desc);
 create index notifications_unread_idx on public.notifications (user_id) where read_at is null;
-
--- Write-time checks and schedule bookkeeping for agent_tasks.
--- security definer: calls the private validators; it reads nothing the
--- writer could not read and changes only the row being written.
-create or replace function scheduler.agent_tasks_before_write() returns trigger
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_error text;
-  -- current_user is this function's owner (security definer): the caller's
-  -- API role is the `role` setting PostgREST made with `set local role`
-  v_api_role boolean := current_setting('role', true) in ('anon', 'authenticated');
-  v_schedule_changed boolean;
-begin
-  -- Validate only what this write sets or changes: the row already passed
-  -- these checks when those fields were written. The hot path (counters from
-  -- every finished run, enqueue_due's bookkeeping) changes none of them, so it
-  -- runs no validator at all.
-  if new.schedule_type = 'cron'
-     and (tg_op = 'INSERT' or new.schedule_type is distinct from old.schedule_type
-          or new.cron_expression is distinct from old.cron_expression) then
-    v_error := scheduler.cron_error(new.cron_expression);
-    if v_error is not null then
-      raise exception '%', v_error using errcode = '22023', hint = 'e.g. ''0 9 * * 1-5'' runs at 09:00 on weekdays';
-    end if;
-    new.cron_expression := btrim(new.cron_expression);
-  end if;
-  if tg_op = 'INSERT' or new.timezone is distinct from old.timezone then
-    v_error := scheduler.timezone_error(new.timezone);
-    if v_error is not null then
-      raise exception '%', v_error using errcode = '22023';
-    end if;
-  end if;
-  if tg_op = 'INSERT' or new.prompt_template is distinct from old.prompt_template
-     or new.prompt_variables is distinct from old.prompt_variables then
-    v_error := scheduler.template_error(new.prompt_template, new.prompt_variables);
-    if v_error is not null then
-      raise exception '%', v_error using errcode = '22023';
-    end if;
-  end if;
-
-  if tg_op = 'INSERT' then
-    v_schedule_changed := true;
-  else
-    v_schedule_changed :=
-      new.schedule_type is distinct from old.schedule_type
-      or new.cron_expression is distinct from old.cron_expression
-      or new.interval_seconds is distinct from old.interval_seconds
-      or new.run_at is distinct from old.run_at
-      or new.timezone is distinct from old.timezone
-      or new.starts_at is distinct from old.starts_at
-      or new.ends_at is distinct from old.ends_at
-      or new.max_runs is distinct from old.max_runs
-      or (new.status = 'active' and old.status <> 'active');
-  end if;
-
-  if v_api_role then
-    -- users move a task only between active and paused (and answer a question)
-    if tg_op = 'INSERT' and new.status not in ('active', 'paused') then
-      raise exception 'a new task must be active or paused, not %', new.status using errcode = '22023';
-    end if;
-    if tg_op = 'UPDATE' and new.status is distinct from old.status
-       and not (new.status in ('active', 'paused') and old.status in ('active', 'paused', 'waiting_input', 'error', 'completed')) then
-      raise exception 'status can be changed to active or paused only (from %)', old.status using errcode = '22023';
-    end if;
-  end if;
-
-  if new.status <> 'active' then
-    new.next_run_at := null;
-  elsif v_schedule_changed then
-    new.schedule_version := case when tg_op = 'INSERT' then 1 else old.schedule_version + 1 end;
-    new.plan_from := now();
-    new.next_run_at := case new.schedule_type
-      when 'once' then new.run_at
-      when 'interval' then case
-        when new.starts_at is not null and new.starts_at >= now() then new.starts_at
-        else now() + make_interval(secs => new.interval_seconds)
-      end
-      else null  -- cron: the planner computes it (croniter, in the task's time zone)
-    end;
-    if tg_op = 'UPDATE' and new.schedule_type = 'once' and new.run_at is not distinct from old.run_at
-       and old.last_scheduled_for is not null then
-      new.next_run_at := null;  -- a one-off that already ran does not run again on resume
-    end if;
-    if new.next_run_at is not null and new.ends_at is not null and new.next_run_at > new.ends_at then
-      new.next_run_at := null;
-    end if;
-    if new.schedule_type = 'cron' then
-      perform pg_notify('agent_tasks_plan', '');
-    end if;
-  end if;
-  return new;
-end
-$$;
-create trigger agent_tasks_before_write before insert or update on public.agent_tasks
-  for each row execute function scheduler.agent_tasks_before_write();
 
 -- One NOTIFY per statement (not per row) when executions become claimable.
 create or replace function scheduler.notify_executions_queued() returns trigger

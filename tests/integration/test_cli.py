@@ -244,7 +244,7 @@ def test_admin_retry_failed__requeues_failed_runs_once(conn: psycopg.Connection[
     conn.execute("select scheduler.enqueue_now(%s)", (task,))
     claimed = conn.execute("select id, attempt from scheduler.claim_executions('w', 1, 30)").fetchone()
     assert claimed is not None
-    conn.execute("select scheduler.retry_later(%s, 'w', %s, 'boom')", (claimed["id"], claimed["attempt"]))
+    conn.execute("select scheduler.requeue_later(%s, 'w', %s, 'boom')", (claimed["id"], claimed["attempt"]))
     for _ in range(2):  # the second pass finds the retry already made
         proc = subprocess.run(["psql", db_url, "-v", "ON_ERROR_STOP=1", "-f", str(ADMIN / "retry_failed.sql")],
                               capture_output=True, text=True)

@@ -8,7 +8,7 @@ from worker import check
 def test_worker_functions__are_read_from_the_workers_sql() -> None:
     needed = check.worker_functions()
     # the queue's core: if the SQL moves out of worker.db's constants, this list must follow it
-    assert {"claim_executions", "heartbeat", "register_worker", "retry_later", "enqueue_due"} <= set(needed)
+    assert {"claim_executions", "heartbeat", "register_worker", "requeue_later", "enqueue_due"} <= set(needed)
     assert needed == sorted(set(needed))
 
 

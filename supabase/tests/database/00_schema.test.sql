@@ -142,9 +142,9 @@ select has_function('scheduler', 'start_execution',
 select has_function('scheduler', 'finish_execution',
   array['uuid', 'text', 'integer', 'text', 'text', 'text', 'text', 'uuid', 'jsonb', 'timestamp with time zone'],
   'scheduler.finish_execution exists');
-select has_function('scheduler', 'retry_later',
+select has_function('scheduler', 'requeue_later',
   array['uuid', 'text', 'integer', 'text', 'text', 'double precision', 'timestamp with time zone'],
-  'scheduler.retry_later exists');
+  'scheduler.requeue_later exists');
 select has_function('scheduler', 'release_executions', array['text', 'uuid[]', 'timestamp with time zone'],
   'scheduler.release_executions exists');
 select has_function('scheduler', 'rescue_expired', array['timestamp with time zone'],

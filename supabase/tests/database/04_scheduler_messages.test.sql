@@ -103,7 +103,7 @@ select throws_ok(
 
 -- A retried execution never duplicates the user message ---------------------------------
 select is(
-  scheduler.retry_later('e1000000-0000-0000-0000-000000000001', 'w1', 1, 'upstream 503', 'transient', 0, '2030-01-01 09:00:03Z'),
+  scheduler.requeue_later('e1000000-0000-0000-0000-000000000001', 'w1', 1, 'upstream 503', 'transient', 0, '2030-01-01 09:00:03Z'),
   'queued', 'a transient error re-queues the execution');
 select is((select attempt from scheduler.claim_executions('w2', 1, 30, null, '2030-01-01 09:00:04Z')), 2,
   'another worker claims attempt 2');

@@ -195,11 +195,11 @@ select is((select status from public.agent_task_executions where id = 'e1000000-
   'cancelled', 'the cancelled execution stays cancelled');
 
 -- =========================================================================
--- retry_later
+-- requeue_later
 -- =========================================================================
-select is(scheduler.retry_later('e1000000-0000-0000-0000-000000000001', 'w1', 1, 'boom', 'transient', null, '2030-01-02 09:30Z'),
-  null, 'retry_later by a worker that does not hold the execution does nothing');
-select is(scheduler.retry_later('e1000000-0000-0000-0000-000000000001', 'w2', 1, 'HTTP 503', 'transient', null, '2030-01-02 09:30Z'),
+select is(scheduler.requeue_later('e1000000-0000-0000-0000-000000000001', 'w1', 1, 'boom', 'transient', null, '2030-01-02 09:30Z'),
+  null, 'requeue_later by a worker that does not hold the execution does nothing');
+select is(scheduler.requeue_later('e1000000-0000-0000-0000-000000000001', 'w2', 1, 'HTTP 503', 'transient', null, '2030-01-02 09:30Z'),
   'queued', 'a transient error with attempts left re-queues the execution');
 select results_eq(
   $$select status, run_after, worker_id, lease_expires_at, attempt, error, error_kind, finished_at
@@ -211,8 +211,8 @@ select is_empty($$select id from scheduler.claim_executions('w3', 5, 30, null, '
   'a re-queued execution is not claimed before its backoff ends');
 select results_eq($$select id, attempt from scheduler.claim_executions('w3', 1, 30, null, '2030-01-02 09:30:05Z')$$,
   $$values ('e1000000-0000-0000-0000-000000000001'::uuid, 2)$$, 'after the backoff it is claimed as attempt 2');
-select is(scheduler.retry_later('e1000000-0000-0000-0000-000000000005', 'w1', 1, 'still broken', 'transient', null, '2030-01-02 09:31Z'),
-  'failed', 'retry_later on the last attempt fails the execution');
+select is(scheduler.requeue_later('e1000000-0000-0000-0000-000000000005', 'w1', 1, 'still broken', 'transient', null, '2030-01-02 09:31Z'),
+  'failed', 'requeue_later on the last attempt fails the execution');
 select results_eq(
   $$select status, error, finished_at from public.agent_task_executions where id = 'e1000000-0000-0000-0000-000000000005'$$,
   $$values ('failed'::text, 'still broken'::text, '2030-01-02 09:31Z'::timestamptz)$$,

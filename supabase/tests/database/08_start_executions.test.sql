@@ -121,7 +121,7 @@ select results_eq(
 
 -- A retried execution (attempt 2, another worker) gets its first message back.
 select is(
-  scheduler.retry_later('e1000000-0000-0000-0000-000000000001', 'w1', 1, 'upstream 503', 'transient', 0, '2030-01-01 09:00:04Z'),
+  scheduler.requeue_later('e1000000-0000-0000-0000-000000000001', 'w1', 1, 'upstream 503', 'transient', 0, '2030-01-01 09:00:04Z'),
   'queued', 'a transient error re-queues e1');
 select is((select attempt from scheduler.claim_executions('w2', 1, 30, null, '2030-01-01 09:00:05Z')), 2,
   'w2 claims attempt 2 of e1');

@@ -1,7 +1,10 @@
--- The queue: every execution state transition is one function here, guarded on
--- the current state (and, for the worker's writes, on worker_id and attempt,
--- so a rescued execution cannot be finished twice). docs/state-machine.md
--- draws the diagram and names the owner of each edge.
+-- Queue transitions: every move of an execution after it is queued is one
+-- function here, guarded on the current state (and, for the worker's writes,
+-- on worker_id and attempt, so a rescued execution cannot be finished twice):
+-- claim, heartbeat, start, finish, requeue with backoff, release, rescue,
+-- cancel. docs/state-machine.md draws the diagram and names the owner of each
+-- edge. Making executions (enqueue) is scheduling; what a finished execution
+-- does to its task is the task lifecycle (record_outcome).
 --
 -- All functions take an optional p_now so tests control time. They are
 -- `security definer` so the worker's role (task_worker) needs no table
@@ -19,260 +22,6 @@ create table scheduler.workers (
 );
 alter table scheduler.workers enable row level security;
 comment on table scheduler.workers is 'Workers that heartbeat; rows older than a few leases are removed by the rescuer.';
-
-create or replace function scheduler.is_terminal(p_status text) returns boolean
-language sql immutable
-set search_path = ''
-as $$
-  select p_status in ('succeeded', 'failed', 'timed_out', 'needs_input', 'cancelled', 'skipped')
-$$;
-
--- Record a user notification (final failure, a question from the agent).
-create or replace function scheduler.notify_user(
-  p_user_id uuid, p_kind text, p_title text, p_body text, p_data jsonb
-) returns void
-language sql
-security definer
-set search_path = ''
-as $$
-  insert into public.notifications (user_id, kind, title, body, data)
-  values (p_user_id, p_kind, left(p_title, 200), left(p_body, 2000), coalesce(p_data, '{}'::jsonb))
-$$;
-
--- enqueue_due: turn due occurrences of active tasks into executions.
--- Idempotent: (task_id, scheduled_for) is unique and inserts do nothing on
--- conflict, so pg_cron and any number of workers may call it at once. A due
--- occurrence is recorded as `skipped` when overlap_policy = 'skip' finds the
--- previous run still active, or when misfire_policy = 'skip' finds it later
--- than misfire_grace_seconds. The next occurrence is computed here for
--- interval and once schedules; cron tasks get next_run_at = NULL and the
--- worker's planner (croniter) fills it in, woken by NOTIFY agent_tasks_plan.
--- Returns the number of executions inserted.
-create or replace function scheduler.enqueue_due(p_now timestamptz default null, p_limit integer default 5000)
-returns integer
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_now timestamptz := coalesce(p_now, now());
-  v_inserted integer;
-  v_cron integer;
-begin
-  with due as (
-    select t.id, t.user_id, t.agent_id, t.next_run_at, t.priority, t.max_retries,
-           t.timeout_seconds, t.overlap_policy, t.misfire_policy, t.misfire_grace_seconds,
-           t.schedule_type, t.interval_seconds, t.ends_at, t.max_runs, t.run_count
-    from public.agent_tasks t
-    where t.status = 'active' and t.next_run_at <= v_now
-    order by t.next_run_at
-    limit p_limit
-    for update skip locked
-  ),
-  decided as (
-    select d.*,
-      case
-        when d.misfire_policy = 'skip'
-             and d.next_run_at < v_now - make_interval(secs => d.misfire_grace_seconds) then 'misfire'
-        when d.overlap_policy = 'skip' and exists (
-               select 1 from public.agent_task_executions e
-               where e.task_id = d.id and e.status in ('queued', 'running')) then 'overlap'
-      end as skip_reason
-    from due d
-  ),
-  inserted as (
-    insert into public.agent_task_executions as e (
-      task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
-      max_attempts, timeout_seconds, exclusive, finished_at, error, error_kind)
-    select d.id, d.user_id, d.agent_id, 'schedule',
-           case when d.skip_reason is null then 'queued' else 'skipped' end,
-           d.next_run_at, d.next_run_at, d.priority, d.max_retries + 1, d.timeout_seconds,
-           d.overlap_policy <> 'allow',
-           case when d.skip_reason is null then null else v_now end,
-           case d.skip_reason
-             when 'overlap' then 'skipped: the previous run was still active (overlap_policy = skip)'
-             when 'misfire' then 'skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = skip)'
-           end,
-           d.skip_reason
-    from decided d
-    on conflict (task_id, scheduled_for) do nothing
-    returning e.task_id, e.status
-  ),
-  counted as (
-    select d.*, d.run_count + coalesce(q.n, 0) as new_run_count,
-           -- after downtime (misfire_policy run_once or skip): the due occurrence
-           -- is run (run_once) or skipped (skip), the later missed ones are
-           -- recorded as skipped below, and the task moves to the next occurrence
-           -- on the interval grid after now instead of catching up one per call
-           case when d.schedule_type = 'interval' and d.misfire_policy in ('run_once', 'skip')
-                then floor(extract(epoch from (v_now - d.next_run_at)) / d.interval_seconds)::integer + 1
-                else 1 end as interval_steps
-    from decided d
-    left join (select i.task_id, count(*)::integer as n from inserted i
-               where i.status = 'queued' group by i.task_id) q on q.task_id = d.id
-  ),
-  missed as (
-    insert into public.agent_task_executions (
-      task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
-      max_attempts, timeout_seconds, exclusive, finished_at, error, error_kind)
-    select c.id, c.user_id, c.agent_id, 'schedule', 'skipped',
-           c.next_run_at + make_interval(secs => c.interval_seconds::double precision * k), v_now,
-           c.priority, c.max_retries + 1, c.timeout_seconds, c.overlap_policy <> 'allow', v_now,
-           format('skipped: occurrence missed while no scheduler ran (misfire_policy = %s)', c.misfire_policy),
-           'misfire'
-    -- at most 1000 records per catch-up: the task's history stays readable
-    from counted c
-    cross join lateral generate_series(1, least(c.interval_steps - 1, 1000)) as k
-    where c.interval_steps > 1
-    on conflict (task_id, scheduled_for) do nothing
-  ),
-  planned as (
-    select c.id, c.next_run_at as occurrence, c.new_run_count, c.schedule_type,
-      case
-        when c.max_runs is not null and c.new_run_count >= c.max_runs then null
-        when c.schedule_type = 'interval'
-             and (c.ends_at is null
-                  or c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps) <= c.ends_at)
-          then c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps)
-        else null  -- once: done; cron: the planner
-      end as next_run_at,
-      (c.max_runs is not null and c.new_run_count >= c.max_runs) as exhausted
-    from counted c
-  ),
-  advanced as (
-    update public.agent_tasks t set
-      last_scheduled_for = p.occurrence,
-      run_count = p.new_run_count,
-      next_run_at = p.next_run_at,
-      status = case when p.next_run_at is null and (p.schedule_type <> 'cron' or p.exhausted)
-                    then 'completed' else t.status end
-    from planned p
-    where t.id = p.id
-    returning t.id, t.schedule_type, t.next_run_at, t.status
-  )
-  select (select count(*) from inserted),
-         (select count(*) from advanced a where a.schedule_type = 'cron' and a.status = 'active')
-    into v_inserted, v_cron;
-
-  -- cron tasks need their next occurrence from the planner (which also
-  -- applies ends_at): wake it
-  if v_cron > 0 then
-    perform pg_notify('agent_tasks_plan', '');
-  end if;
-  return v_inserted;
-end
-$$;
-
--- Cron tasks waiting for their next occurrence (the planner's input).
-create or replace function scheduler.tasks_to_plan(p_limit integer default 500)
-returns table (
-  id uuid, schedule_version integer, cron_expression text, timezone text,
-  starts_at timestamptz, ends_at timestamptz, max_runs integer, run_count integer,
-  last_scheduled_for timestamptz, created_at timestamptz, misfire_policy text,
-  misfire_grace_seconds integer, plan_from timestamptz
-)
-language sql
-stable
-security definer
-set search_path = ''
-as $$
-  select t.id, t.schedule_version, t.cron_expression, t.timezone, t.starts_at, t.ends_at,
-         t.max_runs, t.run_count, t.last_scheduled_for, t.created_at, t.misfire_policy,
-         t.misfire_grace_seconds, t.plan_from
-  from public.agent_tasks t
-  where t.status = 'active' and t.next_run_at is null and t.schedule_type = 'cron'
-  order by t.updated_at
-  limit p_limit
-$$;
-
--- Apply the planner's result for one task: the next occurrence (NULL with
--- p_complete = true ends the schedule), missed occurrences to record as
--- skipped and missed occurrences to run (misfire_policy). Guarded on
--- schedule_version so a plan made from an older copy of the task is dropped.
--- Returns false when the guard dropped it.
-create or replace function scheduler.apply_plan(
-  p_task_id uuid,
-  p_schedule_version integer,
-  p_next_run_at timestamptz,
-  p_complete boolean default false,
-  p_skipped timestamptz[] default '{}',
-  p_run timestamptz[] default '{}',
-  p_now timestamptz default null
-) returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_now timestamptz := coalesce(p_now, now());
-  v_task public.agent_tasks;
-  v_queued integer := 0;
-begin
-  select * into v_task from public.agent_tasks
-  where id = p_task_id and schedule_version = p_schedule_version
-    and status = 'active' and next_run_at is null
-  for update;
-  if not found then
-    return false;
-  end if;
-
-  if cardinality(p_skipped) > 0 then
-    insert into public.agent_task_executions (
-      task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
-      max_attempts, timeout_seconds, exclusive, finished_at, error, error_kind)
-    select v_task.id, v_task.user_id, v_task.agent_id, 'schedule', 'skipped', s, v_now,
-           v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
-           v_task.overlap_policy <> 'allow', v_now,
-           format('skipped: occurrence missed while no scheduler ran (misfire_policy = %s)', v_task.misfire_policy),
-           'misfire'
-    from unnest(p_skipped) s
-    on conflict (task_id, scheduled_for) do nothing;
-  end if;
-
-  if cardinality(p_run) > 0 then
-    with ins as (
-      insert into public.agent_task_executions (
-        task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
-        max_attempts, timeout_seconds, exclusive)
-      select v_task.id, v_task.user_id, v_task.agent_id, 'schedule', 'queued', s, v_now,
-             v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
-             v_task.overlap_policy <> 'allow'
-      from unnest(p_run) s
-      on conflict (task_id, scheduled_for) do nothing
-      returning 1
-    )
-    select count(*) into v_queued from ins;
-  end if;
-
-  update public.agent_tasks set
-    next_run_at = case when p_complete then null else p_next_run_at end,
-    status = case when p_complete then 'completed' else status end,
-    run_count = run_count + v_queued,
-    last_scheduled_for = greatest(last_scheduled_for,
-                                  (select max(x) from unnest(p_skipped || p_run) x))
-  where id = p_task_id;
-  return true;
-end
-$$;
-
--- A cron task the planner cannot compute (croniter refused it although the
--- database accepted it) goes to status 'error' with a readable last_error,
--- instead of silently never running. Guarded on schedule_version like apply_plan.
-create or replace function scheduler.fail_plan(
-  p_task_id uuid, p_schedule_version integer, p_error text
-) returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  update public.agent_tasks set
-    status = 'error',
-    last_error = left('cannot compute the next run: ' || p_error, 2000)
-  where id = p_task_id and schedule_version = p_schedule_version and status = 'active';
-  return found;
-end
-$$;
 
 -- claim_executions: take up to p_limit claimable executions for a worker.
 -- FOR UPDATE SKIP LOCKED in a CTE, priority first, then occurrence. Sets the
@@ -565,98 +314,6 @@ begin
 end
 $$;
 
--- Task bookkeeping shared by every terminal transition.
-create or replace function scheduler.record_outcome(p_exec public.agent_task_executions, p_now timestamptz)
-returns void
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_task public.agent_tasks;
-begin
-  update public.agent_tasks t set
-    last_run_at = p_now,
-    success_count = t.success_count + (p_exec.status = 'succeeded')::integer,
-    failure_count = t.failure_count + (p_exec.status in ('failed', 'timed_out'))::integer,
-    last_error = case when p_exec.status in ('failed', 'timed_out') then p_exec.error
-                      when p_exec.status = 'succeeded' then null
-                      else t.last_error end,
-    status = case when p_exec.status = 'needs_input' and t.status = 'active' then 'waiting_input'
-                  else t.status end,
-    next_run_at = case when p_exec.status = 'needs_input' then null else t.next_run_at end,
-    state = case when p_exec.status = 'needs_input'
-                 then t.state || jsonb_build_object('pending_question', p_exec.output,
-                                                    'waiting_conversation_id', p_exec.conversation_id)
-                 else t.state end
-  where t.id = p_exec.task_id
-  returning * into v_task;
-
-  if p_exec.status in ('failed', 'timed_out') then
-    perform scheduler.notify_user(
-      p_exec.user_id, 'task_failed',
-      format('Scheduled task "%s" failed', coalesce(v_task.name, 'task')),
-      p_exec.error,
-      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
-                         'conversation_id', p_exec.conversation_id, 'error_kind', p_exec.error_kind));
-  elsif p_exec.status = 'needs_input' then
-    perform scheduler.notify_user(
-      p_exec.user_id, 'task_needs_input',
-      format('"%s" needs your input', coalesce(v_task.name, 'task')),
-      p_exec.output,
-      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
-                         'conversation_id', p_exec.conversation_id));
-  end if;
-end
-$$;
-
--- finish_execution: running -> succeeded | failed | timed_out | needs_input.
--- Fenced on status, worker and attempt; returns false when the fence drops
--- the write (the execution was cancelled or rescued meanwhile).
-create or replace function scheduler.finish_execution(
-  p_execution_id uuid,
-  p_worker_id text,
-  p_attempt integer,
-  p_status text,
-  p_output text default null,
-  p_error text default null,
-  p_error_kind text default null,
-  p_assistant_message_id uuid default null,
-  p_usage jsonb default null,
-  p_now timestamptz default null
-) returns boolean
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_now timestamptz := coalesce(p_now, now());
-  v_exec public.agent_task_executions;
-begin
-  if p_status not in ('succeeded', 'failed', 'timed_out', 'needs_input') then
-    raise exception 'finish_execution: % is not a finishing status', p_status using errcode = '22023';
-  end if;
-  update public.agent_task_executions e set
-    status = p_status,
-    finished_at = v_now,
-    duration_ms = greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer),
-    output = left(p_output, 2000),
-    error = left(p_error, 2000),
-    error_kind = p_error_kind,
-    assistant_message_id = coalesce(p_assistant_message_id, e.assistant_message_id),
-    usage = coalesce(p_usage, e.usage),
-    lease_expires_at = null
-  where e.id = p_execution_id and e.status = 'running'
-    and e.worker_id = p_worker_id and e.attempt = p_attempt
-  returning e.* into v_exec;
-  if not found then
-    return false;
-  end if;
-  perform scheduler.record_outcome(v_exec, v_now);
-  return true;
-end
-$$;
-
 -- finish_executions: finish_execution for a batch, in one round trip and one
 -- transaction. p_results is a JSON array of {id, attempt, status, output?,
 -- error?, error_kind?, assistant_message_id?, usage?}. Every element is fenced
@@ -688,7 +345,7 @@ begin
   end if;
   select coalesce(r.status, 'null') into v_bad
   from jsonb_to_recordset(p_results) as r(status text)
-  where r.status is null or r.status not in ('succeeded', 'failed', 'timed_out', 'needs_input')
+  where r.status is null or not scheduler.is_finishing(r.status)
   limit 1;
   if found then
     raise exception 'finish_executions: % is not a finishing status', v_bad using errcode = '22023';
@@ -707,7 +364,7 @@ begin
     update public.agent_task_executions e set
       status = i.status,
       finished_at = v_now,
-      duration_ms = greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer),
+      duration_ms = scheduler.duration_ms(e.started_at, v_now),
       output = left(i.output, 2000),
       error = left(i.error, 2000),
       error_kind = i.error_kind,
@@ -756,10 +413,43 @@ begin
 end
 $$;
 
--- retry_execution_later: running -> queued (run_after = now + backoff) while
--- attempts remain, else running -> failed. Fenced like finish. Returns the new
--- status, or NULL when the fence dropped the write.
-create or replace function scheduler.retry_later(
+-- finish_execution: running -> succeeded | failed | timed_out | needs_input
+-- for one execution: a batch of one for finish_executions (above), the one
+-- finish path. Fenced on status, worker and attempt; returns false when the
+-- fence drops the write (the execution was cancelled or rescued meanwhile).
+create or replace function scheduler.finish_execution(
+  p_execution_id uuid,
+  p_worker_id text,
+  p_attempt integer,
+  p_status text,
+  p_output text default null,
+  p_error text default null,
+  p_error_kind text default null,
+  p_assistant_message_id uuid default null,
+  p_usage jsonb default null,
+  p_now timestamptz default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_status is null or not scheduler.is_finishing(p_status) then
+    raise exception 'finish_execution: % is not a finishing status', coalesce(p_status, 'null') using errcode = '22023';
+  end if;
+  return exists (
+    select 1 from scheduler.finish_executions(p_worker_id, jsonb_build_array(jsonb_build_object(
+      'id', p_execution_id, 'attempt', p_attempt, 'status', p_status, 'output', p_output, 'error', p_error,
+      'error_kind', p_error_kind, 'assistant_message_id', p_assistant_message_id, 'usage', p_usage)), p_now));
+end
+$$;
+
+-- requeue_later: the same execution row goes back to the queue, running ->
+-- queued (run_after = now + backoff), while attempts remain, else running ->
+-- failed. Fenced like finish. Returns the new status, or NULL when the fence
+-- dropped the write. (A new row for a finished execution is
+-- scheduler.retry_execution, in scheduling.)
+create or replace function scheduler.requeue_later(
   p_execution_id uuid,
   p_worker_id text,
   p_attempt integer,
@@ -860,7 +550,7 @@ begin
     update public.agent_task_executions e set
       status = 'failed',
       finished_at = v_now,
-      duration_ms = greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer),
+      duration_ms = scheduler.duration_ms(e.started_at, v_now),
       lease_expires_at = null,
       error = format('lease expired on worker %s and no attempt is left', e.worker_id),
       error_kind = 'lease_expired'
@@ -902,8 +592,7 @@ begin
   update public.agent_task_executions e set
     status = 'cancelled',
     finished_at = v_now,
-    duration_ms = case when e.started_at is null then null
-                       else greatest(0, (extract(epoch from (v_now - e.started_at)) * 1000)::integer) end,
+    duration_ms = scheduler.duration_ms(e.started_at, v_now),
     cancel_requested_at = v_now,
     lease_expires_at = null,
     error = left(p_reason, 2000),
@@ -913,62 +602,6 @@ begin
     perform pg_notify('agent_task_cancel', p_execution_id::text);
   end if;
   return true;
-end
-$$;
-
--- Re-run a finished execution as a new one (trigger_type 'retry') in the
--- same conversation. Returns the new execution's id.
-create or replace function scheduler.retry_execution(p_execution_id uuid, p_now timestamptz default null)
-returns uuid
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_old public.agent_task_executions;
-begin
-  select * into v_old from public.agent_task_executions where id = p_execution_id;
-  if not found then
-    raise exception 'execution % not found', p_execution_id using errcode = 'P0002';
-  end if;
-  if not scheduler.is_terminal(v_old.status) or v_old.status = 'succeeded' then
-    raise exception 'execution % is %: only failed, timed out, cancelled or skipped executions can be retried',
-      p_execution_id, v_old.status using errcode = '55000';
-  end if;
-  return scheduler.enqueue_now(v_old.task_id, 'retry', p_now, v_old.conversation_id, v_old.id);
-end
-$$;
-
--- Enqueue a run of a task now (trigger_type 'manual'), whatever its schedule.
--- A retry of an earlier execution (trigger_type 'retry') passes that run's
--- conversation (used when the task reuses one) and its id (retry_of).
-create or replace function scheduler.enqueue_now(
-  p_task_id uuid, p_trigger_type text default 'manual', p_now timestamptz default null,
-  p_conversation_id uuid default null, p_retry_of uuid default null
-) returns uuid
-language plpgsql
-security definer
-set search_path = ''
-as $$
-declare
-  v_now timestamptz := coalesce(p_now, clock_timestamp());
-  v_task public.agent_tasks;
-  v_id uuid;
-begin
-  select * into v_task from public.agent_tasks where id = p_task_id;
-  if not found then
-    raise exception 'task % not found', p_task_id using errcode = 'P0002';
-  end if;
-  insert into public.agent_task_executions (
-    task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, priority,
-    max_attempts, timeout_seconds, exclusive, conversation_id, retry_of)
-  values (v_task.id, v_task.user_id, v_task.agent_id, p_trigger_type, 'queued', v_now, coalesce(p_now, now()),
-          v_task.priority, v_task.max_retries + 1, v_task.timeout_seconds,
-          v_task.overlap_policy <> 'allow',
-          case when v_task.conversation_mode = 'reuse' then p_conversation_id end, p_retry_of)
-  returning id into v_id;
-  update public.agent_tasks set run_count = run_count + 1 where id = p_task_id;
-  return v_id;
 end
 $$;
 
@@ -1013,7 +646,7 @@ end
 $$;
 
 -- Queue figures for operators and the CLI.
-create or replace function scheduler.queue_stats(p_now timestamptz default null)
+create or replace function scheduler.queue_stats()
 returns table (status text, count bigint, oldest timestamptz, next_run_after timestamptz)
 language sql
 stable
@@ -1029,25 +662,21 @@ $$;
 
 grant select on scheduler.workers to task_worker, service_role;
 grant execute on function
-  scheduler.enqueue_due(timestamptz, integer),
-  scheduler.tasks_to_plan(integer),
-  scheduler.apply_plan(uuid, integer, timestamptz, boolean, timestamptz[], timestamptz[], timestamptz),
-  scheduler.fail_plan(uuid, integer, text),
   scheduler.claim_executions(text, integer, integer, integer, timestamptz),
   scheduler.heartbeat(text, uuid[], integer, integer, timestamptz),
   scheduler.start_execution(uuid, text, integer, text, text, timestamptz),
   scheduler.start_executions(text, jsonb, timestamptz),
   scheduler.finish_execution(uuid, text, integer, text, text, text, text, uuid, jsonb, timestamptz),
   scheduler.finish_executions(text, jsonb, timestamptz),
-  scheduler.retry_later(uuid, text, integer, text, text, double precision, timestamptz),
+  scheduler.requeue_later(uuid, text, integer, text, text, double precision, timestamptz),
   scheduler.release_executions(text, uuid[], timestamptz),
   scheduler.rescue_expired(timestamptz),
   scheduler.cancel_execution(uuid, text, timestamptz),
-  scheduler.retry_execution(uuid, timestamptz),
-  scheduler.enqueue_now(uuid, text, timestamptz, uuid, uuid),
   scheduler.register_worker(text, text, integer, integer),
   scheduler.unregister_worker(text),
   scheduler.purge_history(interval, timestamptz),
-  scheduler.queue_stats(timestamptz),
-  scheduler.is_terminal(text)
+  scheduler.queue_stats(),
+  scheduler.is_terminal(text),
+  scheduler.is_finishing(text),
+  scheduler.execution_statuses()
 to task_worker, service_role;

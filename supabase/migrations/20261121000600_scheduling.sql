@@ -1,0 +1,446 @@
+-- Scheduling: when a task runs and the execution rows it makes.
+--
+-- * scheduler.new_execution builds every execution row (attempts, priority,
+--   timeout, exclusivity and the skip reasons come from the task here only);
+-- * scheduler.initial_next_run_at is the first occurrence of a new, edited
+--   or resumed interval or once schedule (cron: the planner, croniter);
+-- * enqueue_due (pg_cron and every worker's tick), apply_plan / fail_plan
+--   (the worker's cron planner), enqueue_now (run now) and retry_execution
+--   (a new run of a finished execution) are the only writers of executions
+--   into the queue and of next_run_at.
+
+-- The execution row of one run of a task, built here and nowhere else: its
+-- attempts (max_retries + 1), priority, timeout and exclusivity
+-- (overlap_policy skip or queue) come from the task, and a skipped
+-- occurrence gets its reason. p_skip is NULL for a queued run, or why the
+-- occurrence is recorded as skipped: 'overlap' (the previous run is still
+-- active), 'misfire' (later than misfire_grace_seconds) or 'missed' (passed
+-- while no scheduler ran). Every INSERT of executions selects its rows:
+-- `insert into public.agent_task_executions select x.* from ... scheduler.new_execution(...) x`.
+create or replace function scheduler.new_execution(
+  p_task public.agent_tasks,
+  p_trigger_type text,
+  p_scheduled_for timestamptz,
+  p_run_after timestamptz,
+  p_now timestamptz,
+  p_skip text default null,
+  p_conversation_id uuid default null,
+  p_retry_of uuid default null
+) returns public.agent_task_executions
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v public.agent_task_executions;
+begin
+  v.id := gen_random_uuid();
+  v.task_id := p_task.id;
+  v.user_id := p_task.user_id;
+  v.agent_id := p_task.agent_id;
+  v.trigger_type := p_trigger_type;
+  v.status := 'queued';
+  v.scheduled_for := p_scheduled_for;
+  v.run_after := p_run_after;
+  v.attempt := 0;
+  v.max_attempts := p_task.max_retries + 1;
+  v.priority := p_task.priority;
+  v.timeout_seconds := p_task.timeout_seconds;
+  v.exclusive := p_task.overlap_policy <> 'allow';
+  -- a retry runs in its execution's conversation when the task reuses one
+  v.conversation_id := case when p_task.conversation_mode = 'reuse' then p_conversation_id end;
+  v.retry_of := p_retry_of;
+  v.created_at := now();
+  v.updated_at := now();
+  if p_skip is not null then
+    v.status := 'skipped';
+    v.finished_at := p_now;
+    v.error_kind := case p_skip when 'overlap' then 'overlap' else 'misfire' end;
+    v.error := case p_skip
+      when 'overlap' then 'skipped: the previous run was still active (overlap_policy = skip)'
+      when 'misfire' then 'skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = skip)'
+      when 'missed' then format('skipped: occurrence missed while no scheduler ran (misfire_policy = %s)',
+                                p_task.misfire_policy)
+    end;
+    if v.error is null then
+      raise exception 'new_execution: unknown skip reason %', p_skip using errcode = '22023';
+    end if;
+  end if;
+  return v;
+end
+$$;
+-- The first occurrence of a new, edited or resumed interval or once schedule,
+-- from p_now: a once task's run_at (unless that very occurrence already ran),
+-- an interval task's starts_at while it is ahead, else one interval from now.
+-- NULL past ends_at, and for cron (the planner computes it with croniter, in
+-- the task's time zone) and manual schedules. Later interval occurrences
+-- follow from the previous one (enqueue_due), never from "now".
+create or replace function scheduler.initial_next_run_at(p_task public.agent_tasks, p_now timestamptz)
+returns timestamptz
+language sql
+immutable
+set search_path = ''
+as $$
+  select case when n.at > p_task.ends_at then null else n.at end
+  from (select case p_task.schedule_type
+                 when 'once' then case when p_task.last_scheduled_for = p_task.run_at then null
+                                       else p_task.run_at end
+                 when 'interval' then case when p_task.starts_at >= p_now then p_task.starts_at
+                                           else p_now + make_interval(secs => p_task.interval_seconds) end
+               end as at) n
+$$;
+-- Write-time checks and schedule bookkeeping for agent_tasks.
+-- security definer: calls the private validators; it reads nothing the
+-- writer could not read and changes only the row being written.
+create or replace function scheduler.agent_tasks_before_write() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_error text;
+  -- current_user is this function's owner (security definer): the caller's
+  -- API role is the `role` setting PostgREST made with `set local role`
+  v_api_role boolean := current_setting('role', true) in ('anon', 'authenticated');
+  v_schedule_changed boolean;
+begin
+  -- Validate only what this write sets or changes: the row already passed
+  -- these checks when those fields were written. The hot path (counters from
+  -- every finished run, enqueue_due's bookkeeping) changes none of them, so it
+  -- runs no validator at all.
+  if new.schedule_type = 'cron'
+     and (tg_op = 'INSERT' or new.schedule_type is distinct from old.schedule_type
+          or new.cron_expression is distinct from old.cron_expression) then
+    v_error := scheduler.cron_error(new.cron_expression);
+    if v_error is not null then
+      raise exception '%', v_error using errcode = '22023', hint = 'e.g. ''0 9 * * 1-5'' runs at 09:00 on weekdays';
+    end if;
+    new.cron_expression := btrim(new.cron_expression);
+  end if;
+  if tg_op = 'INSERT' or new.timezone is distinct from old.timezone then
+    v_error := scheduler.timezone_error(new.timezone);
+    if v_error is not null then
+      raise exception '%', v_error using errcode = '22023';
+    end if;
+  end if;
+  if tg_op = 'INSERT' or new.prompt_template is distinct from old.prompt_template
+     or new.prompt_variables is distinct from old.prompt_variables then
+    v_error := scheduler.template_error(new.prompt_template, new.prompt_variables);
+    if v_error is not null then
+      raise exception '%', v_error using errcode = '22023';
+    end if;
+  end if;
+
+  if tg_op = 'INSERT' then
+    v_schedule_changed := true;
+  else
+    v_schedule_changed :=
+      new.schedule_type is distinct from old.schedule_type
+      or new.cron_expression is distinct from old.cron_expression
+      or new.interval_seconds is distinct from old.interval_seconds
+      or new.run_at is distinct from old.run_at
+      or new.timezone is distinct from old.timezone
+      or new.starts_at is distinct from old.starts_at
+      or new.ends_at is distinct from old.ends_at
+      or new.max_runs is distinct from old.max_runs
+      or (new.status = 'active' and old.status <> 'active');
+  end if;
+
+  if v_api_role then
+    -- users move a task only between active and paused (and answer a question)
+    if tg_op = 'INSERT' and new.status not in ('active', 'paused') then
+      raise exception 'a new task must be active or paused, not %', new.status using errcode = '22023';
+    end if;
+    if tg_op = 'UPDATE' and new.status is distinct from old.status
+       and not (new.status in ('active', 'paused') and old.status in ('active', 'paused', 'waiting_input', 'error', 'completed')) then
+      raise exception 'status can be changed to active or paused only (from %)', old.status using errcode = '22023';
+    end if;
+  end if;
+
+  if new.status <> 'active' then
+    new.next_run_at := null;
+  elsif v_schedule_changed then
+    new.schedule_version := case when tg_op = 'INSERT' then 1 else old.schedule_version + 1 end;
+    new.plan_from := now();
+    -- cron: NULL here, the planner computes it (woken below)
+    new.next_run_at := scheduler.initial_next_run_at(new, now());
+    if new.schedule_type = 'cron' then
+      perform pg_notify('agent_tasks_plan', '');
+    end if;
+  end if;
+  return new;
+end
+$$;
+create trigger agent_tasks_before_write before insert or update on public.agent_tasks
+  for each row execute function scheduler.agent_tasks_before_write();
+-- enqueue_due: turn due occurrences of active tasks into executions.
+-- Idempotent: (task_id, scheduled_for) is unique and inserts do nothing on
+-- conflict, so pg_cron and any number of workers may call it at once. A due
+-- occurrence is recorded as `skipped` when overlap_policy = 'skip' finds the
+-- previous run still active, or when misfire_policy = 'skip' finds it later
+-- than misfire_grace_seconds. The next occurrence is computed here for
+-- interval and once schedules; cron tasks get next_run_at = NULL and the
+-- worker's planner (croniter) fills it in, woken by NOTIFY agent_tasks_plan.
+-- Returns the number of executions inserted.
+create or replace function scheduler.enqueue_due(p_now timestamptz default null, p_limit integer default 5000)
+returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_inserted integer;
+  v_cron integer;
+begin
+  with due as (
+    select t as task, t.id, t.next_run_at, t.overlap_policy, t.misfire_policy, t.misfire_grace_seconds,
+           t.schedule_type, t.interval_seconds, t.ends_at, t.max_runs, t.run_count
+    from public.agent_tasks t
+    where t.status = 'active' and t.next_run_at <= v_now
+    order by t.next_run_at
+    limit p_limit
+    for update skip locked
+  ),
+  decided as (
+    select d.*,
+      case
+        when d.misfire_policy = 'skip'
+             and d.next_run_at < v_now - make_interval(secs => d.misfire_grace_seconds) then 'misfire'
+        when d.overlap_policy = 'skip' and exists (
+               select 1 from public.agent_task_executions e
+               where e.task_id = d.id and e.status in ('queued', 'running')) then 'overlap'
+      end as skip_reason
+    from due d
+  ),
+  inserted as (
+    insert into public.agent_task_executions as e
+    select x.*
+    from decided d
+    cross join lateral scheduler.new_execution(d.task, 'schedule', d.next_run_at, d.next_run_at, v_now,
+                                               d.skip_reason) x
+    on conflict (task_id, scheduled_for) do nothing
+    returning e.task_id, e.status
+  ),
+  counted as (
+    select d.*, d.run_count + coalesce(q.n, 0) as new_run_count,
+           -- after downtime (misfire_policy run_once or skip): the due occurrence
+           -- is run (run_once) or skipped (skip), the later missed ones are
+           -- recorded as skipped below, and the task moves to the next occurrence
+           -- on the interval grid after now instead of catching up one per call
+           case when d.schedule_type = 'interval' and d.misfire_policy in ('run_once', 'skip')
+                then floor(extract(epoch from (v_now - d.next_run_at)) / d.interval_seconds)::integer + 1
+                else 1 end as interval_steps
+    from decided d
+    left join (select i.task_id, count(*)::integer as n from inserted i
+               where i.status = 'queued' group by i.task_id) q on q.task_id = d.id
+  ),
+  missed as (
+    insert into public.agent_task_executions
+    select x.*
+    -- at most 1000 records per catch-up: the task's history stays readable
+    from counted c
+    cross join lateral generate_series(1, least(c.interval_steps - 1, 1000)) as k
+    cross join lateral scheduler.new_execution(
+      c.task, 'schedule', c.next_run_at + make_interval(secs => c.interval_seconds::double precision * k),
+      v_now, v_now, 'missed') x
+    where c.interval_steps > 1
+    on conflict (task_id, scheduled_for) do nothing
+  ),
+  planned as (
+    select c.id, c.next_run_at as occurrence, c.new_run_count, c.schedule_type,
+      case
+        when c.max_runs is not null and c.new_run_count >= c.max_runs then null
+        when c.schedule_type = 'interval'
+             and (c.ends_at is null
+                  or c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps) <= c.ends_at)
+          then c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps)
+        else null  -- once: done; cron: the planner
+      end as next_run_at,
+      (c.max_runs is not null and c.new_run_count >= c.max_runs) as exhausted
+    from counted c
+  ),
+  advanced as (
+    update public.agent_tasks t set
+      last_scheduled_for = p.occurrence,
+      run_count = p.new_run_count,
+      next_run_at = p.next_run_at,
+      status = case when p.next_run_at is null and (p.schedule_type <> 'cron' or p.exhausted)
+                    then 'completed' else t.status end
+    from planned p
+    where t.id = p.id
+    returning t.id, t.schedule_type, t.next_run_at, t.status
+  )
+  select (select count(*) from inserted),
+         (select count(*) from advanced a where a.schedule_type = 'cron' and a.status = 'active')
+    into v_inserted, v_cron;
+
+  -- cron tasks need their next occurrence from the planner (which also
+  -- applies ends_at): wake it
+  if v_cron > 0 then
+    perform pg_notify('agent_tasks_plan', '');
+  end if;
+  return v_inserted;
+end
+$$;
+
+-- Cron tasks waiting for their next occurrence (the planner's input).
+create or replace function scheduler.tasks_to_plan(p_limit integer default 500)
+returns table (
+  id uuid, schedule_version integer, cron_expression text, timezone text,
+  starts_at timestamptz, ends_at timestamptz, max_runs integer, run_count integer,
+  last_scheduled_for timestamptz, created_at timestamptz, misfire_policy text,
+  misfire_grace_seconds integer, plan_from timestamptz
+)
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select t.id, t.schedule_version, t.cron_expression, t.timezone, t.starts_at, t.ends_at,
+         t.max_runs, t.run_count, t.last_scheduled_for, t.created_at, t.misfire_policy,
+         t.misfire_grace_seconds, t.plan_from
+  from public.agent_tasks t
+  where t.status = 'active' and t.next_run_at is null and t.schedule_type = 'cron'
+  order by t.updated_at
+  limit p_limit
+$$;
+
+-- Apply the planner's result for one task: the next occurrence (NULL with
+-- p_complete = true ends the schedule), missed occurrences to record as
+-- skipped and missed occurrences to run (misfire_policy). Guarded on
+-- schedule_version so a plan made from an older copy of the task is dropped.
+-- Returns false when the guard dropped it.
+create or replace function scheduler.apply_plan(
+  p_task_id uuid,
+  p_schedule_version integer,
+  p_next_run_at timestamptz,
+  p_complete boolean default false,
+  p_skipped timestamptz[] default '{}',
+  p_run timestamptz[] default '{}',
+  p_now timestamptz default null
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_task public.agent_tasks;
+  v_queued integer := 0;
+begin
+  select * into v_task from public.agent_tasks
+  where id = p_task_id and schedule_version = p_schedule_version
+    and status = 'active' and next_run_at is null
+  for update;
+  if not found then
+    return false;
+  end if;
+
+  if cardinality(p_skipped) > 0 then
+    insert into public.agent_task_executions
+    select x.* from unnest(p_skipped) s
+    cross join lateral scheduler.new_execution(v_task, 'schedule', s, v_now, v_now, 'missed') x
+    on conflict (task_id, scheduled_for) do nothing;
+  end if;
+
+  if cardinality(p_run) > 0 then
+    with ins as (
+      insert into public.agent_task_executions
+      select x.* from unnest(p_run) s
+      cross join lateral scheduler.new_execution(v_task, 'schedule', s, v_now, v_now) x
+      on conflict (task_id, scheduled_for) do nothing
+      returning 1
+    )
+    select count(*) into v_queued from ins;
+  end if;
+
+  update public.agent_tasks set
+    next_run_at = case when p_complete then null else p_next_run_at end,
+    status = case when p_complete then 'completed' else status end,
+    run_count = run_count + v_queued,
+    last_scheduled_for = greatest(last_scheduled_for,
+                                  (select max(x) from unnest(p_skipped || p_run) x))
+  where id = p_task_id;
+  return true;
+end
+$$;
+
+-- A cron task the planner cannot compute (croniter refused it although the
+-- database accepted it) goes to status 'error' with a readable last_error,
+-- instead of silently never running. Guarded on schedule_version like apply_plan.
+create or replace function scheduler.fail_plan(
+  p_task_id uuid, p_schedule_version integer, p_error text
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  update public.agent_tasks set
+    status = 'error',
+    last_error = left('cannot compute the next run: ' || p_error, 2000)
+  where id = p_task_id and schedule_version = p_schedule_version and status = 'active';
+  return found;
+end
+$$;
+
+-- Enqueue a run of a task now (trigger_type 'manual'), whatever its schedule.
+-- A retry of an earlier execution (trigger_type 'retry') passes that run's
+-- conversation (used when the task reuses one) and its id (retry_of).
+create or replace function scheduler.enqueue_now(
+  p_task_id uuid, p_trigger_type text default 'manual', p_now timestamptz default null,
+  p_conversation_id uuid default null, p_retry_of uuid default null
+) returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, clock_timestamp());
+  v_task public.agent_tasks;
+  v_id uuid;
+begin
+  select * into v_task from public.agent_tasks where id = p_task_id;
+  if not found then
+    raise exception 'task % not found', p_task_id using errcode = 'P0002';
+  end if;
+  insert into public.agent_task_executions
+  select x.* from scheduler.new_execution(v_task, p_trigger_type, v_now, coalesce(p_now, now()), v_now,
+                                          null, p_conversation_id, p_retry_of) x
+  returning id into v_id;
+  update public.agent_tasks set run_count = run_count + 1 where id = p_task_id;
+  return v_id;
+end
+$$;
+
+-- Re-run a finished execution as a new one (trigger_type 'retry') in the
+-- same conversation. Returns the new execution's id.
+create or replace function scheduler.retry_execution(p_execution_id uuid, p_now timestamptz default null)
+returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_old public.agent_task_executions;
+begin
+  select * into v_old from public.agent_task_executions where id = p_execution_id;
+  if not found then
+    raise exception 'execution % not found', p_execution_id using errcode = 'P0002';
+  end if;
+  if not scheduler.is_terminal(v_old.status) or v_old.status = 'succeeded' then
+    raise exception 'execution % is %: only failed, timed out, cancelled or skipped executions can be retried',
+      p_execution_id, v_old.status using errcode = '55000';
+  end if;
+  return scheduler.enqueue_now(v_old.task_id, 'retry', p_now, v_old.conversation_id, v_old.id);
+end
+$$;
+
+grant execute on function
+  scheduler.enqueue_due(timestamptz, integer),
+  scheduler.tasks_to_plan(integer),
+  scheduler.apply_plan(uuid, integer, timestamptz, boolean, timestamptz[], timestamptz[], timestamptz),
+  scheduler.fail_plan(uuid, integer, text),
+  scheduler.enqueue_now(uuid, text, timestamptz, uuid, uuid),
+  scheduler.retry_execution(uuid, timestamptz)
+to task_worker, service_role;

@@ -1,0 +1,162 @@
+-- Task lifecycle: what happens to a task between runs. Pause and resume
+-- (users through the client API, operators directly), what each finished
+-- execution does to its task (record_outcome: counters, waiting for input,
+-- notifications) and the user's reply that resumes a task waiting for input.
+
+-- Record a user notification (final failure, a question from the agent).
+create or replace function scheduler.notify_user(
+  p_user_id uuid, p_kind text, p_title text, p_body text, p_data jsonb
+) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  insert into public.notifications (user_id, kind, title, body, data)
+  values (p_user_id, p_kind, left(p_title, 200), left(p_body, 2000), coalesce(p_data, '{}'::jsonb))
+$$;
+
+-- Task bookkeeping shared by every terminal transition.
+create or replace function scheduler.record_outcome(p_exec public.agent_task_executions, p_now timestamptz)
+returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_task public.agent_tasks;
+begin
+  update public.agent_tasks t set
+    last_run_at = p_now,
+    success_count = t.success_count + (p_exec.status = 'succeeded')::integer,
+    failure_count = t.failure_count + (p_exec.status in ('failed', 'timed_out'))::integer,
+    last_error = case when p_exec.status in ('failed', 'timed_out') then p_exec.error
+                      when p_exec.status = 'succeeded' then null
+                      else t.last_error end,
+    status = case when p_exec.status = 'needs_input' and t.status = 'active' then 'waiting_input'
+                  else t.status end,
+    next_run_at = case when p_exec.status = 'needs_input' then null else t.next_run_at end,
+    state = case when p_exec.status = 'needs_input'
+                 then t.state || jsonb_build_object('pending_question', p_exec.output,
+                                                    'waiting_conversation_id', p_exec.conversation_id)
+                 else t.state end
+  where t.id = p_exec.task_id
+  returning * into v_task;
+
+  if p_exec.status in ('failed', 'timed_out') then
+    perform scheduler.notify_user(
+      p_exec.user_id, 'task_failed',
+      format('Scheduled task "%s" failed', coalesce(v_task.name, 'task')),
+      p_exec.error,
+      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
+                         'conversation_id', p_exec.conversation_id, 'error_kind', p_exec.error_kind));
+  elsif p_exec.status = 'needs_input' then
+    perform scheduler.notify_user(
+      p_exec.user_id, 'task_needs_input',
+      format('"%s" needs your input', coalesce(v_task.name, 'task')),
+      p_exec.output,
+      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
+                         'conversation_id', p_exec.conversation_id));
+  end if;
+end
+$$;
+
+-- Pause a task: no further occurrences; its queued scheduled runs are
+-- cancelled (running ones finish). Operators call it directly.
+create or replace function scheduler.pause_task(p_task_id uuid) returns public.agent_tasks
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_task public.agent_tasks;
+begin
+  update public.agent_tasks set status = 'paused' where id = p_task_id returning * into v_task;
+  if not found then
+    raise exception 'task % not found', p_task_id using errcode = 'P0002';
+  end if;
+  perform scheduler.cancel_execution(e.id, 'task paused')
+  from public.agent_task_executions e
+  where e.task_id = p_task_id and e.status = 'queued' and e.trigger_type = 'schedule';
+  return v_task;
+end
+$$;
+
+-- Resume a paused (or waiting, errored, completed) task: its next occurrence
+-- is computed again from now. Operators call it directly.
+create or replace function scheduler.resume_task(p_task_id uuid) returns public.agent_tasks
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_task public.agent_tasks;
+begin
+  update public.agent_tasks set
+    status = 'active',
+    state = state - 'pending_question' - 'waiting_conversation_id'
+  where id = p_task_id and status <> 'active'
+  returning * into v_task;
+  if not found then
+    select * into v_task from public.agent_tasks where id = p_task_id;
+    if not found then
+      raise exception 'task % not found', p_task_id using errcode = 'P0002';
+    end if;
+  end if;
+  return v_task;
+end
+$$;
+
+-- After a message is inserted, in one trigger (one function call per message):
+--
+-- 1. Keep the conversation's counters, preview and title, so list pages read
+--    one row.
+-- 2. A user's reply in a conversation where a task waits for input resumes
+--    the task (seed 001: waiting_input -> active, pending question cleared,
+--    the answer kept in state). The partial index below makes the check for
+--    such a task an empty index probe for the (usual) user with none.
+--
+-- security definer: the counters are not writable by users, yet every user
+-- message must move them; the user's message moves the task's status, which
+-- users cannot set to arbitrary values themselves.
+create or replace function scheduler.chat_message_after_insert() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_flat text;
+begin
+  -- whitespace collapsed: preview (160 characters) and title (200). Collapsing
+  -- a prefix gives a prefix of the collapsed whole, so a long reply is not
+  -- scanned to its end when the first 1,000 characters are enough.
+  v_flat := regexp_replace(left(new.content, 1000), '\s+', ' ', 'g');
+  if char_length(v_flat) < 202 and char_length(new.content) > 1000 then
+    v_flat := regexp_replace(new.content, '\s+', ' ', 'g');
+  end if;
+  update public.conversation_sessions c set
+    message_count = c.message_count + 1,
+    last_message_at = greatest(coalesce(c.last_message_at, new.created_at), new.created_at),
+    last_message_preview = left(v_flat, 160),
+    title = coalesce(c.title, case when new.role = 'user' then nullif(left(btrim(v_flat), 200), '') end)
+  where c.id = new.conversation_id;
+
+  if new.role = 'user' and new.execution_id is null then
+    update public.agent_tasks t set
+      status = 'active',
+      state = (t.state - 'pending_question' - 'waiting_conversation_id')
+              || jsonb_build_object('last_answer', left(new.content, 2000),
+                                    'answered_at', new.created_at)
+    where t.user_id = new.user_id and t.status = 'waiting_input'
+      and t.state ->> 'waiting_conversation_id' = new.conversation_id::text;
+  end if;
+  return null;
+end
+$$;
+
+create trigger chat_messages_v2_after_insert after insert on public.chat_messages_v2
+  for each row execute function scheduler.chat_message_after_insert();
+
+-- the tasks waiting for their user's answer, probed on every user message
+create index agent_tasks_waiting_input_idx on public.agent_tasks (user_id) where status = 'waiting_input';
+
+grant execute on function scheduler.pause_task(uuid), scheduler.resume_task(uuid) to service_role;

@@ -1,0 +1,217 @@
+-- The act-as boundary: `chat_private`, what the chat edge function needs
+-- beyond the user's RLS, callable by service_role only. The act-as check
+-- (does a worker's context belong together?) is chat_private.act_as_context;
+-- the assistant's reply is written once per execution by
+-- record_assistant_reply (through save_reply); user calls are rate limited
+-- per user.
+
+-- The act-as check, the database's half (the function's HTTP-level half is
+-- in supabase/functions): does a service call's context belong together?
+-- Returns the verified context: verdict 'ok' with the user, agent and
+-- conversation (NULL when none was named) it may act in, or a refusal with
+-- NULL ids: 'agent_not_found' / 'conversation_not_found' (no such row at all,
+-- 404) or 'context_mismatch' (rows exist but belong to someone else, 403).
+create or replace function chat_private.act_as_context(
+  p_user_id uuid, p_agent_id uuid, p_conversation_id uuid,
+  out verdict text, out user_id uuid, out agent_id uuid, out conversation_id uuid
+)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_agent_owner uuid;
+  v_conv public.conversation_sessions;
+begin
+  select a.user_id into v_agent_owner from public.agents a where a.id = p_agent_id;
+  if not found then
+    verdict := 'agent_not_found';
+    return;
+  end if;
+  if v_agent_owner <> p_user_id then
+    verdict := 'context_mismatch';
+    return;
+  end if;
+  if p_conversation_id is not null then
+    select * into v_conv from public.conversation_sessions c where c.id = p_conversation_id;
+    if not found or v_conv.deleted_at is not null then
+      verdict := 'conversation_not_found';
+      return;
+    end if;
+    if v_conv.user_id <> p_user_id or v_conv.agent_id <> p_agent_id then
+      verdict := 'context_mismatch';
+      return;
+    end if;
+  end if;
+  verdict := 'ok';
+  user_id := p_user_id;
+  agent_id := p_agent_id;
+  conversation_id := p_conversation_id;
+end
+$$;
+
+-- The verdict of act_as_context alone ('ok' or the refusal), under the name
+-- the chat function calls.
+create or replace function chat_private.check_act_as(
+  p_user_id uuid, p_agent_id uuid, p_conversation_id uuid
+) returns text
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select (chat_private.act_as_context(p_user_id, p_agent_id, p_conversation_id)).verdict
+$$;
+-- Persist the assistant's reply. The function calls this only after the
+-- user's own RLS context has read the conversation; it checks ownership again
+-- and is idempotent per execution_id (a retried run never gets two replies).
+-- Returns the message id (the existing one on replay).
+create or replace function chat_private.record_assistant_reply(
+  p_user_id uuid,
+  p_conversation_id uuid,
+  p_content text,
+  p_tool_calls jsonb default null,
+  p_metadata jsonb default '{}'::jsonb,
+  p_execution_id uuid default null
+) returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_id uuid;
+  v_status text;
+begin
+  perform 1 from public.conversation_sessions c
+  where c.id = p_conversation_id and c.user_id = p_user_id and c.deleted_at is null;
+  if not found then
+    raise exception 'conversation % not found for this user', p_conversation_id using errcode = 'P0002';
+  end if;
+  if p_execution_id is not null then
+    select e.status into v_status from public.agent_task_executions e
+    where e.id = p_execution_id and e.user_id = p_user_id and e.conversation_id = p_conversation_id;
+    if not found then
+      raise exception 'execution % does not belong to conversation %', p_execution_id, p_conversation_id
+        using errcode = '42501';
+    end if;
+    -- a replay returns the stored reply whatever the status; a new reply is
+    -- written only while the run is live, so a cancelled (or already
+    -- finished) run never gets one late
+    select m.id into v_id from public.chat_messages_v2 m
+    where m.execution_id = p_execution_id and m.role = 'assistant';
+    if v_id is not null then
+      return v_id;
+    end if;
+    if v_status <> 'running' then
+      raise exception 'execution % is % and takes no reply', p_execution_id, v_status
+        using errcode = '55000';
+    end if;
+  end if;
+  insert into public.chat_messages_v2 (conversation_id, user_id, role, content, metadata, tool_calls, execution_id)
+  values (p_conversation_id, p_user_id, 'assistant', p_content, coalesce(p_metadata, '{}'::jsonb),
+          p_tool_calls, p_execution_id)
+  on conflict (execution_id, role) where execution_id is not null and role in ('user', 'assistant')
+  do nothing
+  returning id into v_id;
+  if v_id is null then
+    select m.id into v_id from public.chat_messages_v2 m
+    where m.execution_id = p_execution_id and m.role = 'assistant';
+  end if;
+  return v_id;
+end
+$$;
+
+-- tx2: persist the assistant's reply once and return the stored row, run as
+-- service_role (security invoker: what the chat function's service_role could
+-- do statement by statement; the privileged write is record_assistant_reply,
+-- which re-checks ownership and is idempotent per execution). A scheduled
+-- run's reply is not written once its execution has finished (p_finished:
+-- the statuses after which nobody waits) unless a reply is already stored;
+-- null is returned then. On a replay (a concurrent attempt of the same
+-- execution won) the earlier reply is returned.
+create or replace function chat_private.save_reply(
+  p_user_id uuid,
+  p_conversation_id uuid,
+  p_content text,
+  p_tool_calls jsonb,
+  p_metadata jsonb,
+  p_execution_id uuid,
+  p_finished text[]
+) returns json
+language plpgsql
+security invoker
+set search_path = ''
+-- see "Plans" at the top of 20261121001000_chat_turn_functions.sql (it applies
+-- to record_assistant_reply and the triggers it runs, too)
+set plan_cache_mode = force_generic_plan
+as $$
+declare
+  v_id uuid;
+  v_message json;
+begin
+  if p_execution_id is not null and exists (
+       select 1 from public.agent_task_executions e
+       where e.id = p_execution_id and e.status = any (p_finished)
+         and not exists (select 1 from public.chat_messages_v2 r
+                         where r.execution_id = e.id and r.role = 'assistant')) then
+    return null;
+  end if;
+  v_id := chat_private.record_assistant_reply(p_user_id, p_conversation_id, p_content, p_tool_calls,
+                                              p_metadata, p_execution_id);
+  select json_build_object('id', m.id, 'role', m.role, 'content', m.content, 'tool_calls', m.tool_calls,
+                           'metadata', m.metadata, 'created_at', m.created_at)
+  into v_message
+  from public.chat_messages_v2 m where m.id = v_id;
+  return v_message;
+end
+$$;
+comment on function chat_private.save_reply(uuid, uuid, text, jsonb, jsonb, uuid, text[]) is
+  'tx2 of a turn (service_role): the assistant''s reply stored once through record_assistant_reply, as stored.';
+
+-- Per-user rate limit for user calls, in Postgres so it holds across function
+-- instances: a fixed window per user.
+create table chat_private.rate_limits (
+  user_id uuid primary key references auth.users (id) on delete cascade,
+  window_started_at timestamptz not null,
+  hits integer not null
+);
+alter table chat_private.rate_limits enable row level security;
+comment on table chat_private.rate_limits is 'Fixed-window request counters of the chat function, per user.';
+
+-- Count one request. Returns 0 when allowed, else the seconds to wait.
+create or replace function chat_private.rate_limit_hit(
+  p_user_id uuid, p_limit integer, p_window_seconds integer, p_now timestamptz default null
+) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, clock_timestamp());
+  v_row chat_private.rate_limits;
+begin
+  insert into chat_private.rate_limits as r (user_id, window_started_at, hits)
+  values (p_user_id, v_now, 1)
+  on conflict (user_id) do update set
+    window_started_at = case when r.window_started_at <= v_now - make_interval(secs => p_window_seconds)
+                             then v_now else r.window_started_at end,
+    hits = case when r.window_started_at <= v_now - make_interval(secs => p_window_seconds)
+                then 1 else r.hits + 1 end
+  returning * into v_row;
+  if v_row.hits <= p_limit then
+    return 0;
+  end if;
+  return greatest(1, ceil(extract(epoch from (v_row.window_started_at
+                                              + make_interval(secs => p_window_seconds) - v_now)))::integer);
+end
+$$;
+
+revoke execute on all functions in schema chat_private from public, anon, authenticated;
+grant execute on function
+  chat_private.act_as_context(uuid, uuid, uuid),
+  chat_private.check_act_as(uuid, uuid, uuid),
+  chat_private.record_assistant_reply(uuid, uuid, text, jsonb, jsonb, uuid),
+  chat_private.save_reply(uuid, uuid, text, jsonb, jsonb, uuid, text[]),
+  chat_private.rate_limit_hit(uuid, integer, integer, timestamptz)
+to service_role;
