@@ -1,32 +1,43 @@
 """The worker's only door to Postgres: the `scheduler.*` functions, called by name.
 
-Every queue transition is a guarded SQL function in
-supabase/migrations/20261121000500_queue_transitions.sql (and scheduling in
-20261121000600_scheduling.sql); this module gives each one a
-typed async wrapper and nothing else (no SQL is assembled here). Calls run in
-autocommit on a shared pool, one round trip each; psycopg prepares them after
-a few uses.
+Every queue transition is a guarded SQL function in supabase/migrations/
+(queue transitions in 20261121000500_queue_transitions.sql, scheduling in
+20261121000600_scheduling.sql); `PostgresQueue` implements
+`worker.queue.WorkerQueue` with one typed async wrapper per function and
+nothing else (no SQL is assembled here). Calls run in autocommit on a shared
+pool, one round trip each; psycopg prepares them after a few uses.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-# LISTEN channels (see the queue migration).
-CHANNEL_EXECUTIONS: Final = "agent_task_executions"
-CHANNEL_PLAN: Final = "agent_tasks_plan"
-CHANNEL_CANCEL: Final = "agent_task_cancel"
-CHANNELS: Final = (CHANNEL_EXECUTIONS, CHANNEL_PLAN, CHANNEL_CANCEL)
+from worker.queue import (
+    CHANNEL_CANCEL,
+    CHANNEL_EXECUTIONS,
+    CHANNEL_PLAN,
+    CHANNELS,
+    SQLSTATE_FENCED,
+    SQLSTATE_NO_DATA_FOUND,
+    ClaimedExecution,
+    ConversationGone,
+    Fenced,
+    FinishBatcher,
+    Notification,
+    StartBatcher,
+    Started,
+    StartRow,
+    finish_item,
+)
+from worker.status import ExecutionStatus
 
 _LISTEN: Final = {
     CHANNEL_EXECUTIONS: "listen agent_task_executions",
@@ -45,64 +56,12 @@ _START: Final = "select * from scheduler.start_execution(%s, %s, %s, %s, %s)"
 _START_MANY: Final = (
     "select id, conversation_id, user_message_id, created_conversation, error_code, error_message"
     " from scheduler.start_executions(%s, %s)")
-# Each item of start_executions is a subtransaction with its own XID; more
-# than 64 in one transaction overflow Postgres' per-backend subxid cache and
-# slow every snapshot in the cluster, so batches stay well below that.
-START_BATCH_MAX: Final = 48
 _FINISH_MANY: Final = "select id from scheduler.finish_executions(%s, %s)"
-FINISH_BATCH_MAX: Final = 200
 DEADLOCK_RETRIES: Final = 3
 _REQUEUE_LATER: Final = "select scheduler.requeue_later(%s, %s, %s, %s, %s, %s)"
 _RELEASE: Final = "select scheduler.release_executions(%s, %s::uuid[])"
 _REGISTER: Final = "select scheduler.register_worker(%s, %s, %s, %s)"
 _UNREGISTER: Final = "select scheduler.unregister_worker(%s)"
-
-R = TypeVar("R")
-
-SQLSTATE_NO_DATA_FOUND: Final = "P0002"
-SQLSTATE_FENCED: Final = "55000"
-
-
-class ConversationGone(Exception):
-    """start_execution: the task's conversation was deleted (a permanent error for the run)."""
-
-
-class Fenced(Exception):
-    """The execution is no longer running for this worker and attempt (cancelled, rescued)."""
-
-
-@dataclass(slots=True)
-class ClaimedExecution:
-    """A row of scheduler.claim_executions(): the execution plus the task fields it needs."""
-
-    id: uuid.UUID
-    task_id: uuid.UUID
-    user_id: uuid.UUID
-    agent_id: uuid.UUID
-    trigger_type: str
-    attempt: int
-    max_attempts: int
-    scheduled_for: datetime
-    timeout_seconds: int
-    conversation_id: uuid.UUID | None
-    user_message_id: uuid.UUID | None
-    resolved_prompt: str | None
-    task_name: str
-    prompt_template: str
-    prompt_variables: dict[str, Any]
-    timezone: str
-    conversation_mode: str
-    task_conversation_id: uuid.UUID | None
-    task_state: dict[str, Any]
-
-
-@dataclass(slots=True, frozen=True)
-class Started:
-    """Result of scheduler.start_execution()."""
-
-    conversation_id: uuid.UUID
-    user_message_id: uuid.UUID
-    created_conversation: bool
 
 
 def make_pool(database_url: str, size: int, worker_id: str) -> AsyncConnectionPool:
@@ -131,159 +90,41 @@ async def connect_listener(database_url: str, worker_id: str) -> psycopg.AsyncCo
     return conn
 
 
-class _Coalescer(Generic[R]):
-    """Coalesces concurrent calls of one scheduler function into batch calls.
+class PostgresListener:
+    """worker.queue.Listener over one LISTEN connection."""
 
-    A call goes out at once when no batch is in flight; calls that arrive
-    meanwhile wait for it and then go together (in chunks of max_batch, run
-    concurrently). At low load this adds no latency; at high load it turns N
-    round trips into a few.
-    """
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
 
-    name = "batcher"
+    async def notifies(self, idle_s: float) -> AsyncIterator[Notification]:
+        async for notify in self._conn.notifies(timeout=idle_s):
+            yield notify
 
-    def __init__(self, queue: Queue, max_batch: int) -> None:
-        self._queue = queue
-        self._max_batch = max_batch
-        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[R]]] = []
-        self._draining = False
+    async def check(self) -> None:
+        await self._conn.execute("select 1")
 
-    async def _submit(self, worker_id: str, item: dict[str, Any]) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((worker_id, item, future))
-        if not self._draining:
-            self._draining = True
-            asyncio.get_running_loop().create_task(self._drain(), name=self.name)
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                by_worker: dict[str, list[tuple[dict[str, Any], asyncio.Future[R]]]] = {}
-                for worker_id, item, future in batch:
-                    by_worker.setdefault(worker_id, []).append((item, future))
-                await asyncio.gather(*(
-                    self._flush(worker_id, entries[i:i + self._max_batch])
-                    for worker_id, entries in by_worker.items()
-                    for i in range(0, len(entries), self._max_batch)))
-        finally:
-            self._draining = False
-
-    async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[R]]]) -> None:
-        raise NotImplementedError
+    async def close(self) -> None:
+        await self._conn.close()
 
 
-class FinishBatcher(_Coalescer[bool]):
-    """Finishes go out as scheduler.finish_executions calls (one task-counter
-    update per task and batch instead of one per execution)."""
+class PostgresQueue:
+    """worker.queue.WorkerQueue: typed calls of the scheduler functions over a pool."""
 
-    name = "finish-batcher"
+    def __init__(self, database_url: str, pool_size: int, worker_id: str) -> None:
+        self._database_url = database_url
+        self._worker_id = worker_id
+        self.pool = make_pool(database_url, pool_size, worker_id)
+        self._finishes = FinishBatcher(self._finish_many)
+        self._starts = StartBatcher(self._start_many, self.start_execution)
 
-    def __init__(self, queue: Queue, max_batch: int = FINISH_BATCH_MAX) -> None:
-        super().__init__(queue, max_batch)
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=30.0)
 
-    async def submit(self, worker_id: str, item: dict[str, Any]) -> bool:
-        """Finish one execution; True when applied, False when the fence dropped it."""
-        return await self._submit(worker_id, item)
+    async def close(self) -> None:
+        await self.pool.close()
 
-    async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[bool]]]) -> None:
-        items = [item for item, _ in entries]
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                rows = await self._queue._rows(_FINISH_MANY, (worker_id, Jsonb(items)))
-                break
-            except psycopg.errors.DeadlockDetected:
-                # a heartbeat touching the same rows in another order: the
-                # statement rolled back whole, so simply run it again
-                if attempt == DEADLOCK_RETRIES - 1:
-                    raise
-            except Exception as exc:
-                for _, future in entries:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-        applied = {str(r["id"]) for r in rows}
-        for item, future in entries:
-            if not future.done():
-                future.set_result(str(item["id"]) in applied)
-
-
-class StartBatcher(_Coalescer[Started]):
-    """start_execution calls go out as scheduler.start_executions.
-
-    The executions of one claim batch are spawned together and each asks to
-    start in its first step, before the drain task runs: they go out as one
-    call (chunks of START_BATCH_MAX). An item that fails with an unexpected
-    error (not fenced, not conversation-gone) is retried alone with
-    start_execution, whose exception then reaches the caller as before.
-    """
-
-    name = "start-batcher"
-
-    def __init__(self, queue: Queue, max_batch: int = START_BATCH_MAX) -> None:
-        super().__init__(queue, max_batch)
-
-    async def submit(self, worker_id: str, execution_id: uuid.UUID, attempt: int, resolved_prompt: str,
-                     conversation_title: str | None) -> Started:
-        item: dict[str, Any] = {"id": str(execution_id), "attempt": attempt, "resolved_prompt": resolved_prompt}
-        if conversation_title is not None:
-            item["conversation_title"] = conversation_title
-        return await self._submit(worker_id, item)
-
-    async def _flush(self, worker_id: str, entries: list[tuple[dict[str, Any], asyncio.Future[Started]]]) -> None:
-        if len(entries) == 1:  # nothing to batch: the plain call raises the same exceptions
-            item, future = entries[0]
-            await self._single(worker_id, item, future)
-            return
-        try:
-            async with self._queue.pool.connection() as conn:
-                cur = await conn.execute(_START_MANY, (worker_id, Jsonb([item for item, _ in entries])))
-                rows = {str(r[0]): r for r in await cur.fetchall()}
-        except Exception as exc:
-            for _, future in entries:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        retry: list[tuple[dict[str, Any], asyncio.Future[Started]]] = []
-        for item, future in entries:
-            if future.done():
-                continue
-            row = rows.get(item["id"])
-            if row is None:
-                retry.append((item, future))
-            elif row[4] is None:
-                future.set_result(Started(conversation_id=row[1], user_message_id=row[2],
-                                          created_conversation=bool(row[3])))
-            elif row[4] == SQLSTATE_NO_DATA_FOUND:
-                future.set_exception(ConversationGone(row[5] or "conversation gone"))
-            elif row[4] == SQLSTATE_FENCED:
-                future.set_exception(Fenced(row[5] or "fenced"))
-            else:  # e.g. a deadlock victim inside the batch: try it alone
-                retry.append((item, future))
-        for item, future in retry:
-            await self._single(worker_id, item, future)
-
-    async def _single(self, worker_id: str, item: dict[str, Any], future: asyncio.Future[Started]) -> None:
-        try:
-            started = await self._queue.start_execution(
-                uuid.UUID(item["id"]), worker_id, item["attempt"], item["resolved_prompt"],
-                item.get("conversation_title"))
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-            return
-        if not future.done():
-            future.set_result(started)
-
-
-class Queue:
-    """Typed calls of the scheduler functions over a pool."""
-
-    def __init__(self, pool: AsyncConnectionPool) -> None:
-        self.pool = pool
-        self._finishes = FinishBatcher(self)
-        self._starts = StartBatcher(self)
+    async def connect_listener(self) -> PostgresListener:
+        return PostgresListener(await connect_listener(self._database_url, self._worker_id))
 
     async def _scalar(self, sql: str, params: Sequence[Any]) -> Any:
         async with self.pool.connection() as conn:
@@ -344,6 +185,11 @@ class Queue:
         one claim batch start in one call. Raises ConversationGone or Fenced like start_execution."""
         return await self._starts.submit(worker_id, execution_id, attempt, resolved_prompt, conversation_title)
 
+    async def _start_many(self, worker_id: str, items: list[dict[str, Any]]) -> dict[str, StartRow]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_START_MANY, (worker_id, Jsonb(items)))
+            return {str(r[0]): StartRow(str(r[0]), *r[1:]) for r in await cur.fetchall()}
+
     async def start_execution(self, execution_id: uuid.UUID, worker_id: str, attempt: int,
                               resolved_prompt: str, conversation_title: str | None) -> Started:
         """One scheduler.start_execution call (conversation + the scheduled user message)."""
@@ -361,24 +207,27 @@ class Queue:
         assert row is not None
         return Started(conversation_id=row[0], user_message_id=row[1], created_conversation=row[2])
 
-    async def finish(self, execution_id: uuid.UUID, worker_id: str, attempt: int, status: str, *,
+    async def finish(self, execution_id: uuid.UUID, worker_id: str, attempt: int, status: ExecutionStatus, *,
                      output: str | None = None, error: str | None = None, error_kind: str | None = None,
                      assistant_message_id: uuid.UUID | None = None,
                      usage: dict[str, Any] | None = None) -> bool:
         """running -> status; False when the fence dropped the write. Batched with
         concurrent finishes (FinishBatcher)."""
-        item: dict[str, Any] = {"id": str(execution_id), "attempt": attempt, "status": status}
-        if output is not None:
-            item["output"] = output
-        if error is not None:
-            item["error"] = error
-        if error_kind is not None:
-            item["error_kind"] = error_kind
-        if assistant_message_id is not None:
-            item["assistant_message_id"] = str(assistant_message_id)
-        if usage is not None:
-            item["usage"] = usage
-        return await self._finishes.submit(worker_id, item)
+        return await self._finishes.submit(worker_id, finish_item(
+            execution_id, attempt, status, output=output, error=error, error_kind=error_kind,
+            assistant_message_id=assistant_message_id, usage=usage))
+
+    async def _finish_many(self, worker_id: str, items: list[dict[str, Any]]) -> set[str]:
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                rows = await self._rows(_FINISH_MANY, (worker_id, Jsonb(items)))
+                return {str(r["id"]) for r in rows}
+            except psycopg.errors.DeadlockDetected:
+                # a heartbeat touching the same rows in another order: the
+                # statement rolled back whole, so simply run it again
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     async def requeue_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
                             error_kind: str, delay_seconds: float) -> str | None:

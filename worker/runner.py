@@ -21,7 +21,7 @@ any of them fails (Procrastinate's habit):
 Per execution: resolve the prompt, start (conversation + the scheduled user
 message, exactly once), call the chat function acting as the user, then
 finish or requeue_later. Starts and finishes of concurrent executions are
-batched (db.StartBatcher, db.FinishBatcher), so under load an execution costs
+batched (worker.queue.StartBatcher, FinishBatcher), so under load an execution costs
 a share of three round trips to Postgres (claim, start, finish).
 
 Shutdown (SIGTERM/SIGINT): stop claiming, let in-flight executions finish
@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -59,19 +59,20 @@ from worker.chat_client import (
     ChatTransient,
 )
 from worker.config import Settings
-from worker.db import (
+from worker.db import PostgresQueue
+from worker.log import log_event, setup_logging
+from worker.queue import (
     CHANNEL_CANCEL,
     CHANNEL_EXECUTIONS,
     CHANNEL_PLAN,
     ClaimedExecution,
     ConversationGone,
     Fenced,
-    Queue,
-    connect_listener,
-    make_pool,
+    Listener,
+    WorkerQueue,
 )
-from worker.log import log_event, setup_logging
 from worker.retry import ErrorKind, backoff_delay_s
+from worker.status import ExecutionStatus
 
 logger = logging.getLogger("worker")
 
@@ -117,15 +118,28 @@ class WorkerCrashed(RuntimeError):
     """A side loop of the worker failed; the worker stopped."""
 
 
-class Worker:
-    """Claims and runs executions until stopped. `await Worker(settings).run()`."""
+class Chat(Protocol):
+    """What the worker needs of the chat function's client (worker.chat_client.ChatClient)."""
 
-    def __init__(self, settings: Settings, *, chat: ChatClient | None = None) -> None:
+    async def reply(self, act_as: ActAs, timeout_s: float) -> ChatResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Worker:
+    """Claims and runs executions until stopped. `await Worker(settings).run()`.
+
+    `queue` is any worker.queue.WorkerQueue: Postgres by default,
+    worker.testing.InMemoryQueue in the fast unit tests; `chat` any Chat."""
+
+    def __init__(self, settings: Settings, *, chat: Chat | None = None, queue: WorkerQueue | None = None) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
-        self.pool = make_pool(settings.database_url, settings.db_pool_size, settings.worker_id)
-        self.queue = Queue(self.pool)
-        self.chat = chat or ChatClient(
+        self.queue: WorkerQueue = queue or PostgresQueue(
+            settings.database_url, settings.db_pool_size, settings.worker_id)
+        # how long a claim for a few free slots waits for more to free up (under backlog)
+        self.claim_coalesce_s = CLAIM_COALESCE_S
+        self.chat: Chat = chat or ChatClient(
             settings.chat_url, settings.service_headers(),
             max_connections=settings.worker_concurrency,
             connect_timeout_s=settings.http_connect_timeout_s,
@@ -177,7 +191,7 @@ class Worker:
         log_event(logger, "starting", worker_id=self.worker_id, concurrency=s.worker_concurrency,
                   per_user_limit=s.worker_per_user_limit, lease_s=s.lease_seconds,
                   chat_url=s.chat_url)
-        await self.pool.open(wait=True, timeout=30.0)
+        await self.queue.open()
         crashed: BaseException | None = None
         loops: list[asyncio.Task[None]] = []
         try:
@@ -209,7 +223,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self.chat.aclose()
-            await self.pool.close()
+            await self.queue.close()
             loop = asyncio.get_running_loop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -279,9 +293,9 @@ class Worker:
     async def _listen_loop(self) -> None:
         delay_s = 0.1
         while True:
-            conn: psycopg.AsyncConnection[Any] | None = None
+            listener: Listener | None = None
             try:
-                conn = await connect_listener(self.settings.database_url, self.worker_id)
+                listener = await self.queue.connect_listener()
                 self._listener_up.set()
                 delay_s = 0.1
                 # a NOTIFY may have been sent while we were not listening
@@ -289,10 +303,10 @@ class Worker:
                 self._plan_wake.set()
                 log_event(logger, "listening", level=logging.DEBUG, worker_id=self.worker_id)
                 while True:
-                    async for notify in conn.notifies(timeout=LISTENER_CHECK_INTERVAL_S):
+                    async for notify in listener.notifies(LISTENER_CHECK_INTERVAL_S):
                         self._on_notify(notify.channel, notify.payload)
                     async with asyncio.timeout(LISTENER_CHECK_TIMEOUT_S):
-                        await conn.execute("select 1")
+                        await listener.check()
             except DB_TRANSIENT_ERRORS as exc:
                 self._listener_up.clear()
                 log_event(logger, "listener lost; reconnecting", level=logging.WARNING,
@@ -300,9 +314,9 @@ class Worker:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, self.settings.poll_interval_s * 5)
             finally:
-                if conn is not None:
+                if listener is not None:
                     with contextlib.suppress(Exception):
-                        await conn.close()
+                        await listener.close()
 
     def _on_notify(self, channel: str, payload: str) -> None:
         if channel == CHANNEL_EXECUTIONS:
@@ -397,7 +411,7 @@ class Worker:
             if free <= 0:
                 continue
             if self._backlog and free < max(2, s.worker_concurrency // 8):
-                await asyncio.sleep(CLAIM_COALESCE_S)
+                await asyncio.sleep(self.claim_coalesce_s)
                 free = s.worker_concurrency - len(self.inflight)
 
             async def claim(free: int = free) -> None:
@@ -479,14 +493,14 @@ class Worker:
         try:
             prompt = self._prompt(ex)
         except (templates.UnknownVariableError, ValueError, KeyError) as exc:
-            await self._finish(entry, "failed", error=f"prompt template: {exc}",
+            await self._finish(entry, ExecutionStatus.FAILED, error=f"prompt template: {exc}",
                                error_kind=ErrorKind.PERMANENT)
             return
         try:
             started = await self.queue.start(ex.id, self.worker_id, ex.attempt, prompt,
                                              self._conversation_title(ex))
         except ConversationGone as exc:
-            await self._finish(entry, "failed", error=str(exc), error_kind=ErrorKind.PERMANENT)
+            await self._finish(entry, ExecutionStatus.FAILED, error=str(exc), error_kind=ErrorKind.PERMANENT)
             return
         except Fenced:
             log_event(logger, "abandoned", status="fenced", duration_ms=self._duration_ms(entry),
@@ -506,22 +520,22 @@ class Worker:
                 result = None
         if result is None or (isinstance(result, ChatTransient) and result.timed_out
                               and time.monotonic() >= deadline - 0.05):
-            await self._finish(entry, "timed_out", error=f"no reply within {ex.timeout_seconds}s",
+            await self._finish(entry, ExecutionStatus.TIMED_OUT, error=f"no reply within {ex.timeout_seconds}s",
                                error_kind=ErrorKind.TIMEOUT)
             return
 
         if isinstance(result, ChatOk):
-            await self._finish(entry, "succeeded", output=result.content[:OUTPUT_MAX_CHARS],
+            await self._finish(entry, ExecutionStatus.SUCCEEDED, output=result.content[:OUTPUT_MAX_CHARS],
                                assistant_message_id=result.message_id, usage=result.usage)
         elif isinstance(result, ChatNeedsInput):
-            await self._finish(entry, "needs_input", output=result.question,
+            await self._finish(entry, ExecutionStatus.NEEDS_INPUT, output=result.question,
                                assistant_message_id=result.message_id, usage=result.usage)
         elif isinstance(result, ChatPermanent):
-            await self._finish(entry, "failed", error=result.error, error_kind=ErrorKind.PERMANENT)
+            await self._finish(entry, ExecutionStatus.FAILED, error=result.error, error_kind=ErrorKind.PERMANENT)
         else:
             await self._retry(entry, result.error, result.kind, result.retry_after_s)
 
-    async def _finish(self, entry: InFlight, status: str, *, output: str | None = None,
+    async def _finish(self, entry: InFlight, status: ExecutionStatus, *, output: str | None = None,
                       error: str | None = None, error_kind: ErrorKind | None = None,
                       assistant_message_id: uuid.UUID | None = None,
                       usage: dict[str, Any] | None = None) -> None:
@@ -533,7 +547,7 @@ class Worker:
         if ok:
             self.stats[status] = self.stats.get(status, 0) + 1
         log_event(logger, "finished" if ok else "finish fenced", status=status,
-                  level=logging.INFO if status == "succeeded" or not ok else logging.WARNING,
+                  level=logging.INFO if status is ExecutionStatus.SUCCEEDED or not ok else logging.WARNING,
                   duration_ms=self._duration_ms(entry), error_kind=error_kind.value if error_kind else None,
                   error=error, **entry.log_fields)
 
@@ -543,13 +557,13 @@ class Worker:
         delay = backoff_delay_s(ex.attempt, s.retry_base_s, s.retry_cap_s, retry_after_s)
         entry.finishing = True
         outcome = await self.queue.requeue_later(ex.id, self.worker_id, ex.attempt, error, kind.value, delay)
-        if outcome == "queued":
+        if outcome == ExecutionStatus.QUEUED:
             self.stats["retried"] += 1
-        elif outcome == "failed":
+        elif outcome == ExecutionStatus.FAILED:
             self.stats["failed"] += 1
-        log_event(logger, "retry" if outcome == "queued" else "finished" if outcome else "finish fenced",
+        log_event(logger, "retry" if outcome == ExecutionStatus.QUEUED else "finished" if outcome else "finish fenced",
                   level=logging.WARNING, status=outcome or "fenced", error_kind=kind.value, error=error,
-                  retry_in_s=round(delay, 3) if outcome == "queued" else None,
+                  retry_in_s=round(delay, 3) if outcome == ExecutionStatus.QUEUED else None,
                   duration_ms=self._duration_ms(entry), **entry.log_fields)
 
 
