@@ -431,6 +431,12 @@ class Worker:
         fields: dict[str, Any] = {"execution_id": execution.id, "task_id": execution.task_id,
                   "attempt": execution.attempt, "trigger": execution.trigger_type}
         entry = InFlight(execution=execution, started_monotonic=time.monotonic(), log_fields=fields)
+        previous = self.inflight.get(execution.id)
+        if previous is not None and not previous.finishing and previous.task is not None:
+            # the database gave this execution a new attempt while we still ran an
+            # earlier one (its lease ran out): that attempt is over, its writes fenced
+            previous.abandon_reason = "superseded by a new attempt"
+            previous.task.cancel()
         self.inflight[execution.id] = entry
         self._idle.clear()
         # DEBUG: the "finished" line (INFO) already names the execution, task and
@@ -438,11 +444,12 @@ class Worker:
         log_event(logger, "claimed", level=logging.DEBUG, status="running", **fields)
         task = asyncio.create_task(self._execute(entry), name=f"execution:{execution.id}")
         entry.task = task
-        execution_id = execution.id
-        task.add_done_callback(lambda _t: self._done(execution_id))
+        task.add_done_callback(lambda _t: self._done(entry))
 
-    def _done(self, execution_id: uuid.UUID) -> None:
-        self.inflight.pop(execution_id, None)
+    def _done(self, entry: InFlight) -> None:
+        # only this attempt's entry: a later attempt of the same execution stays tracked
+        if self.inflight.get(entry.execution.id) is entry:
+            del self.inflight[entry.execution.id]
         if not self.inflight:
             self._idle.set()
         if self._backlog and not self._stopping.is_set():

@@ -190,6 +190,26 @@ async def test_abandon__a_run_the_heartbeat_says_is_no_longer_ours() -> None:
     assert queue.finish_batches == [] and queue.releases == []
 
 
+async def test_abandon__a_new_attempt_of_a_run_still_in_flight_supersedes_it() -> None:
+    queue, chat = InMemoryQueue(), GatedChat()
+    (execution_id,) = queue.add(1)
+    worker = Worker(settings(), chat=chat, queue=queue)
+    async with running(worker):
+        await until(lambda: len(chat.calls) == 1, "the first attempt's chat call")
+        # the lease ran out while the worker was stalled; the rescuer requeued the
+        # execution and this same worker claims it again as attempt 2
+        execution = queue.executions[execution_id]
+        execution.status, execution.worker_id = ExecutionStatus.QUEUED, None
+        queue.notify("agent_task_executions", "")
+        await until(lambda: len(chat.calls) == 2, "the second attempt's chat call")
+        await until(lambda: chat.cancelled == [execution_id], "the first attempt to be abandoned")
+        assert worker.inflight[execution_id].execution.attempt == 2, "the new attempt is the one tracked"
+        chat.open(execution_id)
+        await until(lambda: execution.status == "succeeded", "the second attempt to finish")
+        await until(lambda: not worker.inflight, "nothing left in flight")
+    assert execution.attempt == 2 and worker.stats["succeeded"] == 1 and worker.stats["abandoned"] == 1
+
+
 # --- claim coalescing ----------------------------------------------------------------------
 
 
