@@ -70,8 +70,10 @@ select is((select x.error_kind from public.agent_tasks t,
            where t.id = 'd1000000-0000-0000-0000-000000000001'),
   'misfire', 'a misfire skip');
 select throws_ok(
-  $$select scheduler.new_execution(t, 'schedule', now(), now(), now(), 'bored') from public.agent_tasks t limit 1$$,
-  '22023', 'new_execution: unknown skip reason bored', 'an unknown skip reason is refused');
+  $$insert into public.agent_task_executions
+    select x.* from public.agent_tasks t, scheduler.new_execution(t, 'schedule', now(), now(), now(), 'bored') x
+    where t.id = 'd1000000-0000-0000-0000-000000000001'$$,
+  '23514', null, 'an unknown skip reason is refused on insert');
 select is((select x.conversation_id from public.agent_tasks t,
              scheduler.new_execution(t, 'retry', now(), now(), now(), null,
                                      'c1000000-0000-0000-0000-000000000001', null) x
