@@ -106,7 +106,9 @@ begin
 end
 $$;
 
--- After a message is inserted, in one trigger (one function call per message):
+-- After a message is inserted, in one trigger (one function call per message;
+-- it lives here for its second half, the conversation counters ride along so
+-- that a message costs one trigger call, not two):
 --
 -- 1. Keep the conversation's counters, preview and title, so list pages read
 --    one row.
