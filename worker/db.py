@@ -35,6 +35,7 @@ from worker.queue import (
     StartBatcher,
     Started,
     StartRow,
+    WorkerQueue,
     finish_item,
 )
 from worker.status import ExecutionStatus
@@ -240,3 +241,8 @@ class PostgresQueue:
         if not ids:
             return 0
         return int(await self._scalar(_RELEASE, (worker_id, list(ids))) or 0)
+
+
+def _conforms(queue: PostgresQueue) -> WorkerQueue:
+    """mypy checks here that PostgresQueue is a WorkerQueue."""
+    return queue

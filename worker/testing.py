@@ -28,6 +28,7 @@ from worker.queue import (
     StartBatcher,
     Started,
     StartRow,
+    WorkerQueue,
     finish_item,
 )
 from worker.status import ExecutionStatus
@@ -298,3 +299,8 @@ class InMemoryQueue:
         if released:
             self.notify(CHANNEL_EXECUTIONS, "")
         return released
+
+
+def _conforms(queue: InMemoryQueue) -> WorkerQueue:
+    """mypy checks here that InMemoryQueue is a WorkerQueue."""
+    return queue
