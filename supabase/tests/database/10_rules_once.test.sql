@@ -3,7 +3,7 @@
 -- run time, the single finish path and the act-as context.
 begin;
 \ir helpers/personas.psql
-select plan(30);
+select plan(32);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -33,6 +33,16 @@ select throws_ok(
   $$insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type, status, scheduled_for)
     select t.id, t.user_id, t.agent_id, 'manual', 'paused', now() from public.agent_tasks t limit 1$$,
   '23514', null, 'a status outside the vocabulary is refused');
+
+select is((select pg_get_constraintdef(c.oid) from pg_constraint c
+           where c.conname = 'agent_task_executions_status_check'),
+  format('CHECK ((status = ANY (%L::text[])))', scheduler.execution_statuses()),
+  'the status CHECK is the vocabulary');
+select is((select pg_get_constraintdef(c.oid) from pg_constraint c
+           where c.conname = 'agent_task_executions_finished_iff_terminal'),
+  format('CHECK (((status = ANY (%L::text[])) = (finished_at IS NOT NULL)))',
+         array(select s from unnest(scheduler.execution_statuses()) s where scheduler.is_terminal(s))),
+  'finished_at is required exactly for the statuses is_terminal names');
 
 -- Run time -----------------------------------------------------------------------------------
 select is(scheduler.duration_ms('2030-01-01 09:00:00Z', '2030-01-01 09:00:01.5Z'), 1500, 'duration in milliseconds');
