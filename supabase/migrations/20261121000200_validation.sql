@@ -264,7 +264,6 @@ declare
   v_count int;
   v_min_day int;
   v_max_days int;
-  v_i int;
   v_has_w boolean;
   v_dom_star boolean;
   v_dow_star boolean;
@@ -397,7 +396,7 @@ as $$
 declare
   v_name text;
   v_key text;
-  v_unknown text[] := '{}';
+  v_unknown text[] := '{}'::text[];
 begin
   if p_variables is null or jsonb_typeof(p_variables) <> 'object' then
     return 'prompt_variables must be a JSON object of strings';
