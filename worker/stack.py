@@ -1,12 +1,14 @@
 """The local stack: the real parts of a Supabase project that run on a plain machine.
 
-`up` installs what is missing (Debian's Postgres 15 with pg_cron, pgTAP and
-wal2json), creates a cluster for this checkout on a free port, applies
-`sql/local/bootstrap.sql` and every migration once (recorded in
-`supabase_migrations.schema_migrations`, as the Supabase CLI records them),
-then serves the fake OpenAI-compatible model (when no OPENAI_API_KEY is set)
-and the chat edge function under Deno. `status --json` tells scripts, tests
-and operators where everything is. Every step is idempotent.
+`up` installs what is missing (Debian's Postgres 15 with pg_cron, pgTAP,
+wal2json and plpgsql_check; the Supabase CLI from npm), creates a cluster
+for this checkout on a free port, applies `sql/local/bootstrap.sql` (what a
+Supabase project already has) and then the migrations with the real
+`supabase db push --db-url`, then serves the fake OpenAI-compatible model
+(when no OPENAI_API_KEY is set) and the chat edge function under Deno, with
+exactly the environment Supabase gives an edge function (`function_env`).
+`status --json` tells scripts, tests and operators where everything is.
+Every step is idempotent.
 
 The stack's state (ports, keys, logs) lives in `.stack/` of the checkout. The
 cluster runs as the `postgres` OS user when started as root, and that user
@@ -66,6 +68,9 @@ MIGRATIONS_DIR = ROOT / "supabase" / "migrations"
 BOOTSTRAP_SQL = ROOT / "sql" / "local" / "bootstrap.sql"
 CHAT_FUNCTION = ROOT / "supabase" / "functions" / "chat" / "index.ts"
 FAKE_LLM = ROOT / "tests" / "fakes" / "openai_server.py"
+# the Supabase CLI, pinned in its package.json and installed next to it by `npm ci`
+SUPABASE_CLI_DIR = ROOT / "scripts" / "supabase-cli"
+SUPABASE_CLI = SUPABASE_CLI_DIR / "node_modules" / ".bin" / "supabase"
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_SHARE = Path("/usr/share/postgresql/15/extension")
@@ -76,6 +81,7 @@ APT_PACKAGES = [
     "postgresql-15-pgtap",
     "postgresql-15-wal2json",
     "libtap-parser-sourcehandler-pgtap-perl",
+    "postgresql-15-plpgsql-check",
 ]
 TEMPLATE_DB = "agent_tasks_template"
 MAIN_DB = "postgres"
@@ -118,6 +124,8 @@ def missing_packages() -> list[str]:
         "postgresql-15-pgtap": PG_SHARE / "pgtap.control",
         "postgresql-15-wal2json": PG_LIB / "wal2json.so",
         "libtap-parser-sourcehandler-pgtap-perl": Path("/usr/bin/pg_prove"),
+        # `supabase db lint` runs plpgsql_check
+        "postgresql-15-plpgsql-check": PG_SHARE / "plpgsql_check.control",
     }
     return [pkg for pkg, path in checks.items() if not path.exists()]
 
@@ -198,8 +206,12 @@ def port_open(port: int) -> bool:
 
 
 def database_url(state: State, dbname: str = MAIN_DB, user: str = "postgres") -> str:
+    """A connection string libpq and the Supabase CLI both accept (the local cluster has no TLS)."""
     password = state.password if user == "postgres" else state.worker_password
-    return f"postgresql://{user}:{password}@127.0.0.1:{state.port}/{dbname}"
+    return f"postgresql://{user}:{password}@127.0.0.1:{state.port}/{dbname}?sslmode=disable"
+
+
+LEGACY_KEYS_IAT = 1_764_547_200  # 2025-12-01
 
 
 def _sign(secret: str, claims: dict[str, Any]) -> str:
@@ -263,7 +275,7 @@ port = {state.port}
 unix_socket_directories = '{PG_DIR}'
 max_connections = 400
 shared_buffers = '256MB'
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = '{PRELOAD}'
 cron.database_name = '{MAIN_DB}'
 cron.use_background_workers = on
 max_worker_processes = 32
@@ -278,6 +290,21 @@ full_page_writes = off
 """
     with (PGDATA / "postgresql.conf").open("a") as f:
         f.write(conf)
+
+
+# pg_stat_statements is preloaded on Supabase too: `supabase inspect db` reads it
+PRELOAD = "pg_cron,pg_stat_statements"
+
+
+def _ensure_preload() -> bool:
+    """Add pg_stat_statements to a cluster made before it was preloaded; True when the setting changed."""
+    conf = PGDATA / "postgresql.conf"
+    text = conf.read_text()
+    if f"shared_preload_libraries = '{PRELOAD}'" in text:
+        return False
+    with conf.open("a") as f:
+        f.write(f"shared_preload_libraries = '{PRELOAD}'\n")
+    return True
 
 
 def _start_postgres(state: State) -> None:
@@ -295,6 +322,29 @@ def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("*.sql"))
 
 
+def supabase_cli() -> str:
+    """The pinned Supabase CLI (scripts/supabase-cli), installed with npm when missing."""
+    if not SUPABASE_CLI.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise StackError("the Supabase CLI needs npm: install Node.js (apt-get install nodejs npm)")
+        _log("installing the Supabase CLI (npm ci in scripts/supabase-cli)")
+        res = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefix", str(SUPABASE_CLI_DIR)],
+                             capture_output=True, text=True)
+        if res.returncode != 0 or not SUPABASE_CLI.exists():
+            raise StackError(f"npm could not install the Supabase CLI:\n{res.stdout}{res.stderr}")
+    return str(SUPABASE_CLI)
+
+
+def run_supabase(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the Supabase CLI on this project (`--workdir` is the repository)."""
+    res = subprocess.run([supabase_cli(), "--workdir", str(ROOT), *args], capture_output=True, text=True,
+                         cwd=ROOT, env=dict(os.environ, DO_NOT_TRACK="1"), stdin=subprocess.DEVNULL)
+    if check and res.returncode != 0:
+        raise StackError(f"supabase {args[0]} {args[1] if len(args) > 1 else ''} failed:\n{res.stdout}{res.stderr}")
+    return res
+
+
 def migrations_digest() -> str:
     h = hashlib.sha256(BOOTSTRAP_SQL.read_bytes())
     for path in migration_files():
@@ -303,36 +353,29 @@ def migrations_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _applied_versions(state: State, dbname: str) -> set[str]:
+    with connect(state, dbname) as conn:
+        exists = conn.execute("select to_regclass('supabase_migrations.schema_migrations')").fetchone()
+        if exists is None or exists[0] is None:
+            return set()
+        return {r[0] for r in conn.execute("select version from supabase_migrations.schema_migrations")}
+
+
 def apply_migrations(state: State, dbname: str) -> list[str]:
-    """Apply the bootstrap, then each migration not yet recorded. Returns the versions applied."""
-    applied: list[str] = []
+    """Apply the bootstrap, then the migrations with `supabase db push`. Returns the files applied.
+
+    The CLI applies each migration not yet recorded in
+    `supabase_migrations.schema_migrations` and records it, exactly as on a
+    Supabase project; it does not re-apply a migration that changed after it
+    was applied (on this stack `reset` rebuilds the cluster; on a project,
+    write a new migration).
+    """
     with connect(state, dbname) as conn:
         conn.execute(BOOTSTRAP_SQL.read_text())  # idempotent by construction
-        done = {r[0]: (r[1] or [None])[0] for r in conn.execute(
-            "select version, statements from supabase_migrations.schema_migrations")}
-        changed: list[str] = []
-        for path in migration_files():
-            version, _, name = path.stem.partition("_")
-            if version in done:
-                if done[version] is not None and done[version] != path.read_text():
-                    changed.append(path.name)
-                continue
-            sql = path.read_text()
-            try:
-                with conn.transaction():
-                    conn.execute(sql)
-                    conn.execute(
-                        "insert into supabase_migrations.schema_migrations (version, statements, name)"
-                        " values (%s, %s, %s)", (version, [sql], name))
-            except psycopg.Error as exc:
-                raise StackError(f"migration {path.name} failed: {exc}") from exc
-            applied.append(path.name)
-    if changed:
-        # the Supabase CLI would not re-apply them either: on this development
-        # stack, `reset` rebuilds the cluster; on a project, write a new migration
-        _log(f"WARNING: {', '.join(changed)} changed after being applied to database {dbname};"
-             " run `agent-tasks stack reset` to rebuild the local stack")
-    return applied
+    before = _applied_versions(state, dbname)
+    run_supabase("db", "push", "--db-url", database_url(state, dbname), "--yes")
+    after = _applied_versions(state, dbname)
+    return [p.name for p in migration_files() if p.stem.partition("_")[0] in after - before]
 
 
 def _ensure_worker_role(state: State) -> None:
@@ -513,6 +556,9 @@ def up(with_services: bool = True) -> State:
             shutil.rmtree(PGDATA)
         _init_cluster(state)
         state.save()
+    if _ensure_preload() and pg_running():
+        _log("restarting Postgres to preload pg_stat_statements")
+        _pg_ctl("stop", "-m", "fast", "-w")
     if not pg_running():
         if port_open(state.port):
             raise StackError(f"port {state.port} is taken by another program; run `stack reset`")
