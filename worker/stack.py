@@ -40,6 +40,8 @@ from typing import Any
 
 import jwt
 import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from worker.errors import EXIT_USAGE, CliError
 
@@ -168,6 +170,11 @@ class State:
     worker_password: str
     jwt_secret: str
     secret_key: str
+    publishable_key: str = ""
+    # the project's asymmetric signing key (ES256, PEM) and its key id: user
+    # tokens are signed with it, as Supabase Auth signs them with new signing keys
+    signing_key: str = ""
+    signing_kid: str = ""
     chat_port: int | None = None
     chat_pid: int | None = None
     llm_port: int | None = None
@@ -179,7 +186,25 @@ class State:
         if not STATE_FILE.exists():
             return None
         data = json.loads(STATE_FILE.read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if state.complete_keys():
+            state.save()
+        return state
+
+    def complete_keys(self) -> bool:
+        """Create the keys a stack made before they existed lacks; True when any was added."""
+        added = False
+        if not self.publishable_key:
+            self.publishable_key = "sb_publishable_" + secrets.token_urlsafe(18)
+            added = True
+        if not self.signing_key:
+            key = ec.generate_private_key(ec.SECP256R1())
+            self.signing_key = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()).decode()
+            self.signing_kid = secrets.token_hex(8)
+            added = True
+        return added
 
     def save(self) -> None:
         STACK_DIR.mkdir(parents=True, exist_ok=True)
@@ -218,10 +243,26 @@ def _sign(secret: str, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+def sign_token(state: State, claims: dict[str, Any]) -> str:
+    """A JWT signed with the project's current signing key (ES256, with its key id)."""
+    return jwt.encode(claims, state.signing_key, algorithm="ES256", headers={"kid": state.signing_kid})
+
+
+def jwks(state: State) -> dict[str, Any]:
+    """The project's public key set, as Supabase Auth publishes it and SUPABASE_JWKS carries it."""
+    private = serialization.load_pem_private_key(state.signing_key.encode(), password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    return {"keys": [{**public, "kid": state.signing_kid, "alg": "ES256", "use": "sig", "key_ops": ["verify"]}]}
+
+
 def api_keys(state: State) -> dict[str, str]:
-    """The anon and service_role JWTs of the local project (as `supabase status` shows them)."""
-    now = int(time.time())
-    base = {"iss": "supabase-local", "iat": now, "exp": now + 10 * 365 * 24 * 3600}
+    """The legacy anon and service_role JWTs of the local project (as `supabase status` shows them).
+
+    Fixed claims, so the same key every time: the function compares the
+    service-role key it was given with the one a caller sends.
+    """
+    base = {"iss": "supabase-local", "iat": LEGACY_KEYS_IAT, "exp": LEGACY_KEYS_IAT + 20 * 365 * 24 * 3600}
     return {
         "anon_key": _sign(state.jwt_secret, {**base, "role": "anon"}),
         "service_role_key": _sign(state.jwt_secret, {**base, "role": "service_role"}),
@@ -229,9 +270,9 @@ def api_keys(state: State) -> dict[str, str]:
 
 
 def user_token(state: State, user_id: str, email: str | None = None, ttl_s: int = 3600) -> str:
-    """An access token for a local user, signed like GoTrue signs them."""
+    """An access token for a local user, signed like Supabase Auth signs them (ES256)."""
     now = int(time.time())
-    return _sign(state.jwt_secret, {
+    return sign_token(state, {
         "iss": "supabase-local", "aud": "authenticated", "role": "authenticated",
         "sub": user_id, "email": email, "iat": now, "exp": now + ttl_s,
     })
@@ -470,23 +511,46 @@ def deno_binary() -> str:
     return found
 
 
-def chat_env(state: State) -> dict[str, str]:
-    """The environment the chat function gets, as `supabase functions serve` would give it."""
+def platform_env(state: State, db_url: str, supabase_url: str) -> dict[str, str]:
+    """What Supabase injects into every edge function, in the same names and formats.
+
+    The key lists are JSON objects of named keys and the key set is a JWKS,
+    as on a hosted project; the legacy anon and service-role keys are the
+    HS256 JWTs a project still has until they are disabled. Nothing else:
+    no JWT secret (the platform gives none), no `SUPABASE_` name a user
+    could not set either.
+    """
     keys = api_keys(state)
-    env = dict(os.environ)
-    env.update({
-        "SUPABASE_DB_URL": database_url(state),
-        "SUPABASE_URL": f"http://127.0.0.1:{state.chat_port}",
+    return {
+        "SUPABASE_URL": supabase_url,
+        "SUPABASE_DB_URL": db_url,
+        "SUPABASE_PUBLISHABLE_KEYS": json.dumps({"default": state.publishable_key}),
+        "SUPABASE_SECRET_KEYS": json.dumps({"default": state.secret_key}),
+        "SUPABASE_JWKS": json.dumps(jwks(state)),
         "SUPABASE_ANON_KEY": keys["anon_key"],
         "SUPABASE_SERVICE_ROLE_KEY": keys["service_role_key"],
-        "SUPABASE_SECRET_KEY": state.secret_key,
-        "SUPABASE_JWT_SECRET": state.jwt_secret,
-        "PORT": str(state.chat_port),
-    })
-    if state.llm_is_fake and state.llm_port:
-        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{state.llm_port}/v1"
-        env["OPENAI_API_KEY"] = "fake-key"
+    }
+
+
+def function_env(state: State, db_url: str, port: int, settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a served function: this process's, minus any `SUPABASE_`
+    variable of the caller's shell, plus the platform's variables, `PORT` and the
+    function's own settings (what a user sets with `supabase secrets set`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPABASE_")}
+    env.update(platform_env(state, db_url, f"http://127.0.0.1:{port}"))
+    env["PORT"] = str(port)
+    env.update(settings or {})
     return env
+
+
+def chat_env(state: State) -> dict[str, str]:
+    """The environment the stack's chat function gets, as `supabase functions serve` would give it."""
+    assert state.chat_port is not None
+    settings: dict[str, str] = {}
+    if state.llm_is_fake and state.llm_port:
+        settings["OPENAI_BASE_URL"] = f"http://127.0.0.1:{state.llm_port}/v1"
+        settings["OPENAI_API_KEY"] = "fake-key"
+    return function_env(state, database_url(state), state.chat_port, settings)
 
 
 def _start_fake_llm(state: State) -> None:
@@ -552,6 +616,7 @@ def up(with_services: bool = True) -> State:
             jwt_secret=secrets.token_urlsafe(32),
             secret_key="sb_secret_" + secrets.token_urlsafe(24),
         )
+        state.complete_keys()
         if PGDATA.exists():
             shutil.rmtree(PGDATA)
         _init_cluster(state)
@@ -624,7 +689,9 @@ def status() -> dict[str, Any]:
         "db_port": state.port,
         "jwt_secret": state.jwt_secret,
         **api_keys(state),
+        "publishable_key": state.publishable_key,
         "secret_key": state.secret_key,
+        "jwks": jwks(state),
         "chat_url": (f"http://127.0.0.1:{state.chat_port}/functions/v1/chat"
                      if state.chat_port and _pid_alive(state.chat_pid) else None),
         "llm": ({"fake": True, "base_url": f"http://127.0.0.1:{state.llm_port}/v1"}
