@@ -414,7 +414,14 @@ def apply_migrations(state: State, dbname: str) -> list[str]:
     with connect(state, dbname) as conn:
         conn.execute(BOOTSTRAP_SQL.read_text())  # idempotent by construction
     before = _applied_versions(state, dbname)
-    run_supabase("db", "push", "--db-url", database_url(state, dbname), "--yes")
+    try:
+        run_supabase("db", "push", "--db-url", database_url(state, dbname), "--yes")
+    except StackError as exc:
+        if "not found in local migrations directory" in str(exc):
+            # migrations were renamed or removed after this database applied them
+            raise StackError(f"{exc}\non the local stack, `agent-tasks stack reset` rebuilds the cluster"
+                             " from the current migrations (its data is lost)") from exc
+        raise
     after = _applied_versions(state, dbname)
     return [p.name for p in migration_files() if p.stem.partition("_")[0] in after - before]
 

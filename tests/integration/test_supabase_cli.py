@@ -111,3 +111,17 @@ def test_inspect__every_db_report_works_on_the_local_cluster(stack_state: stack.
     for report in reports:
         res = run_cli(["inspect", "db", report, "--db-url", url], env)
         assert res.returncode == 0, f"inspect db {report}:\n{res.stdout}{res.stderr}"
+
+
+def test_migrations__a_history_the_files_no_longer_match_says_how_to_rebuild(stack_state: stack.State) -> None:
+    """A database that applied a migration which is gone (renamed, removed): the CLI refuses to push."""
+    name = "t_drift_" + str(stack.free_port(0))
+    stack.create_database(stack_state, name)
+    try:
+        with stack.connect(stack_state, name) as c:
+            c.execute("insert into supabase_migrations.schema_migrations (version, name)"
+                      " values ('20000101000000', 'gone')")
+        with pytest.raises(stack.StackError, match=r"(?s)20000101000000.*agent-tasks stack reset"):
+            stack.apply_migrations(stack_state, name)
+    finally:
+        stack.drop_database(stack_state, name)
