@@ -44,3 +44,16 @@ fi
 # --frozen: exactly uv.lock (refresh it with `.tools/uv/bin/uv lock` after editing pyproject.toml);
 # a no-op when .venv already matches it
 UV_PROJECT_ENVIRONMENT="$PWD/.venv" "$uv" sync --frozen --quiet
+
+# The Supabase CLI, pinned in scripts/supabase-cli/package.json (npm, project-local):
+# the stack applies migrations with it, `make test` lints and checks the schema with it.
+if [ ! -x scripts/supabase-cli/node_modules/.bin/supabase ]; then
+  command -v npm >/dev/null || { echo "the Supabase CLI needs npm: apt-get install -y nodejs npm" >&2; exit 1; }
+  echo "[setup] npm ci (Supabase CLI)"
+  npm ci --no-audit --no-fund --prefix scripts/supabase-cli >/dev/null
+fi
+if ! [ -f /usr/share/postgresql/15/extension/plpgsql_check.control ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "missing: sudo apt-get install -y postgresql-15-plpgsql-check" >&2; exit 1; }
+  echo "[setup] apt-get install postgresql-15-plpgsql-check (supabase db lint)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15-plpgsql-check >/dev/null
+fi

@@ -18,13 +18,25 @@ run_lint() {
 }
 
 run_db() {
-  echo "== db: pgTAP (supabase/tests/database) on a fresh database"
+  echo "== db: the Supabase CLI's db lint and db advisors, then pgTAP as supabase test db runs it"
   python -m worker stack up --db-only >/dev/null
-  local name="pgtap_$$" url
+  local cli=scripts/supabase-cli/node_modules/.bin/supabase name="pgtap_$$" url
   url=$(python -c "from worker import stack; s=stack.require_running(); print(stack.create_database(s, '$name'))")
   trap "python -c \"from worker import stack; stack.drop_database(stack.require_running(), '$name')\"" RETURN
+  psql -q -v ON_ERROR_STOP=1 "$url" -f supabase/seed.sql >/dev/null
+  # a fresh copy of the current migrations; any finding fails. pg_cron serves only
+  # the main database, so its two functions are declared for plpgsql_check, in the
+  # linted copy only (sql/local/cron_signatures.sql)
+  python -c "from worker import stack; stack.create_database(stack.require_running(), 'lint_$$')" >/dev/null
+  trap "python -c \"from worker import stack; s=stack.require_running(); stack.drop_database(s, '$name'); stack.drop_database(s, 'lint_$$')\"" RETURN
+  psql -q -v ON_ERROR_STOP=1 "${url/\/$name?//lint_$$?}" -f sql/local/cron_signatures.sql >/dev/null
+  "$cli" --workdir . db lint --db-url "${url/\/$name?//lint_$$?}" --level warning --fail-on warning
+  "$cli" --workdir . db advisors --db-url "$url" --type all --fail-on warn
+  # `supabase test db` (which needs Docker) enables pgTAP in `extensions`, then runs
+  # pg_prove --ext .pg --ext .sql -r on supabase/tests as postgres, against the
+  # migrated and seeded database: the same here
   psql -q "$url" -c 'create extension if not exists pgtap with schema extensions' >/dev/null
-  PGOPTIONS='-c search_path=public,extensions' pg_prove --ext .sql -r -d "$url" supabase/tests/database/
+  (cd supabase/tests && pg_prove --ext .pg --ext .sql -r -d "${url%%\?*}" .)
 }
 
 run_deno() {

@@ -37,7 +37,8 @@ def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, Any
     """Create (or find again) the demo user, agent, conversation and tasks."""
     user = conn.execute("select id from auth.users where email = %s", (DEMO_EMAIL,)).fetchone()
     if user is None:
-        user = conn.execute("insert into auth.users (email) values (%s) returning id", (DEMO_EMAIL,)).fetchone()
+        user = conn.execute("insert into auth.users (id, email) values (gen_random_uuid(), %s) returning id",
+                            (DEMO_EMAIL,)).fetchone()
     assert user is not None
     uid = user["id"]
     agent = conn.execute("select id from public.agents where user_id = %s and name = %s",

@@ -1,12 +1,14 @@
 """The local stack: the real parts of a Supabase project that run on a plain machine.
 
-`up` installs what is missing (Debian's Postgres 15 with pg_cron, pgTAP and
-wal2json), creates a cluster for this checkout on a free port, applies
-`sql/local/bootstrap.sql` and every migration once (recorded in
-`supabase_migrations.schema_migrations`, as the Supabase CLI records them),
-then serves the fake OpenAI-compatible model (when no OPENAI_API_KEY is set)
-and the chat edge function under Deno. `status --json` tells scripts, tests
-and operators where everything is. Every step is idempotent.
+`up` installs what is missing (Debian's Postgres 15 with pg_cron, pgTAP,
+wal2json and plpgsql_check; the Supabase CLI from npm), creates a cluster
+for this checkout on a free port, applies `sql/local/bootstrap.sql` (what a
+Supabase project already has) and then the migrations with the real
+`supabase db push --db-url`, then serves the fake OpenAI-compatible model
+(when no OPENAI_API_KEY is set) and the chat edge function under Deno, with
+exactly the environment Supabase gives an edge function (`function_env`).
+`status --json` tells scripts, tests and operators where everything is.
+Every step is idempotent.
 
 The stack's state (ports, keys, logs) lives in `.stack/` of the checkout. The
 cluster runs as the `postgres` OS user when started as root, and that user
@@ -38,6 +40,8 @@ from typing import Any
 
 import jwt
 import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from worker.errors import EXIT_USAGE, CliError
 
@@ -66,6 +70,9 @@ MIGRATIONS_DIR = ROOT / "supabase" / "migrations"
 BOOTSTRAP_SQL = ROOT / "sql" / "local" / "bootstrap.sql"
 CHAT_FUNCTION = ROOT / "supabase" / "functions" / "chat" / "index.ts"
 FAKE_LLM = ROOT / "tests" / "fakes" / "openai_server.py"
+# the Supabase CLI, pinned in its package.json and installed next to it by `npm ci`
+SUPABASE_CLI_DIR = ROOT / "scripts" / "supabase-cli"
+SUPABASE_CLI = SUPABASE_CLI_DIR / "node_modules" / ".bin" / "supabase"
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_SHARE = Path("/usr/share/postgresql/15/extension")
@@ -76,6 +83,7 @@ APT_PACKAGES = [
     "postgresql-15-pgtap",
     "postgresql-15-wal2json",
     "libtap-parser-sourcehandler-pgtap-perl",
+    "postgresql-15-plpgsql-check",
 ]
 TEMPLATE_DB = "agent_tasks_template"
 MAIN_DB = "postgres"
@@ -118,6 +126,8 @@ def missing_packages() -> list[str]:
         "postgresql-15-pgtap": PG_SHARE / "pgtap.control",
         "postgresql-15-wal2json": PG_LIB / "wal2json.so",
         "libtap-parser-sourcehandler-pgtap-perl": Path("/usr/bin/pg_prove"),
+        # `supabase db lint` runs plpgsql_check
+        "postgresql-15-plpgsql-check": PG_SHARE / "plpgsql_check.control",
     }
     return [pkg for pkg, path in checks.items() if not path.exists()]
 
@@ -160,6 +170,11 @@ class State:
     worker_password: str
     jwt_secret: str
     secret_key: str
+    publishable_key: str = ""
+    # the project's asymmetric signing key (ES256, PEM) and its key id: user
+    # tokens are signed with it, as Supabase Auth signs them with new signing keys
+    signing_key: str = ""
+    signing_kid: str = ""
     chat_port: int | None = None
     chat_pid: int | None = None
     llm_port: int | None = None
@@ -171,7 +186,25 @@ class State:
         if not STATE_FILE.exists():
             return None
         data = json.loads(STATE_FILE.read_text())
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        state = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        if state.complete_keys():
+            state.save()
+        return state
+
+    def complete_keys(self) -> bool:
+        """Create the keys a stack made before they existed lacks; True when any was added."""
+        added = False
+        if not self.publishable_key:
+            self.publishable_key = "sb_publishable_" + secrets.token_urlsafe(18)
+            added = True
+        if not self.signing_key:
+            key = ec.generate_private_key(ec.SECP256R1())
+            self.signing_key = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()).decode()
+            self.signing_kid = secrets.token_hex(8)
+            added = True
+        return added
 
     def save(self) -> None:
         STACK_DIR.mkdir(parents=True, exist_ok=True)
@@ -198,18 +231,38 @@ def port_open(port: int) -> bool:
 
 
 def database_url(state: State, dbname: str = MAIN_DB, user: str = "postgres") -> str:
+    """A connection string libpq and the Supabase CLI both accept (the local cluster has no TLS)."""
     password = state.password if user == "postgres" else state.worker_password
-    return f"postgresql://{user}:{password}@127.0.0.1:{state.port}/{dbname}"
+    return f"postgresql://{user}:{password}@127.0.0.1:{state.port}/{dbname}?sslmode=disable"
+
+
+LEGACY_KEYS_IAT = 1_764_547_200  # 2025-12-01
 
 
 def _sign(secret: str, claims: dict[str, Any]) -> str:
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
+def sign_token(state: State, claims: dict[str, Any]) -> str:
+    """A JWT signed with the project's current signing key (ES256, with its key id)."""
+    return jwt.encode(claims, state.signing_key, algorithm="ES256", headers={"kid": state.signing_kid})
+
+
+def jwks(state: State) -> dict[str, Any]:
+    """The project's public key set, as Supabase Auth publishes it and SUPABASE_JWKS carries it."""
+    private = serialization.load_pem_private_key(state.signing_key.encode(), password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    return {"keys": [{**public, "kid": state.signing_kid, "alg": "ES256", "use": "sig", "key_ops": ["verify"]}]}
+
+
 def api_keys(state: State) -> dict[str, str]:
-    """The anon and service_role JWTs of the local project (as `supabase status` shows them)."""
-    now = int(time.time())
-    base = {"iss": "supabase-local", "iat": now, "exp": now + 10 * 365 * 24 * 3600}
+    """The legacy anon and service_role JWTs of the local project (as `supabase status` shows them).
+
+    Fixed claims, so the same key every time: the function compares the
+    service-role key it was given with the one a caller sends.
+    """
+    base = {"iss": "supabase-local", "iat": LEGACY_KEYS_IAT, "exp": LEGACY_KEYS_IAT + 20 * 365 * 24 * 3600}
     return {
         "anon_key": _sign(state.jwt_secret, {**base, "role": "anon"}),
         "service_role_key": _sign(state.jwt_secret, {**base, "role": "service_role"}),
@@ -217,9 +270,9 @@ def api_keys(state: State) -> dict[str, str]:
 
 
 def user_token(state: State, user_id: str, email: str | None = None, ttl_s: int = 3600) -> str:
-    """An access token for a local user, signed like GoTrue signs them."""
+    """An access token for a local user, signed like Supabase Auth signs them (ES256)."""
     now = int(time.time())
-    return _sign(state.jwt_secret, {
+    return sign_token(state, {
         "iss": "supabase-local", "aud": "authenticated", "role": "authenticated",
         "sub": user_id, "email": email, "iat": now, "exp": now + ttl_s,
     })
@@ -263,7 +316,7 @@ port = {state.port}
 unix_socket_directories = '{PG_DIR}'
 max_connections = 400
 shared_buffers = '256MB'
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = '{PRELOAD}'
 cron.database_name = '{MAIN_DB}'
 cron.use_background_workers = on
 max_worker_processes = 32
@@ -278,6 +331,21 @@ full_page_writes = off
 """
     with (PGDATA / "postgresql.conf").open("a") as f:
         f.write(conf)
+
+
+# pg_stat_statements is preloaded on Supabase too: `supabase inspect db` reads it
+PRELOAD = "pg_cron,pg_stat_statements"
+
+
+def _ensure_preload() -> bool:
+    """Add pg_stat_statements to a cluster made before it was preloaded; True when the setting changed."""
+    conf = PGDATA / "postgresql.conf"
+    text = conf.read_text()
+    if f"shared_preload_libraries = '{PRELOAD}'" in text:
+        return False
+    with conf.open("a") as f:
+        f.write(f"shared_preload_libraries = '{PRELOAD}'\n")
+    return True
 
 
 def _start_postgres(state: State) -> None:
@@ -295,6 +363,29 @@ def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("*.sql"))
 
 
+def supabase_cli() -> str:
+    """The pinned Supabase CLI (scripts/supabase-cli), installed with npm when missing."""
+    if not SUPABASE_CLI.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise StackError("the Supabase CLI needs npm: install Node.js (apt-get install nodejs npm)")
+        _log("installing the Supabase CLI (npm ci in scripts/supabase-cli)")
+        res = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefix", str(SUPABASE_CLI_DIR)],
+                             capture_output=True, text=True)
+        if res.returncode != 0 or not SUPABASE_CLI.exists():
+            raise StackError(f"npm could not install the Supabase CLI:\n{res.stdout}{res.stderr}")
+    return str(SUPABASE_CLI)
+
+
+def run_supabase(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the Supabase CLI on this project (`--workdir` is the repository)."""
+    res = subprocess.run([supabase_cli(), "--workdir", str(ROOT), *args], capture_output=True, text=True,
+                         cwd=ROOT, env=dict(os.environ, DO_NOT_TRACK="1"), stdin=subprocess.DEVNULL)
+    if check and res.returncode != 0:
+        raise StackError(f"supabase {args[0]} {args[1] if len(args) > 1 else ''} failed:\n{res.stdout}{res.stderr}")
+    return res
+
+
 def migrations_digest() -> str:
     h = hashlib.sha256(BOOTSTRAP_SQL.read_bytes())
     for path in migration_files():
@@ -303,36 +394,36 @@ def migrations_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _applied_versions(state: State, dbname: str) -> set[str]:
+    with connect(state, dbname) as conn:
+        exists = conn.execute("select to_regclass('supabase_migrations.schema_migrations')").fetchone()
+        if exists is None or exists[0] is None:
+            return set()
+        return {r[0] for r in conn.execute("select version from supabase_migrations.schema_migrations")}
+
+
 def apply_migrations(state: State, dbname: str) -> list[str]:
-    """Apply the bootstrap, then each migration not yet recorded. Returns the versions applied."""
-    applied: list[str] = []
+    """Apply the bootstrap, then the migrations with `supabase db push`. Returns the files applied.
+
+    The CLI applies each migration not yet recorded in
+    `supabase_migrations.schema_migrations` and records it, exactly as on a
+    Supabase project; it does not re-apply a migration that changed after it
+    was applied (on this stack `reset` rebuilds the cluster; on a project,
+    write a new migration).
+    """
     with connect(state, dbname) as conn:
         conn.execute(BOOTSTRAP_SQL.read_text())  # idempotent by construction
-        done = {r[0]: (r[1] or [None])[0] for r in conn.execute(
-            "select version, statements from supabase_migrations.schema_migrations")}
-        changed: list[str] = []
-        for path in migration_files():
-            version, _, name = path.stem.partition("_")
-            if version in done:
-                if done[version] is not None and done[version] != path.read_text():
-                    changed.append(path.name)
-                continue
-            sql = path.read_text()
-            try:
-                with conn.transaction():
-                    conn.execute(sql)
-                    conn.execute(
-                        "insert into supabase_migrations.schema_migrations (version, statements, name)"
-                        " values (%s, %s, %s)", (version, [sql], name))
-            except psycopg.Error as exc:
-                raise StackError(f"migration {path.name} failed: {exc}") from exc
-            applied.append(path.name)
-    if changed:
-        # the Supabase CLI would not re-apply them either: on this development
-        # stack, `reset` rebuilds the cluster; on a project, write a new migration
-        _log(f"WARNING: {', '.join(changed)} changed after being applied to database {dbname};"
-             " run `agent-tasks stack reset` to rebuild the local stack")
-    return applied
+    before = _applied_versions(state, dbname)
+    try:
+        run_supabase("db", "push", "--db-url", database_url(state, dbname), "--yes")
+    except StackError as exc:
+        if "not found in local migrations directory" in str(exc):
+            # migrations were renamed or removed after this database applied them
+            raise StackError(f"{exc}\non the local stack, `agent-tasks stack reset` rebuilds the cluster"
+                             " from the current migrations (its data is lost)") from exc
+        raise
+    after = _applied_versions(state, dbname)
+    return [p.name for p in migration_files() if p.stem.partition("_")[0] in after - before]
 
 
 def _ensure_worker_role(state: State) -> None:
@@ -427,23 +518,46 @@ def deno_binary() -> str:
     return found
 
 
-def chat_env(state: State) -> dict[str, str]:
-    """The environment the chat function gets, as `supabase functions serve` would give it."""
+def platform_env(state: State, db_url: str, supabase_url: str) -> dict[str, str]:
+    """What Supabase injects into every edge function, in the same names and formats.
+
+    The key lists are JSON objects of named keys and the key set is a JWKS,
+    as on a hosted project; the legacy anon and service-role keys are the
+    HS256 JWTs a project still has until they are disabled. Nothing else:
+    no JWT secret (the platform gives none), no `SUPABASE_` name a user
+    could not set either.
+    """
     keys = api_keys(state)
-    env = dict(os.environ)
-    env.update({
-        "SUPABASE_DB_URL": database_url(state),
-        "SUPABASE_URL": f"http://127.0.0.1:{state.chat_port}",
+    return {
+        "SUPABASE_URL": supabase_url,
+        "SUPABASE_DB_URL": db_url,
+        "SUPABASE_PUBLISHABLE_KEYS": json.dumps({"default": state.publishable_key}),
+        "SUPABASE_SECRET_KEYS": json.dumps({"default": state.secret_key}),
+        "SUPABASE_JWKS": json.dumps(jwks(state)),
         "SUPABASE_ANON_KEY": keys["anon_key"],
         "SUPABASE_SERVICE_ROLE_KEY": keys["service_role_key"],
-        "SUPABASE_SECRET_KEY": state.secret_key,
-        "SUPABASE_JWT_SECRET": state.jwt_secret,
-        "PORT": str(state.chat_port),
-    })
-    if state.llm_is_fake and state.llm_port:
-        env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{state.llm_port}/v1"
-        env["OPENAI_API_KEY"] = "fake-key"
+    }
+
+
+def function_env(state: State, db_url: str, port: int, settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of a served function: this process's, minus any `SUPABASE_`
+    variable of the caller's shell, plus the platform's variables, `PORT` and the
+    function's own settings (what a user sets with `supabase secrets set`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPABASE_")}
+    env.update(platform_env(state, db_url, f"http://127.0.0.1:{port}"))
+    env["PORT"] = str(port)
+    env.update(settings or {})
     return env
+
+
+def chat_env(state: State) -> dict[str, str]:
+    """The environment the stack's chat function gets, as `supabase functions serve` would give it."""
+    assert state.chat_port is not None
+    settings: dict[str, str] = {}
+    if state.llm_is_fake and state.llm_port:
+        settings["OPENAI_BASE_URL"] = f"http://127.0.0.1:{state.llm_port}/v1"
+        settings["OPENAI_API_KEY"] = "fake-key"
+    return function_env(state, database_url(state), state.chat_port, settings)
 
 
 def _start_fake_llm(state: State) -> None:
@@ -509,10 +623,14 @@ def up(with_services: bool = True) -> State:
             jwt_secret=secrets.token_urlsafe(32),
             secret_key="sb_secret_" + secrets.token_urlsafe(24),
         )
+        state.complete_keys()
         if PGDATA.exists():
             shutil.rmtree(PGDATA)
         _init_cluster(state)
         state.save()
+    if _ensure_preload() and pg_running():
+        _log("restarting Postgres to preload pg_stat_statements")
+        _pg_ctl("stop", "-m", "fast", "-w")
     if not pg_running():
         if port_open(state.port):
             raise StackError(f"port {state.port} is taken by another program; run `stack reset`")
@@ -578,7 +696,9 @@ def status() -> dict[str, Any]:
         "db_port": state.port,
         "jwt_secret": state.jwt_secret,
         **api_keys(state),
+        "publishable_key": state.publishable_key,
         "secret_key": state.secret_key,
+        "jwks": jwks(state),
         "chat_url": (f"http://127.0.0.1:{state.chat_port}/functions/v1/chat"
                      if state.chat_port and _pid_alive(state.chat_pid) else None),
         "llm": ({"fake": True, "base_url": f"http://127.0.0.1:{state.llm_port}/v1"}

@@ -37,9 +37,13 @@ grant usage on schema extensions to anon, authenticated, service_role;
 grant usage on schema auth to anon, authenticated, service_role;
 grant usage on schema public to anon, authenticated, service_role;
 
--- auth.users: the columns the product and its tests use.
+-- auth.users, shaped as GoTrue makes it where it matters to SQL: the id has
+-- no default (GoTrue chooses it), so every insert names one, as it must on a
+-- real project and under `supabase test db`. Only the columns the product and
+-- its tests use.
 create table if not exists auth.users (
-  id uuid primary key default gen_random_uuid(),
+  instance_id uuid,
+  id uuid not null primary key,
   aud varchar(255) default 'authenticated',
   role varchar(255) default 'authenticated',
   email varchar(255) unique,
@@ -49,6 +53,8 @@ create table if not exists auth.users (
   created_at timestamptz default now(),
   updated_at timestamptz default now()
 );
+-- clusters made before this file matched GoTrue had a default
+alter table auth.users alter column id drop default;
 
 -- The helpers read the claims exactly as Supabase's do: first the legacy
 -- per-claim setting, then the `request.jwt.claims` JSON that PostgREST sets.
@@ -106,13 +112,12 @@ begin
 end
 $$;
 
--- The migration history table the Supabase CLI keeps.
-create schema if not exists supabase_migrations;
-create table if not exists supabase_migrations.schema_migrations (
-  version text primary key,
-  statements text[],
-  name text
-);
+-- Query statistics, preloaded and in `extensions` as on Supabase (the
+-- `supabase inspect db` commands read them).
+create extension if not exists pg_stat_statements with schema extensions;
+
+-- The migration history (supabase_migrations.schema_migrations) is created
+-- and kept by the Supabase CLI itself (`supabase db push`).
 
 -- Supabase puts `extensions` on the search path (pgTAP lives there).
 alter role postgres set search_path to "$user", public, extensions;

@@ -9,7 +9,6 @@ context exactly the way the worker does (enqueue, claim, start).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -122,29 +121,30 @@ class ChatFunction:
             self.proc.kill()
 
 
-def start_chat_function(state: stack.State, db_url: str, llm: FakeLLM, log: Path,
-                        extra_env: dict[str, str] | None = None) -> ChatFunction:
-    """Serve supabase/functions/chat under Deno with the environment `supabase functions serve` gives."""
-    port = stack.free_port(0)
-    env = dict(os.environ)
-    keys = stack.api_keys(state)
-    env.update({
-        "SUPABASE_DB_URL": db_url,
-        "SUPABASE_URL": f"http://127.0.0.1:{port}",
-        "SUPABASE_ANON_KEY": keys["anon_key"],
-        "SUPABASE_SERVICE_ROLE_KEY": keys["service_role_key"],
-        "SUPABASE_SECRET_KEY": state.secret_key,
-        "SUPABASE_JWT_SECRET": state.jwt_secret,
-        "OPENAI_BASE_URL": llm.base_url,
-        "OPENAI_API_KEY": "fake-key",
-        "PORT": str(port),
-        **(extra_env or {}),
-    })
+def spawn_chat_function(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start supabase/functions/chat under Deno with exactly `env`."""
     fn = ROOT / "supabase" / "functions" / "chat"
     with log.open("wb") as out:
-        proc = subprocess.Popen([stack.deno_binary(), "run", "--allow-net", "--allow-env", "--allow-read",
+        return subprocess.Popen([stack.deno_binary(), "run", "--allow-net", "--allow-env", "--allow-read",
                                  "--config", str(fn / "deno.json"), str(fn / "index.ts")],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def start_chat_function(state: stack.State, db_url: str, llm: FakeLLM, log: Path,
+                        extra_env: dict[str, str] | None = None,
+                        platform: dict[str, str | None] | None = None) -> ChatFunction:
+    """Serve supabase/functions/chat under Deno with the environment Supabase gives a function
+    (stack.function_env): the platform's variables, then the function's settings (`extra_env`).
+    `platform` replaces platform variables (None removes one), to test other projects' shapes."""
+    port = stack.free_port(0)
+    env = stack.function_env(state, db_url, port, {
+        "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "fake-key", **(extra_env or {})})
+    for name, value in (platform or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    proc = spawn_chat_function(env, log)
     url = f"http://127.0.0.1:{port}/functions/v1/chat"
     _wait_http(f"http://127.0.0.1:{port}/health", proc, log)
     return ChatFunction(url=url, db_url=db_url, state=state, proc=proc, log=log, env=env)

@@ -57,7 +57,7 @@ def test_refuses__invalid_tokens(chat_function: ChatFunction, alice: uuid.UUID, 
     claims = {"sub": str(alice), "role": "authenticated", "aud": "authenticated", "exp": now + 600}
     forged = jwt.encode(claims, "not-the-project-secret-but-long-enough-1234", algorithm="HS256")
     anon = stack.api_keys(chat_function.state)["anon_key"]
-    wrong_aud = jwt.encode({**claims, "aud": "somebody-else"}, chat_function.state.jwt_secret, algorithm="HS256")
+    wrong_aud = stack.sign_token(chat_function.state, {**claims, "aud": "somebody-else"})
     for token in ("garbage", "a.b.c", forged, anon, wrong_aud):
         r = chat_function.post(body_for(agent), {"authorization": f"Bearer {token}"})
         assert error_of(r) == (401, "invalid_token"), token

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -75,7 +76,7 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def _worker_env(chat_function: ChatFunction, **extra: str) -> dict[str, str]:
     state = chat_function.state
-    dbname = chat_function.db_url.rsplit("/", 1)[1]
+    dbname = urlsplit(chat_function.db_url).path.lstrip("/")  # the URL may carry a query (sslmode)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "SUPABASE_DB_URL")}
     env.update({"DATABASE_URL": stack.database_url(state, dbname, user=stack.WORKER_ROLE),
                 "CHAT_URL": chat_function.url, "SUPABASE_SECRET_KEY": state.secret_key, **extra})

@@ -256,7 +256,8 @@ def test_cron_error__null_is_required(vconn: psycopg.Connection[Any]) -> None:
 
 
 def test_task_write__refuses_an_invalid_cron_expression(vconn: psycopg.Connection[Any]) -> None:
-    uid = vconn.execute("insert into auth.users (email) values ('cron@example.test') returning id").fetchone()
+    uid = vconn.execute("insert into auth.users (id, email)"
+                        " values (gen_random_uuid(), 'cron@example.test') returning id").fetchone()
     assert uid is not None
     agent = vconn.execute("insert into public.agents (user_id, name) values (%s, 'a') returning id",
                           (uid[0],)).fetchone()

@@ -71,7 +71,7 @@ def test_stream__carries_the_scheduled_message(conn: psycopg.Connection[dict[str
     agent = create_agent(conn, uid)
     task = create_task(conn, uid, agent, name="Morning brief")
     # noise outside the publication must not reach the stream
-    conn.execute("insert into auth.users (email) values ('noise@example.test')")
+    conn.execute("insert into auth.users (id, email) values (gen_random_uuid(), 'noise@example.test')")
 
     exec_id = conn.execute("select scheduler.enqueue_now(%s) as id", (task,)).fetchone()["id"]  # type: ignore[index]
     claimed = conn.execute("select id, attempt from scheduler.claim_executions('rt-worker', 1, 30)").fetchall()

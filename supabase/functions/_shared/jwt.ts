@@ -1,11 +1,15 @@
-// Signature checks behind auth.ts: user access tokens and service credentials.
+// Signature checks of user access tokens (and of legacy service-role JWTs).
 //
-// Keys are imported once when the verifier is built (not per request). HS256
-// tokens are checked with the project's JWT secret (local stack and legacy
-// projects); any other algorithm goes to the project's JWKS (asymmetric
-// signing keys), fetched and cached by jose.
+// The keys are what the platform gives a function: `SUPABASE_JWKS` (the
+// project's signing keys; asymmetric public keys, and on the CLI's local
+// runtime also the legacy secret as a symmetric `oct` key), else the key set
+// published under `SUPABASE_URL`. A legacy project that still signs with its
+// HS256 secret sets that secret under a name the CLI accepts
+// (`CHAT_JWT_SECRET`, see chat/config.ts). Keys are imported once when the
+// verifier is built, not per request.
 
 import {
+  base64url,
   createLocalJWKSet,
   createRemoteJWKSet,
   errors as joseErrors,
@@ -14,69 +18,113 @@ import {
   jwtVerify,
   type JWTVerifyGetKey,
 } from "jose";
-import { type Credentials, type JwtClaims, looksLikeJwt, matchesAnySecret, type TokenCheck } from "./auth.ts";
+
+/** Claims of a verified user access token (what PostgREST puts in request.jwt.claims). */
+export type JwtClaims = Record<string, unknown> & { sub: string; role: string };
+
+export type TokenCheck =
+  | { ok: true; claims: JwtClaims }
+  | { ok: false; reason: "expired" | "invalid"; detail?: string };
 
 export interface JwtConfig {
-  /** SUPABASE_JWT_SECRET: the HS256 secret. */
-  jwtSecret?: string;
-  /** SUPABASE_JWKS: the key set as JSON text. */
-  jwks?: string;
-  /** SUPABASE_JWKS_URL: where to fetch the key set. */
+  /** SUPABASE_JWKS, parsed. When given it is the whole truth: jwksUrl is not consulted. */
+  jwks?: JSONWebKeySet;
+  /** Where to fetch the key set when SUPABASE_JWKS is not given. */
   jwksUrl?: string;
-  /** SUPABASE_JWT_ISSUER: required `iss` when set. */
+  /** CHAT_JWT_SECRET: a legacy project's HS256 secret. */
+  legacySecret?: string;
+  /** CHAT_JWT_ISSUER: required `iss` when set. */
   issuer?: string;
 }
 
 const ASYMMETRIC_ALGS = ["RS256", "ES256", "EdDSA", "PS256", "ES384", "RS384", "RS512"];
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-/** The HS256 secret as a CryptoKey, imported once: jose would re-import raw bytes on every verify. */
-function hmacKey(secret: string): Promise<CryptoKey> {
-  return crypto.subtle.importKey("raw", new TextEncoder().encode(secret), { name: "HMAC", hash: "SHA-256" }, false, [
-    "verify",
-  ]);
+interface HmacKey {
+  kid?: string;
+  key: Promise<CryptoKey>;
 }
 
-function keyResolver(config: JwtConfig): { getKey: JWTVerifyGetKey | null; algorithms: string[] } {
-  const secret = config.jwtSecret ? hmacKey(config.jwtSecret) : null;
-  let jwks: JWTVerifyGetKey | null = null;
-  if (config.jwks) {
-    jwks = createLocalJWKSet(JSON.parse(config.jwks) as JSONWebKeySet);
-  } else if (config.jwksUrl) {
-    jwks = createRemoteJWKSet(new URL(config.jwksUrl));
-  }
-  const algorithms = [...(secret ? ["HS256"] : []), ...(jwks ? ASYMMETRIC_ALGS : [])];
-  if (!secret && !jwks) return { getKey: null, algorithms };
-  const getKey: JWTVerifyGetKey = (header, token) => {
-    if (header.alg === "HS256") {
-      if (!secret) throw new joseErrors.JOSENotSupported("HS256 tokens are not accepted");
-      return secret;
+/** An HS256 key as a CryptoKey, imported once: jose would re-import raw bytes on every verify. */
+function hmacKey(raw: Uint8Array): Promise<CryptoKey> {
+  return crypto.subtle.importKey("raw", new Uint8Array(raw), { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
+}
+
+/** The symmetric keys: every `oct` key of the key set, then the legacy secret. */
+function hmacKeys(config: JwtConfig): HmacKey[] {
+  const keys: HmacKey[] = [];
+  for (const jwk of config.jwks?.keys ?? []) {
+    if (jwk.kty === "oct" && typeof jwk.k === "string") {
+      keys.push({ kid: jwk.kid, key: hmacKey(base64url.decode(jwk.k)) });
     }
-    if (!jwks) throw new joseErrors.JOSENotSupported("asymmetric tokens need SUPABASE_JWKS(_URL)");
-    return jwks(header, token);
-  };
-  return { getKey, algorithms };
+  }
+  if (config.legacySecret) keys.push({ key: hmacKey(new TextEncoder().encode(config.legacySecret)) });
+  return keys;
 }
 
-async function verify(
-  token: string,
-  getKey: JWTVerifyGetKey,
-  algorithms: string[],
-  issuer: string | undefined,
-  audience: string | undefined,
-): Promise<{ ok: true; payload: JWTPayload } | { ok: false; reason: "expired" | "invalid"; detail: string }> {
-  try {
-    const { payload } = await jwtVerify(token, getKey, { algorithms, issuer, audience });
-    return { ok: true, payload };
-  } catch (err) {
-    if (err instanceof joseErrors.JWTExpired) return { ok: false, reason: "expired", detail: "expired" };
-    return { ok: false, reason: "invalid", detail: err instanceof Error ? err.name : "invalid" };
+/** The asymmetric keys: the given key set without its `oct` keys, else the published one. */
+function asymmetricKeys(config: JwtConfig): JWTVerifyGetKey | null {
+  if (config.jwks) {
+    const keys = config.jwks.keys.filter((k) => k.kty !== "oct");
+    return keys.length > 0 ? createLocalJWKSet({ keys }) : null;
   }
+  return config.jwksUrl ? createRemoteJWKSet(new URL(config.jwksUrl)) : null;
+}
+
+type Failure = { ok: false; reason: "expired" | "invalid"; detail: string };
+type Verified = { ok: true; payload: JWTPayload } | Failure;
+
+function failure(err: unknown): Failure {
+  if (err instanceof joseErrors.JWTExpired) return { ok: false, reason: "expired", detail: "expired" };
+  return { ok: false, reason: "invalid", detail: err instanceof Error ? err.name : "invalid" };
+}
+
+/** A verifier of signatures and standard claims over every key the config names. */
+function createSignatureCheck(config: JwtConfig): (token: string, audience?: string) => Promise<Verified> {
+  const hmac = hmacKeys(config);
+  const asymmetric = asymmetricKeys(config);
+  return async (token, audience) => {
+    let alg: string | undefined;
+    let kid: string | undefined;
+    try {
+      const header = JSON.parse(new TextDecoder().decode(base64url.decode(token.split(".")[0])));
+      alg = typeof header.alg === "string" ? header.alg : undefined;
+      kid = typeof header.kid === "string" ? header.kid : undefined;
+    } catch {
+      return { ok: false, reason: "invalid", detail: "malformed header" };
+    }
+    const options = { issuer: config.issuer, audience };
+    if (alg === "HS256") {
+      // a token naming a key id is checked with that key; one without, with each symmetric key
+      const named = hmac.filter((k) => kid !== undefined && k.kid === kid);
+      const candidates = named.length > 0 ? named : hmac;
+      if (candidates.length === 0) return { ok: false, reason: "invalid", detail: "no HS256 key configured" };
+      let last: Failure = { ok: false, reason: "invalid", detail: "invalid" };
+      for (const candidate of candidates) {
+        try {
+          const { payload } = await jwtVerify(token, await candidate.key, { ...options, algorithms: ["HS256"] });
+          return { ok: true, payload };
+        } catch (err) {
+          last = failure(err);
+          // jose checks the signature before the claims: an expired token was signed with this key
+          if (last.reason === "expired") return last;
+        }
+      }
+      return last;
+    }
+    if (!asymmetric) return { ok: false, reason: "invalid", detail: "no asymmetric key configured" };
+    try {
+      const { payload } = await jwtVerify(token, asymmetric, { ...options, algorithms: ASYMMETRIC_ALGS });
+      return { ok: true, payload };
+    } catch (err) {
+      return failure(err);
+    }
+  };
 }
 
 /**
  * Verified tokens, kept until they expire. A client sends the same access
- * token on every request for up to an hour; checking its HMAC each time
+ * token on every request for up to an hour; checking its signature each time
  * costs a crypto operation on Deno's worker threads per request. Only tokens
  * that passed every check are cached, keyed by the exact token string, and
  * an entry is used only before the token's `exp`.
@@ -117,12 +165,11 @@ export function createUserTokenVerifier(
   config: JwtConfig,
   cache: VerifiedTokenCache = new VerifiedTokenCache(),
 ): (token: string) => Promise<TokenCheck> {
-  const { getKey, algorithms } = keyResolver(config);
+  const check = createSignatureCheck(config);
   return async (token: string): Promise<TokenCheck> => {
     const cached = cache.get(token, Date.now() / 1000);
     if (cached) return { ok: true, claims: cached };
-    if (!getKey) return { ok: false, reason: "invalid", detail: "no verification key configured" };
-    const result = await verify(token, getKey, algorithms, config.issuer, "authenticated");
+    const result = await check(token, "authenticated");
     if (!result.ok) return result;
     const { payload } = result;
     if (payload.role !== "authenticated") {
@@ -141,37 +188,17 @@ export function createUserTokenVerifier(
   };
 }
 
-export interface ServiceCredentialConfig {
-  /** SUPABASE_SECRET_KEY and SUPABASE_SECRET_KEYS: the new sb_secret_… keys. */
-  secretKeys: string[];
-  /** SUPABASE_SERVICE_ROLE_KEY: the legacy service-role JWT. */
-  serviceRoleKey?: string;
-  /** SUPABASE_JWT_SECRET: lets a re-issued legacy service-role JWT verify. */
-  jwtSecret?: string;
-}
-
 /**
- * Build the service-credential check. Accepted: a secret key in `apikey` (or
- * as the bearer, as supabase-js sends it), the exact legacy service-role key,
- * or an HS256 JWT signed with the project secret whose role is service_role.
+ * Build the check of a legacy service-role JWT that is not the configured
+ * SUPABASE_SERVICE_ROLE_KEY itself (one re-issued with the same secret):
+ * an HS256 signature by one of the symmetric keys and `role = service_role`.
  */
-export function createServiceCredentialCheck(
-  config: ServiceCredentialConfig,
-): (creds: Credentials) => Promise<boolean> {
-  const secret = config.jwtSecret ? hmacKey(config.jwtSecret) : null;
-  const legacy = config.serviceRoleKey ? [config.serviceRoleKey] : [];
-  return async (creds: Credentials): Promise<boolean> => {
-    if (matchesAnySecret(creds.apikey, config.secretKeys)) return true;
-    if (matchesAnySecret(creds.bearer, config.secretKeys)) return true;
-    if (matchesAnySecret(creds.bearer, legacy) || matchesAnySecret(creds.apikey, legacy)) return true;
-    if (secret && creds.bearer && looksLikeJwt(creds.bearer)) {
-      try {
-        const { payload } = await jwtVerify(creds.bearer, await secret, { algorithms: ["HS256"] });
-        return payload.role === "service_role";
-      } catch {
-        return false;
-      }
-    }
-    return false;
+export function createServiceRoleTokenCheck(config: JwtConfig): (token: string) => Promise<boolean> {
+  // symmetric keys only, and no issuer: the legacy keys carry `iss: supabase`, not the Auth URL
+  const symmetric = (config.jwks?.keys ?? []).filter((k) => k.kty === "oct");
+  const check = createSignatureCheck({ jwks: { keys: symmetric }, legacySecret: config.legacySecret });
+  return async (token: string): Promise<boolean> => {
+    const result = await check(token);
+    return result.ok && result.payload.role === "service_role";
   };
 }

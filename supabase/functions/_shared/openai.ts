@@ -6,9 +6,21 @@
 // no retry can fix.
 
 import { ChatError } from "./errors.ts";
-import type { PromptMessage } from "./history.ts";
 import { SseDecoder } from "./sse.ts";
-import type { ToolDefinition } from "./tools.ts";
+
+/** One message of a chat completions request. */
+export interface PromptMessage {
+  role: "system" | "user" | "assistant" | "tool";
+  content: string | null;
+  tool_calls?: unknown[];
+  tool_call_id?: string;
+}
+
+/** A function-calling tool as the chat completions API takes it. */
+export interface ToolDefinition {
+  type: "function";
+  function: { name: string; description: string; parameters: object };
+}
 
 export interface ToolCall {
   id: string;

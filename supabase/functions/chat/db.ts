@@ -17,8 +17,9 @@
 // short calls only as typed literals (../_shared/sql_literal.ts says why).
 
 import postgres from "postgres";
-import { DEFAULT_HISTORY_MESSAGES, MAX_HISTORY_MESSAGES } from "../_shared/history.ts";
+import { DEFAULT_HISTORY_MESSAGES, MAX_HISTORY_MESSAGES } from "./history.ts";
 import * as lit from "../_shared/sql_literal.ts";
+import { type ExecutionStatus, FINISHED_EXECUTION_STATUSES } from "./execution_status.ts";
 
 export type Sql = postgres.Sql;
 export type Tx = postgres.TransactionSql;
@@ -145,7 +146,7 @@ export interface ActAsStart {
   /** The reply already written for this execution (a replay), or null. */
   reply: MessageRow | null;
   /** The execution's status as the user sees it (null: not the user's). */
-  executionStatus: string | null;
+  executionStatus: ExecutionStatus | null;
   /** Messages up to and including the scheduled one, newest first. */
   history: HistoryRow[];
 }
@@ -194,7 +195,7 @@ export async function startActAsTurn(sql: Sql, args: {
     conversation: { id: string; agent_id: string } | null;
     user_message: ActAsStart["userMessage"];
     reply: MessageRow | null;
-    execution_status: string | null;
+    execution_status: ExecutionStatus | null;
     history: HistoryRow[];
   };
   return {
@@ -208,8 +209,6 @@ export async function startActAsTurn(sql: Sql, args: {
   };
 }
 
-/** Execution statuses after which nobody waits for a reply. */
-export const FINISHED_EXECUTION_STATUSES = ["succeeded", "failed", "timed_out", "needs_input", "cancelled", "skipped"];
 const FINISHED = lit.fragment(
   `array[${FINISHED_EXECUTION_STATUSES.map((s) => `'${s}'`).join(", ")}]::text[]`,
 );

@@ -8,14 +8,15 @@
 // verify_jwt is off for this function in supabase/config.toml: it verifies
 // every caller itself, because the new sb_secret_ keys are not JWTs.
 
-import { type AuthDeps, authenticate, credentialsOf } from "../_shared/auth.ts";
 import { ChatError, internalError } from "../_shared/errors.ts";
-import { createServiceCredentialCheck, createUserTokenVerifier } from "../_shared/jwt.ts";
+import { createServiceRoleTokenCheck, createUserTokenVerifier, type JwtConfig } from "../_shared/jwt.ts";
+import { PlatformEnvError } from "../_shared/keys.ts";
 import { createModelClient } from "../_shared/openai.ts";
-import { MAX_BODY_BYTES, parseActAsBody, parseJson, parseUserBody } from "../_shared/request.ts";
 import { encodeEvent } from "../_shared/sse.ts";
-import { loadConfig } from "./config.ts";
+import { type AuthDeps, authenticate, createServiceCredentialCheck, credentialsOf } from "./auth.ts";
+import { type Config, loadConfig } from "./config.ts";
 import { createPool } from "./db.ts";
+import { MAX_BODY_BYTES, parseActAsBody, parseJson, parseUserBody } from "./request.ts";
 import { actAsTurn, type TurnDeps, type TurnEvent, type TurnResult, userTurn } from "./turn.ts";
 
 const CHAT_PATHS = new Set(["/", "/chat", "/functions/v1/chat"]);
@@ -26,7 +27,18 @@ const CORS_HEADERS: Record<string, string> = {
   "access-control-allow-methods": "POST, OPTIONS",
 };
 
-const config = loadConfig();
+/** The settings, or exit with the reason: a misconfigured function must not serve. */
+function configOrExit(): Config {
+  try {
+    return loadConfig();
+  } catch (err) {
+    if (!(err instanceof PlatformEnvError)) throw err;
+    console.error(`chat: configuration error: ${err.message}`);
+    Deno.exit(78); // EX_CONFIG
+  }
+}
+
+const config = configOrExit();
 const sql = createPool(config.dbUrl, config.dbPoolMax);
 const deps: TurnDeps = {
   sql,
@@ -38,17 +50,18 @@ const deps: TurnDeps = {
   }),
 };
 // keys are imported once here, not per request
+const jwtConfig: JwtConfig = {
+  jwks: config.jwks,
+  jwksUrl: config.jwksUrl,
+  legacySecret: config.legacyJwtSecret,
+  issuer: config.jwtIssuer,
+};
 const authDeps: AuthDeps = {
-  verifyUserToken: createUserTokenVerifier({
-    jwtSecret: config.jwtSecret,
-    jwks: config.jwks,
-    jwksUrl: config.jwksUrl,
-    issuer: config.jwtIssuer,
-  }),
+  verifyUserToken: createUserTokenVerifier(jwtConfig),
   isServiceCredential: createServiceCredentialCheck({
     secretKeys: config.secretKeys,
     serviceRoleKey: config.serviceRoleKey,
-    jwtSecret: config.jwtSecret,
+    isServiceRoleToken: createServiceRoleTokenCheck(jwtConfig),
   }),
   serviceAllowlist: config.serviceAllowlist,
 };

@@ -10,12 +10,13 @@ import {
   buildPrompt,
   type HistoryMessage,
   parseAgentSettings,
-  type PromptMessage,
   windowHistory,
-} from "../_shared/history.ts";
-import { addUsage, type ModelClient, type ToolCall, type Usage } from "../_shared/openai.ts";
-import type { ActAsRequest, UserTurnRequest } from "../_shared/request.ts";
-import { REQUEST_USER_INPUT, type SchedulerTool, toolsFor, validateToolArgs } from "../_shared/tools.ts";
+} from "./history.ts";
+import { addUsage, type ModelClient, type PromptMessage, type ToolCall, type Usage } from "../_shared/openai.ts";
+import { checkActAsContext } from "./auth.ts";
+import { isFinished } from "./execution_status.ts";
+import type { ActAsRequest, UserTurnRequest } from "./request.ts";
+import { REQUEST_USER_INPUT, type SchedulerTool, toolsFor, validateToolArgs } from "./tools/definitions.ts";
 import type { Config } from "./config.ts";
 import {
   type AgentRow,
@@ -23,12 +24,11 @@ import {
   type Json,
   type MessageRow,
   persistReply,
-  FINISHED_EXECUTION_STATUSES,
   type Sql,
   startActAsTurn,
   startUserTurn,
 } from "./db.ts";
-import { runSchedulerTool } from "./scheduler_tools.ts";
+import { runSchedulerTool } from "./tools/execute.ts";
 import { withoutNul } from "../_shared/sql_literal.ts";
 
 /** Model calls that may request tools; one more call then must answer in text. */
@@ -138,23 +138,14 @@ export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: 
   const ctx = request.context;
   const claims = JSON.stringify({ sub: ctx.userId, role: "authenticated" });
   const start = await startActAsTurn(deps.sql, { claims, ...ctx });
-  switch (start.verdict) {
-    case "ok":
-      break;
-    case "agent_not_found":
-      throw new ChatError(404, "agent_not_found", "no such agent");
-    case "conversation_not_found":
-      throw new ChatError(404, "conversation_not_found", "no such conversation");
-    default:
-      throw new ChatError(403, "context_mismatch", "user, agent and conversation do not belong together");
-  }
-  if (!start.agent) throw new ChatError(404, "agent_not_found", "no such agent");
-  if (!start.conversation) throw new ChatError(404, "conversation_not_found", "no such conversation");
-  const um = start.userMessage;
-  if (!um) throw new ChatError(404, "message_not_found", "the scheduled user message does not exist");
-  if (um.conversation_id !== ctx.conversationId || um.role !== "user" || um.execution_id !== ctx.executionId) {
-    throw new ChatError(403, "context_mismatch", "the user message does not belong to this execution");
-  }
+  const agent = checkActAsContext(ctx, {
+    verdict: start.verdict,
+    agent: start.agent,
+    conversationFound: start.conversation !== null,
+    userMessage: start.userMessage,
+    executionStatus: start.executionStatus,
+    replied: start.reply !== null,
+  });
   if (start.reply) {
     // idempotent per execution: a retried run gets the stored reply, and the model is not called
     const meta = start.reply.metadata ?? {};
@@ -167,16 +158,13 @@ export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: 
       needs_input: (meta.needs_input as { question: string } | undefined) ?? null,
     };
   }
-  if (start.executionStatus === null) {
-    throw new ChatError(403, "context_mismatch", "the execution does not belong to this user");
-  }
-  if (FINISHED_EXECUTION_STATUSES.includes(start.executionStatus)) {
+  if (start.executionStatus !== null && isFinished(start.executionStatus)) {
     throw executionFinished(start.executionStatus);
   }
   const reply = await converse(deps, {
     claims,
     userId: ctx.userId,
-    agent: start.agent,
+    agent,
     conversationId: ctx.conversationId,
     history: start.history,
     actAs: true,

@@ -146,8 +146,13 @@ select throws_ok(
 
 -- service_role (server side) bypasses RLS and sees everyone's rows ---------------------
 select tests.authenticate_as_service_role();
-select is((select count(*)::int from public.agents), 3, 'service_role sees every user''s agents');
-select is((select count(*)::int from public.chat_messages_v2), 3, 'service_role sees every user''s messages');
+-- counted among alice's and bob's rows: `supabase test db` runs on the seeded database
+select is((select count(*)::int from public.agents
+           where user_id in (tests.get_user_id('alice'), tests.get_user_id('bob'))), 3,
+          'service_role sees every user''s agents');
+select is((select count(*)::int from public.chat_messages_v2 m join public.conversation_sessions c on c.id = m.conversation_id
+           where c.user_id in (tests.get_user_id('alice'), tests.get_user_id('bob'))), 3,
+          'service_role sees every user''s messages');
 
 -- the owner's view at the end: bob's rows intact ---------------------------------------
 select tests.clear_authentication();

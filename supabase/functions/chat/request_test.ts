@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ChatError } from "./errors.ts";
+import { ChatError } from "../_shared/errors.ts";
 import { charLength, MAX_MESSAGE_CHARS, parseActAsBody, parseJson, parseUserBody } from "./request.ts";
 
 const ID = "22222222-2222-4222-8222-222222222222";

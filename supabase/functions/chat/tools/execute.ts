@@ -7,8 +7,8 @@
 // time zone or template variable, not found) become `{"error": ...}` results
 // the model reads and can act on.
 
-import { asUser, type Json, type Row, type Sql, type Tx } from "./db.ts";
-import type { SchedulerTool } from "../_shared/tools.ts";
+import { asUser, type Json, type Row, type Sql, type Tx } from "../db.ts";
+import type { SchedulerTool } from "./definitions.ts";
 
 export interface ToolContext {
   sql: Sql;

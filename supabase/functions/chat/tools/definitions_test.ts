@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { REQUEST_USER_INPUT, SCHEDULER_TOOLS, toolsFor, validateToolArgs } from "./tools.ts";
+import { REQUEST_USER_INPUT, SCHEDULER_TOOLS, toolsFor, validateToolArgs } from "./definitions.ts";
 
 const ALL = new Set<string>([...SCHEDULER_TOOLS, REQUEST_USER_INPUT]);
 

@@ -1,6 +1,6 @@
 // Request bodies of the two paths, checked before any database work.
 
-import { ChatError, invalidBody } from "./errors.ts";
+import { ChatError, invalidBody } from "../_shared/errors.ts";
 
 /** Same limit as the chat_messages_v2 check constraint (characters, not bytes). */
 export const MAX_MESSAGE_CHARS = 10_000;

@@ -8,6 +8,8 @@
 // tokenizer, and the budget only has to keep requests well under the
 // context window.
 
+import type { PromptMessage } from "../_shared/openai.ts";
+
 export type HistoryRole = "user" | "assistant";
 
 export interface HistoryMessage {
@@ -15,12 +17,6 @@ export interface HistoryMessage {
   content: string;
 }
 
-export interface PromptMessage {
-  role: "system" | "user" | "assistant" | "tool";
-  content: string | null;
-  tool_calls?: unknown[];
-  tool_call_id?: string;
-}
 
 export const DEFAULT_HISTORY_MESSAGES = 30;
 export const MAX_HISTORY_MESSAGES = 200;
