@@ -19,10 +19,10 @@
 -- insert. Every INSERT of executions selects its rows:
 -- `insert into public.agent_task_executions select x.* from ... scheduler.new_execution(...) x`.
 --
--- One SELECT of one row expression, without `set search_path` (everything in
--- it is schema-qualified or in pg_catalog), so Postgres inlines it into the
--- INSERT: enqueue_due's burst of 1,000 due tasks pays no function call per
--- row. The row lists the table's columns in order; a new column makes this
+-- One SELECT of one row expression (everything in it is schema-qualified or
+-- in pg_catalog). It pins `search_path = ''` as the Supabase advisors require
+-- of every function, so it is called once per row rather than inlined. The
+-- row lists the table's columns in order; a new column makes this
 -- migration fail until it is added here.
 create or replace function scheduler.new_execution(
   p_task public.agent_tasks,
@@ -36,6 +36,7 @@ create or replace function scheduler.new_execution(
 ) returns public.agent_task_executions
 language sql
 volatile
+set search_path = ''
 as $$
   select row(
     gen_random_uuid(),                                   -- id

@@ -1,16 +1,15 @@
 """The chat function's execution statuses (a TypeScript union) are the database's.
 
 supabase/functions/chat/execution_status.ts lists them for the act-as path
-(a finished execution gets no reply); the database's list is the type or
-CHECK constraint of agent_task_executions.status, and "finished" is the set
-for which finished_at is set.
+(a finished execution gets no reply); the database's list is
+scheduler.execution_statuses(), from which the CHECKs on
+agent_task_executions.status are built, and "finished" is the terminal set.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from typing import Any
 
@@ -34,25 +33,15 @@ def ts_statuses() -> dict[str, list[str]]:
     return parsed
 
 
-def quoted(definition: str) -> list[str]:
-    return re.findall(r"'([^']+)'::text", definition)
-
-
 def db_statuses(conn: psycopg.Connection[Any]) -> dict[str, list[str]]:
+    """The database's vocabulary (the status CHECKs are built from it; pgTAP holds them equal)."""
     cur = conn.cursor(row_factory=tuple_row)
-    labels = cur.execute("""
-        select array_agg(e.enumlabel order by e.enumsortorder)
-        from pg_attribute a join pg_enum e on e.enumtypid = a.atttypid
-        where a.attrelid = 'public.agent_task_executions'::regclass and a.attname = 'status'""").fetchone()
-    checks = [r[0] for r in cur.execute("""
-        select pg_get_constraintdef(oid) from pg_constraint
-        where conrelid = 'public.agent_task_executions'::regclass and contype = 'c'""")]
-    if labels is not None and labels[0] is not None:
-        everything = list(labels[0])
-    else:
-        everything = quoted(next(c for c in checks if c.startswith("CHECK ((status = ANY")))
-    finished = quoted(next(c for c in checks if "finished_at IS NOT NULL" in c and "status" in c))
-    return {"all": everything, "finished": finished}
+    row = cur.execute("""
+        select s.statuses,
+               array(select x from unnest(s.statuses) x where scheduler.is_terminal(x))
+        from (select scheduler.execution_statuses() as statuses) s""").fetchone()
+    assert row is not None
+    return {"all": list(row[0]), "finished": list(row[1])}
 
 
 def test_execution_statuses__the_functions_union_is_the_databases(conn: psycopg.Connection[Any]) -> None:
