@@ -29,7 +29,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 uv=.tools/uv/bin/uv
-if [ ! -x "$uv" ] || [ "$("$uv" --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+if [ ! -x "$uv" ] || [ "$("$uv" --version 2>/dev/null | cut -d" " -f2)" != "$UV_VERSION" ]; then
   echo "[setup] uv $UV_VERSION into .tools/uv (from PyPI)"
   rm -rf .tools/uv
   # --target: only this folder, never the interpreter's site-packages
