@@ -131,7 +131,8 @@ comment on function chat_turn.user_turn_begin(integer, uuid, uuid, text, integer
 -- message as the user sees it; reply: the assistant message already stored
 -- for this execution (a replay); execution_status: null when the execution
 -- is not the user's; history: messages up to and including the scheduled
--- one, newest first.
+-- one, newest first; task: the task being run (name, run number, schedule,
+-- state) for the scheduled turn's system prompt.
 create or replace function chat_turn.act_as_turn_begin(
   p_context_ok boolean,
   p_agent_id uuid,
@@ -145,7 +146,8 @@ create or replace function chat_turn.act_as_turn_begin(
   out user_message json,
   out reply json,
   out execution_status text,
-  out history json
+  out history json,
+  out task json
 )
 language plpgsql
 stable
@@ -187,7 +189,16 @@ begin
   into reply
   from public.chat_messages_v2 m
   where m.execution_id = p_execution_id and m.role = 'assistant';
-  select e.status into execution_status from public.agent_task_executions e where e.id = p_execution_id;
+  select e.status,
+         json_build_object('id', t.id, 'name', t.name, 'run_count', t.run_count,
+                           'schedule_type', t.schedule_type, 'cron_expression', t.cron_expression,
+                           'interval_seconds', t.interval_seconds, 'run_at', t.run_at, 'timezone', t.timezone,
+                           'ends_at', t.ends_at, 'max_runs', t.max_runs, 'state', t.state,
+                           'trigger_type', e.trigger_type)
+  into execution_status, task
+  from public.agent_task_executions e
+  left join public.agent_tasks t on t.id = e.task_id
+  where e.id = p_execution_id;
   if v_agent.id is not null and v_message.conversation_id = p_conversation_id then
     v_limit := least(greatest(coalesce(
         case when jsonb_typeof(v_agent.settings -> 'history_messages') = 'number'
@@ -204,7 +215,7 @@ begin
 end
 $$;
 comment on function chat_turn.act_as_turn_begin(boolean, uuid, uuid, uuid, uuid, integer, integer) is
-  'tx1 of an act-as turn, under the user''s RLS: agent, conversation, the scheduled message, a stored reply, history.';
+  'tx1 of an act-as turn, under the user''s RLS: agent, conversation, the scheduled message, a stored reply, history, the task.';
 
 revoke execute on all functions in schema chat_turn from public, anon;
 grant execute on function

@@ -42,6 +42,7 @@ FAIL_RE = re.compile(r"\[\[fail:(\d{3})\]\]")
 FAIL_TIMES_RE = re.compile(r"\[\[fail_times:(\d+):(\d{3})\]\]")
 ASK_RE = re.compile(r"\[\[ask:(.*?)\]\]", re.S)
 TOOL_PREFIX = "[[tool:"
+STATUS_PREFIX = "[[status:"
 
 
 @dataclass
@@ -195,6 +196,27 @@ def parse_tool_directive(text: str) -> tuple[str, str] | None:
     return name.strip(), args[:end].strip()
 
 
+def status_step(text: str, messages: list[dict[str, Any]]) -> tuple[bool, Any]:
+    """[[status:JSON_ARRAY]] -> (True, the step for this run), else (False, None).
+
+    The run number is how many user messages of the conversation carry the
+    directive (each scheduled run adds one); past the array's end the last
+    step repeats. A step is report_task_status arguments, or null for a plain
+    echo (no tool call).
+    """
+    start = text.find(STATUS_PREFIX)
+    if start == -1:
+        return False, None
+    try:
+        steps, _ = json.JSONDecoder().raw_decode(text[start + len(STATUS_PREFIX):])
+    except json.JSONDecodeError:
+        return False, None
+    if not isinstance(steps, list) or not steps:
+        return False, None
+    run = sum(1 for m in messages if m.get("role") == "user" and STATUS_PREFIX in text_of(m.get("content")))
+    return True, steps[min(max(run, 1), len(steps)) - 1]
+
+
 def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
 
@@ -227,6 +249,9 @@ def decide(messages: list[dict[str, Any]], config: Config, user_text: str) -> An
     tool = parse_tool_directive(user_text)
     if tool:
         return Answer(None, [tool_call(tool[0], tool[1])])
+    scripted, step = status_step(user_text, messages)
+    if scripted and step is not None:
+        return Answer(None, [tool_call("report_task_status", json.dumps(step))])
     if config.reply is not None:
         return Answer(config.reply)
     return Answer("Echo: " + user_text[:ECHO_CHARS])

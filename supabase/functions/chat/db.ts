@@ -133,6 +133,22 @@ export async function startUserTurn(sql: Sql, args: {
   };
 }
 
+/** The task a scheduled turn runs, as the user sees it. */
+export interface TaskRow {
+  id: string;
+  name: string;
+  run_count: number;
+  schedule_type: "cron" | "interval" | "once" | "manual";
+  cron_expression: string | null;
+  interval_seconds: number | null;
+  run_at: string | null;
+  timezone: string;
+  ends_at: string | null;
+  max_runs: number | null;
+  state: Record<string, Json>;
+  trigger_type: string;
+}
+
 export interface ActAsStart {
   verdict: string;
   agent: AgentRow | null;
@@ -149,6 +165,8 @@ export interface ActAsStart {
   executionStatus: ExecutionStatus | null;
   /** Messages up to and including the scheduled one, newest first. */
   history: HistoryRow[];
+  /** The task being run (null: not the user's). */
+  task: TaskRow | null;
 }
 
 /**
@@ -188,6 +206,7 @@ export async function startActAsTurn(sql: Sql, args: {
       reply: null,
       executionStatus: null,
       history: [],
+      task: null,
     };
   }
   const row = results[3][0] as {
@@ -197,6 +216,7 @@ export async function startActAsTurn(sql: Sql, args: {
     reply: MessageRow | null;
     execution_status: ExecutionStatus | null;
     history: HistoryRow[];
+    task: TaskRow | null;
   };
   return {
     verdict,
@@ -206,6 +226,7 @@ export async function startActAsTurn(sql: Sql, args: {
     reply: row.reply,
     executionStatus: row.execution_status,
     history: row.history,
+    task: row.task,
   };
 }
 

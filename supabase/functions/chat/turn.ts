@@ -16,7 +16,14 @@ import { addUsage, type ModelClient, type PromptMessage, type ToolCall, type Usa
 import { checkActAsContext } from "./auth.ts";
 import { isFinished } from "./execution_status.ts";
 import type { ActAsRequest, UserTurnRequest } from "./request.ts";
-import { REQUEST_USER_INPUT, type SchedulerTool, toolsFor, validateToolArgs } from "./tools/definitions.ts";
+import {
+  REPORT_TASK_STATUS,
+  REQUEST_USER_INPUT,
+  type SchedulerTool,
+  toolsFor,
+  validateToolArgs,
+} from "./tools/definitions.ts";
+import { lastReport, scheduledTurnPrompt, type TaskReport } from "./tools/task_status.ts";
 import type { Config } from "./config.ts";
 import {
   type AgentRow,
@@ -26,6 +33,7 @@ import {
   persistReply,
   type Sql,
   startActAsTurn,
+  type TaskRow,
   startUserTurn,
 } from "./db.ts";
 import { runSchedulerTool } from "./tools/execute.ts";
@@ -59,6 +67,8 @@ export interface ToolCallRecord {
   result: unknown;
   status: "ok" | "error";
   duration_ms: number;
+  started_at: string;
+  finished_at: string;
 }
 
 export interface TurnResult {
@@ -68,6 +78,8 @@ export interface TurnResult {
   usage: Usage | null;
   replayed: boolean;
   needs_input: { question: string } | null;
+  /** The run's report_task_status arguments (scheduled turns), or null. */
+  task_status: TaskReport | null;
 }
 
 interface Conversation {
@@ -77,6 +89,8 @@ interface Conversation {
   conversationId: string;
   history: HistoryRow[];
   actAs: boolean;
+  /** The task of a scheduled turn (its system prompt section). */
+  task: TaskRow | null;
 }
 
 interface Reply {
@@ -86,6 +100,7 @@ interface Reply {
   finishReason: string | null;
   model: string;
   needsInput: { question: string } | null;
+  taskStatus: TaskReport | null;
 }
 
 /** A user's own turn: `{agent_id, conversation_id?, message}`. */
@@ -129,6 +144,7 @@ export async function userTurn(
     conversationId,
     history,
     actAs: false,
+    task: null,
   }, options);
   return await finish(deps, { claims, userId: user.userId, conversationId }, start.userMessage.id, reply, null, options);
 }
@@ -156,6 +172,7 @@ export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: 
       usage: (meta.usage as Usage | undefined) ?? null,
       replayed: true,
       needs_input: (meta.needs_input as { question: string } | undefined) ?? null,
+      task_status: (meta.task_status as TaskReport | undefined) ?? null,
     };
   }
   if (start.executionStatus !== null && isFinished(start.executionStatus)) {
@@ -168,6 +185,7 @@ export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: 
     conversationId: ctx.conversationId,
     history: start.history,
     actAs: true,
+    task: start.task,
   }, options);
   return await finish(
     deps,
@@ -199,6 +217,7 @@ async function finish(
     finish_reason: reply.finishReason,
   };
   if (reply.needsInput) metadata.needs_input = reply.needsInput as Json;
+  if (reply.taskStatus) metadata.task_status = reply.taskStatus as unknown as Json;
   // Postgres text cannot hold NUL characters; a model (or a tool result) may produce them
   const content = withoutNul(reply.content);
   const stored = await persistReply(deps.sql, {
@@ -223,6 +242,7 @@ async function finish(
     needs_input: replayed
       ? (storedMeta.needs_input as { question: string } | undefined) ?? null
       : reply.needsInput,
+    task_status: replayed ? (storedMeta.task_status as TaskReport | undefined) ?? null : reply.taskStatus,
   };
 }
 
@@ -246,7 +266,10 @@ async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions
     maxMessages: settings.historyMessages,
     tokenBudget: settings.historyTokenBudget,
   });
-  const messages: PromptMessage[] = buildPrompt(conv.agent.system_prompt, window);
+  const systemPrompt = conv.task
+    ? [conv.agent.system_prompt, scheduledTurnPrompt(conv.task)].filter((p) => p.trim() !== "").join("\n\n")
+    : conv.agent.system_prompt;
+  const messages: PromptMessage[] = buildPrompt(systemPrompt, window);
   const tools = toolsFor({ actAs: conv.actAs, enabled: settings.tools });
   const offered = new Set(tools.map((t) => t.function.name));
   const model = deps.config.modelOverride ?? conv.agent.model;
@@ -295,6 +318,8 @@ async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions
       messages.push({ role: "tool", tool_call_id: call.id, content: JSON.stringify(record.result) });
       onEvent?.({ type: "tool", call: record });
     }
+    const report = lastReport(records);
+    if (report?.status === "needs_input") question = report.question!;
     if (question !== null) {
       // the run cannot go on without the user: the question is the reply
       return {
@@ -304,6 +329,20 @@ async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions
         finishReason,
         model: modelName,
         needsInput: { question },
+        taskStatus: report,
+      };
+    }
+    if (report !== null) {
+      // the agent reported the run's outcome: the run ends here
+      const text = parts.join("\n\n");
+      return {
+        content: text.trim() !== "" ? text : report.summary ?? `Task status: ${report.status}.`,
+        toolCalls: records,
+        usage,
+        finishReason,
+        model: modelName,
+        needsInput: null,
+        taskStatus: report,
       };
     }
   }
@@ -312,7 +351,7 @@ async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions
   if (content.trim() === "" && records.length === 0) {
     throw new ChatError(502, "empty_reply", "the model returned an empty reply", { retryable: true });
   }
-  return { content, toolCalls: records, usage, finishReason, model: modelName, needsInput: null };
+  return { content, toolCalls: records, usage, finishReason, model: modelName, needsInput: null, taskStatus: null };
 }
 
 async function runTool(
@@ -322,14 +361,19 @@ async function runTool(
   offered: ReadonlySet<string>,
 ): Promise<ToolCallRecord> {
   const started = performance.now();
+  const startedAt = new Date().toISOString();
   const name = call.function.name;
   const checked = validateToolArgs(name, call.function.arguments, offered);
-  const base = { id: call.id, name, arguments: parsedArguments(call.function.arguments) };
+  const base = { id: call.id, name, arguments: parsedArguments(call.function.arguments), started_at: startedAt };
+  const timing = () => ({ duration_ms: elapsed(started), finished_at: new Date().toISOString() });
   if (!checked.ok) {
-    return { ...base, result: { error: checked.error }, status: "error", duration_ms: elapsed(started) };
+    return { ...base, result: { error: checked.error }, status: "error", ...timing() };
   }
   if (name === REQUEST_USER_INPUT) {
-    return { ...base, arguments: checked.args, result: { asked: true }, status: "ok", duration_ms: elapsed(started) };
+    return { ...base, arguments: checked.args, result: { asked: true }, status: "ok", ...timing() };
+  }
+  if (name === REPORT_TASK_STATUS) {
+    return { ...base, arguments: checked.args, result: { reported: checked.args.status }, status: "ok", ...timing() };
   }
   const outcome = await runSchedulerTool(name as SchedulerTool, checked.args, {
     sql: deps.sql,
@@ -341,7 +385,7 @@ async function runTool(
     ...base,
     result: outcome.result,
     status: outcome.ok ? "ok" : "error",
-    duration_ms: elapsed(started),
+    ...timing(),
   };
 }
 

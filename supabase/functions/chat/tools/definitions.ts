@@ -16,6 +16,8 @@ export type JsonSchema =
     additionalProperties: false;
   }
   | { type: "object"; description?: string; additionalProperties: { type: "string" } }
+  // any JSON object (its size is bounded where it is used)
+  | { type: "object"; description?: string; additionalProperties: true }
   | {
     type: "string";
     description?: string;
@@ -43,7 +45,12 @@ export const SCHEDULER_TOOLS = [
 ] as const;
 export type SchedulerTool = typeof SCHEDULER_TOOLS[number];
 export const REQUEST_USER_INPUT = "request_user_input";
-export type ToolName = SchedulerTool | typeof REQUEST_USER_INPUT;
+export const REPORT_TASK_STATUS = "report_task_status";
+export type ToolName = SchedulerTool | typeof REQUEST_USER_INPUT | typeof REPORT_TASK_STATUS;
+/** Tools of scheduled runs only, offered whatever the agent's tool settings. */
+const RUN_TOOLS: ToolName[] = [REQUEST_USER_INPUT, REPORT_TASK_STATUS];
+/** The largest state_update accepted, as JSON text. */
+export const STATE_UPDATE_MAX_CHARS = 16000;
 
 const scheduleId: JsonSchema = { type: "string", format: "uuid", description: "The schedule's id (from list_schedules)." };
 const scheduleFields: Record<string, JsonSchema> = {
@@ -151,6 +158,35 @@ export const TOOL_DEFINITIONS: Record<ToolName, ToolDefinition> = {
       additionalProperties: false,
     },
   ),
+  report_task_status: fn(
+    "report_task_status",
+    "Report the outcome of this scheduled run (call it at most once, at the end). " +
+      "continue: the task goes on with its schedule (optionally next_run_at sooner or later); " +
+      "needs_input: you cannot go on without the user's answer to `question` (the task waits for it); " +
+      "complete: the task's goal is reached (a recurring task stops only with final = true). " +
+      "state_update is merged into the task's state, which you see at the next run.",
+    {
+      type: "object",
+      properties: {
+        status: { type: "string", enum: ["continue", "needs_input", "complete"] },
+        question: { type: "string", minLength: 1, maxLength: 2000, description: "Required for needs_input." },
+        state_update: {
+          type: "object",
+          additionalProperties: true,
+          description: "Keys to set in the task's state (top-level keys replace the old values).",
+        },
+        summary: { type: "string", maxLength: 2000, description: "One or two sentences on what this run did." },
+        next_run_at: {
+          type: "string",
+          format: "date-time",
+          description: "continue only: when the next run should happen (in the future; capped at the task's end).",
+        },
+        final: { type: "boolean", description: "complete only: stop a recurring task for good." },
+      },
+      required: ["status"],
+      additionalProperties: false,
+    },
+  ),
 };
 
 function idOnly(): JsonSchema {
@@ -164,10 +200,10 @@ function idOnly(): JsonSchema {
  */
 export function toolsFor(options: { actAs: boolean; enabled: string[] | null }): ToolDefinition[] {
   const names: ToolName[] = [...SCHEDULER_TOOLS];
-  if (options.actAs) names.push(REQUEST_USER_INPUT);
+  if (options.actAs) names.push(...RUN_TOOLS);
   const allowed = options.enabled === null ? null : new Set(options.enabled);
   return names
-    .filter((n) => allowed === null || allowed.has(n) || n === REQUEST_USER_INPUT)
+    .filter((n) => allowed === null || allowed.has(n) || RUN_TOOLS.includes(n))
     .map((n) => TOOL_DEFINITIONS[n]);
 }
 
@@ -205,6 +241,7 @@ export function schemaErrors(value: unknown, schema: JsonSchema, path: string): 
     case "object": {
       if (value === null || typeof value !== "object" || Array.isArray(value)) return [`${path} must be an object`];
       const obj = value as Record<string, unknown>;
+      if (schema.additionalProperties === true) return [];
       if (!("properties" in schema)) {
         return Object.entries(obj).flatMap(([k, v]) => schemaErrors(v, schema.additionalProperties, `${path}.${k}`));
       }
@@ -285,6 +322,10 @@ export function validateToolArgs(name: string, rawArguments: string, offered: Re
     }
     args.schedule_type = resolved.type;
   }
+  if (name === REPORT_TASK_STATUS) {
+    const error = reportError(args, Date.now());
+    if (error !== null) return { ok: false, error: `invalid arguments for ${name}: ${error}` };
+  }
   if (name === "update_schedule") {
     const changes = Object.keys(args).filter((k) => k !== "schedule_id");
     if (changes.length === 0) return { ok: false, error: "update_schedule needs at least one field to change" };
@@ -298,4 +339,20 @@ export function validateToolArgs(name: string, rawArguments: string, offered: Re
     }
   }
   return { ok: true, args };
+}
+
+/** Rules of report_task_status the schema cannot say (checked at `nowMs`). */
+export function reportError(args: Record<string, unknown>, nowMs: number): string | null {
+  const status = args.status;
+  if (status === "needs_input" && args.question === undefined) return "needs_input needs a question";
+  if (status !== "needs_input" && args.question !== undefined) return "question is for needs_input only";
+  if (args.next_run_at !== undefined) {
+    if (status !== "continue") return "next_run_at is for continue only";
+    if (Date.parse(args.next_run_at as string) <= nowMs) return "next_run_at must be in the future";
+  }
+  if (args.final !== undefined && status !== "complete") return "final is for complete only";
+  if (args.state_update !== undefined && JSON.stringify(args.state_update).length > STATE_UPDATE_MAX_CHARS) {
+    return `state_update must be at most ${STATE_UPDATE_MAX_CHARS} characters of JSON`;
+  }
+  return null;
 }

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
-import { REQUEST_USER_INPUT, SCHEDULER_TOOLS, toolsFor, validateToolArgs } from "./definitions.ts";
+import {
+  REPORT_TASK_STATUS,
+  reportError,
+  REQUEST_USER_INPUT,
+  SCHEDULER_TOOLS,
+  STATE_UPDATE_MAX_CHARS,
+  toolsFor,
+  validateToolArgs,
+} from "./definitions.ts";
 
-const ALL = new Set<string>([...SCHEDULER_TOOLS, REQUEST_USER_INPUT]);
+const ALL = new Set<string>([...SCHEDULER_TOOLS, REQUEST_USER_INPUT, REPORT_TASK_STATUS]);
 
 function errorOf(name: string, args: unknown): string {
   const result = validateToolArgs(name, JSON.stringify(args), ALL);
@@ -9,10 +17,14 @@ function errorOf(name: string, args: unknown): string {
   return result.ok ? "" : result.error;
 }
 
-Deno.test("toolsFor__offers_request_user_input_only_when_acting_as_a_user", () => {
+Deno.test("toolsFor__offers_the_run_tools_only_when_acting_as_a_user", () => {
   const names = (actAs: boolean) => toolsFor({ actAs, enabled: null }).map((t) => t.function.name);
   assert.deepEqual(names(false), [...SCHEDULER_TOOLS]);
-  assert.deepEqual(names(true), [...SCHEDULER_TOOLS, REQUEST_USER_INPUT]);
+  assert.deepEqual(names(true), [...SCHEDULER_TOOLS, REQUEST_USER_INPUT, REPORT_TASK_STATUS]);
+  assert.deepEqual(toolsFor({ actAs: true, enabled: [] }).map((t) => t.function.name), [
+    REQUEST_USER_INPUT,
+    REPORT_TASK_STATUS,
+  ]);
   assert.deepEqual(toolsFor({ actAs: false, enabled: ["list_schedules"] }).map((t) => t.function.name), [
     "list_schedules",
   ]);
@@ -98,4 +110,40 @@ Deno.test("validateToolArgs__update_switching_schedule_type", () => {
   assert.deepEqual(rename, { ok: true, args: { schedule_id: id, name: "New" } });
   const empty = validateToolArgs("list_schedules", "", ALL);
   assert.deepEqual(empty, { ok: true, args: {} });
+});
+
+Deno.test("validateToolArgs__report_task_status_accepts_each_status", () => {
+  const later = new Date(Date.now() + 3600_000).toISOString();
+  for (
+    const args of [
+      { status: "continue", state_update: { step: 2, notes: { a: [1, 2] } }, summary: "ok", next_run_at: later },
+      { status: "needs_input", question: "Which day?" },
+      { status: "complete", final: true, summary: "done" },
+    ]
+  ) {
+    const result = validateToolArgs(REPORT_TASK_STATUS, JSON.stringify(args), ALL);
+    assert.deepEqual(result, { ok: true, args });
+  }
+});
+
+Deno.test("validateToolArgs__report_task_status_refuses_inconsistent_arguments", () => {
+  assert.match(errorOf(REPORT_TASK_STATUS, { status: "done" }), /status must be one of continue, needs_input, complete/);
+  assert.match(errorOf(REPORT_TASK_STATUS, { status: "needs_input" }), /needs_input needs a question/);
+  assert.match(errorOf(REPORT_TASK_STATUS, { status: "continue", question: "?" }), /question is for needs_input/);
+  assert.match(errorOf(REPORT_TASK_STATUS, { status: "continue", state_update: [1] }), /state_update must be an object/);
+  assert.match(
+    errorOf(REPORT_TASK_STATUS, { status: "complete", next_run_at: "2999-01-01T00:00:00Z" }),
+    /next_run_at is for continue only/,
+  );
+  assert.match(
+    errorOf(REPORT_TASK_STATUS, { status: "continue", next_run_at: "2001-01-01T00:00:00Z" }),
+    /next_run_at must be in the future/,
+  );
+  assert.match(errorOf(REPORT_TASK_STATUS, { status: "continue", final: true }), /final is for complete only/);
+});
+
+Deno.test("reportError__bounds_the_state_update", () => {
+  const big = { status: "continue", state_update: { blob: "x".repeat(STATE_UPDATE_MAX_CHARS) } };
+  assert.match(reportError(big, Date.now()) ?? "", /state_update must be at most/);
+  assert.equal(reportError({ status: "continue", state_update: { small: 1 } }, Date.now()), null);
 });
