@@ -239,7 +239,7 @@ begin
 
   insert into public.chat_messages_v2 (conversation_id, user_id, role, content, metadata, execution_id)
   values (v_conversation, v_exec.user_id, 'user', p_resolved_prompt,
-          jsonb_build_object('source', 'scheduler', 'task_id', v_exec.task_id,
+          jsonb_build_object('source', 'scheduler', 'task_id', v_exec.task_id, 'task_name', v_task.name,
                              'execution_id', v_exec.id, 'trigger_type', v_exec.trigger_type),
           v_exec.id)
   on conflict (execution_id, role) where execution_id is not null and role in ('user', 'assistant')
@@ -339,6 +339,7 @@ declare
   v_finished public.agent_task_executions[];
   v_mixed_tasks uuid[];
   v_exec public.agent_task_executions;
+  v_report record;
 begin
   if p_results is null or jsonb_typeof(p_results) <> 'array' then
     raise exception 'finish_executions: p_results must be a JSON array' using errcode = '22023';
@@ -408,6 +409,23 @@ begin
       end if;
     end loop;
   end if;
+
+  -- What the agent reported with report_task_status (read from the stored
+  -- reply, so a replayed reply reports the same), and the run that answers a
+  -- question of a task whose schedule had ended: the task lifecycle applies
+  -- them (scheduler.apply_task_report).
+  for v_report in
+    select x as exec, (select r.call -> 'arguments'
+               from jsonb_array_elements(m.tool_calls) with ordinality as r(call, ord)
+               where r.call ->> 'name' = 'report_task_status' and r.call ->> 'status' = 'ok'
+               order by r.ord desc limit 1) as args
+    from unnest(v_finished) x
+    left join public.chat_messages_v2 m
+      on m.id = x.assistant_message_id and jsonb_typeof(m.tool_calls) = 'array'
+    where x.status = 'succeeded' and (m.id is not null or x.trigger_type = 'user_reply')
+  loop
+    perform scheduler.apply_task_report(v_report.exec, v_report.args, v_now);
+  end loop;
 
   return query select x.id from unnest(v_finished) x;
 end

@@ -168,6 +168,12 @@ begin
     if new.schedule_type = 'cron' then
       perform pg_notify('agent_tasks_plan', '');
     end if;
+    -- a one-off that already ran has nothing left to run: resuming it needs a
+    -- new run_at (given in the same update)
+    if tg_op = 'UPDATE' and old.status = 'completed' and new.schedule_type = 'once' and new.next_run_at is null then
+      raise exception 'this one-off task already ran; give it a new run_at (in the future) to resume it'
+        using errcode = '22023';
+    end if;
   end if;
   return new;
 end

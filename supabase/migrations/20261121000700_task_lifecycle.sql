@@ -32,12 +32,18 @@ begin
     last_error = case when p_exec.status in ('failed', 'timed_out') then p_exec.error
                       when p_exec.status = 'succeeded' then null
                       else t.last_error end,
-    status = case when p_exec.status = 'needs_input' and t.status = 'active' then 'waiting_input'
+    -- a question holds every task, also one whose schedule ended with this
+    -- very run (a one-off, max_runs, ends_at: enqueue_due completed it before
+    -- the run); such a task completes again after the run that answers it
+    status = case when p_exec.status = 'needs_input' and t.status in ('active', 'completed') then 'waiting_input'
                   else t.status end,
     next_run_at = case when p_exec.status = 'needs_input' then null else t.next_run_at end,
-    state = case when p_exec.status = 'needs_input'
+    state = case when p_exec.status = 'needs_input' and t.status in ('active', 'completed')
                  then t.state || jsonb_build_object('pending_question', p_exec.output,
-                                                    'waiting_conversation_id', p_exec.conversation_id)
+                                                    'waiting_conversation_id', p_exec.conversation_id,
+                                                    'waiting_execution_id', p_exec.id)
+                      || case when t.status = 'completed' then '{"complete_after_reply": true}'::jsonb
+                              else '{}'::jsonb end
                  else t.state end
   where t.id = p_exec.task_id
   returning * into v_task;
@@ -54,6 +60,79 @@ begin
       p_exec.user_id, 'task_needs_input',
       format('"%s" needs your input', coalesce(v_task.name, 'task')),
       p_exec.output,
+      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
+                         'conversation_id', p_exec.conversation_id));
+  end if;
+end
+$$;
+
+-- What the agent reported on a succeeded run (report_task_status, read from
+-- the stored reply by finish_executions; p_args NULL when it reported
+-- nothing):
+--   continue  state_update merged into state (shallow: top-level keys of
+--             state_update replace those of state, other keys stay), and
+--             next_run_at, when given, replaces the next occurrence if it is
+--             still ahead of p_now; a time past ends_at is capped at ends_at.
+--   complete  state merged the same way; a one-off (once, manual) completes,
+--             a recurring task keeps its schedule unless final = true.
+-- needs_input never reaches here: it finishes the execution as needs_input
+-- (record_outcome). A run that answered the question of a task whose
+-- schedule had ended completes that task, whatever it reported. Only an
+-- active task moves; a task paused meanwhile keeps its status. Completion
+-- notifies the user (task_completed).
+create or replace function scheduler.apply_task_report(
+  p_exec public.agent_task_executions, p_args jsonb, p_now timestamptz
+) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_task public.agent_tasks;
+  v_status text := p_args ->> 'status';
+  v_update jsonb := case when jsonb_typeof(p_args -> 'state_update') = 'object' then p_args -> 'state_update'
+                         else '{}'::jsonb end;
+  v_next timestamptz;
+  v_complete boolean;
+begin
+  select * into v_task from public.agent_tasks t where t.id = p_exec.task_id for update;
+  if not found or v_status = 'needs_input' then
+    return;
+  end if;
+  v_complete := v_task.status = 'active' and (
+    (v_status = 'complete' and (v_task.schedule_type in ('once', 'manual')
+                                or coalesce(p_args ->> 'final', '') = 'true'))
+    or (p_exec.trigger_type = 'user_reply' and coalesce(v_task.state ->> 'complete_after_reply', '') = 'true'));
+  if v_status = 'continue' and p_args ? 'next_run_at' and jsonb_typeof(p_args -> 'next_run_at') = 'string' then
+    begin
+      v_next := (p_args ->> 'next_run_at')::timestamptz;
+    exception when others then
+      v_next := null;
+    end;
+    if v_next <= p_now then
+      v_next := null;
+    elsif v_next > v_task.ends_at then
+      v_next := v_task.ends_at;
+    end if;
+  end if;
+  if v_update = '{}'::jsonb and not v_complete and v_next is null
+     and not (v_task.state ? 'complete_after_reply') then
+    return;
+  end if;
+
+  update public.agent_tasks t set
+    state = (t.state || v_update) - 'complete_after_reply',
+    status = case when v_complete then 'completed' else t.status end,
+    next_run_at = case when v_next is not null and t.status = 'active' and not v_complete then v_next
+                       else t.next_run_at end
+  where t.id = v_task.id
+  returning * into v_task;
+
+  if v_complete then
+    perform scheduler.notify_user(
+      p_exec.user_id, 'task_completed',
+      format('Scheduled task "%s" is complete', v_task.name),
+      coalesce(p_args ->> 'summary', p_exec.output),
       jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
                          'conversation_id', p_exec.conversation_id));
   end if;
@@ -93,7 +172,7 @@ declare
 begin
   update public.agent_tasks set
     status = 'active',
-    state = state - 'pending_question' - 'waiting_conversation_id'
+    state = state - 'pending_question' - 'waiting_conversation_id' - 'waiting_execution_id' - 'complete_after_reply'
   where id = p_task_id and status <> 'active'
   returning * into v_task;
   if not found then
@@ -127,6 +206,8 @@ set search_path = ''
 as $$
 declare
   v_flat text;
+  v_task public.agent_tasks;
+  v_exec public.agent_task_executions;
 begin
   -- whitespace collapsed: preview (160 characters) and title (200). Collapsing
   -- a prefix gives a prefix of the collapsed whole, so a long reply is not
@@ -143,13 +224,27 @@ begin
   where c.id = new.conversation_id;
 
   if new.role = 'user' and new.execution_id is null then
-    update public.agent_tasks t set
-      status = 'active',
-      state = (t.state - 'pending_question' - 'waiting_conversation_id')
-              || jsonb_build_object('last_answer', left(new.content, 2000),
-                                    'answered_at', new.created_at)
-    where t.user_id = new.user_id and t.status = 'waiting_input'
-      and t.state ->> 'waiting_conversation_id' = new.conversation_id::text;
+    for v_task in
+      update public.agent_tasks t set
+        status = 'active',
+        state = (t.state - 'pending_question' - 'waiting_conversation_id' - 'waiting_execution_id')
+                || jsonb_build_object('last_answer', left(new.content, 2000),
+                                      'answered_at', new.created_at)
+      where t.user_id = new.user_id and t.status = 'waiting_input'
+        and t.state ->> 'waiting_conversation_id' = new.conversation_id::text
+      returning t.*
+    loop
+      -- the answer is run at once, in this conversation (whatever the task's
+      -- conversation rule): trigger_type user_reply, history holds the answer
+      v_exec := scheduler.new_execution(v_task, 'user_reply', clock_timestamp(), now(), now());
+      v_exec.conversation_id := new.conversation_id;
+      insert into public.agent_task_executions select (v_exec).*;
+      if v_task.state ? 'complete_after_reply' then
+        -- its schedule had ended: this run is its last (becoming active
+        -- recomputed an occurrence; drop it)
+        update public.agent_tasks t set next_run_at = null where t.id = v_task.id;
+      end if;
+    end loop;
   end if;
   return null;
 end

@@ -120,6 +120,11 @@ grant execute on function
   public.list_conversations(uuid, integer, text, boolean),
   public.validate_schedule(text, text, text, text, jsonb)
 to authenticated, service_role;
+grant execute on function
+  public.mark_notification_read(uuid),
+  public.mark_all_notifications_read(),
+  public.unread_notification_count()
+to authenticated, service_role;
 
 revoke execute on all functions in schema scheduler from public, anon, authenticated;
 revoke execute on all functions in schema chat_private from public, anon, authenticated;

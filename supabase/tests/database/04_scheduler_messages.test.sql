@@ -86,7 +86,7 @@ select results_eq(
   $$select role, content, execution_id, user_id, metadata
     from public.chat_messages_v2 where execution_id = 'e1000000-0000-0000-0000-000000000001'$$,
   format($$values ('user'::text, 'Digest for 2030-01-01'::text, 'e1000000-0000-0000-0000-000000000001'::uuid, %L::uuid,
-                   '{"source": "scheduler", "task_id": "d1000000-0000-0000-0000-000000000001",
+                   '{"source": "scheduler", "task_id": "d1000000-0000-0000-0000-000000000001", "task_name": "Daily digest",
                      "execution_id": "e1000000-0000-0000-0000-000000000001", "trigger_type": "schedule"}'::jsonb)$$,
          tests.get_user_id('alice')),
   'the scheduler writes one user message owned by alice with the scheduler metadata');
