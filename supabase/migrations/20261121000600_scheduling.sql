@@ -291,6 +291,52 @@ begin
 end
 $$;
 
+-- A skipped occurrence (overlap, misfire, missed while no scheduler ran) is
+-- also told in the task's conversation, so the user reading it sees the gap:
+-- one system message per task and statement (a catch-up that records many
+-- missed occurrences says how many), metadata {source: 'scheduler', kind:
+-- 'skipped', task_id, task_name, execution_id (the first skipped),
+-- scheduled_for (the first), skipped_count, reason (the error_kind: overlap /
+-- misfire), trigger_type: 'schedule'}. Only a task that reuses one
+-- conversation has one to write in; a new_per_run task's skips stay in its
+-- execution history. Statement-level: an insert with no skipped row costs
+-- one scan of the inserted rows.
+create or replace function scheduler.tell_skipped_occurrences() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  insert into public.chat_messages_v2 (conversation_id, user_id, role, content, metadata, execution_id)
+  select t.conversation_id, t.user_id, 'system',
+         case when s.n = 1
+              then format('Skipped the run of "%s" scheduled for %s: %s', t.name,
+                          to_char(s.first_for at time zone t.timezone, 'YYYY-MM-DD HH24:MI'), s.error)
+              else format('Skipped %s runs of "%s" from %s: %s', s.n, t.name,
+                          to_char(s.first_for at time zone t.timezone, 'YYYY-MM-DD HH24:MI'), s.error)
+         end,
+         jsonb_build_object('source', 'scheduler', 'kind', 'skipped', 'task_id', t.id, 'task_name', t.name,
+                            'execution_id', s.first_id, 'scheduled_for', s.first_for, 'skipped_count', s.n,
+                            'reason', s.error_kind, 'trigger_type', 'schedule'),
+         s.first_id
+  from (select r.task_id, count(*)::integer as n,
+               (array_agg(r.id order by r.scheduled_for))[1] as first_id,
+               min(r.scheduled_for) as first_for,
+               (array_agg(r.error order by r.scheduled_for))[1] as error,
+               (array_agg(r.error_kind order by r.scheduled_for))[1] as error_kind
+        from new_rows r
+        where r.status = 'skipped'
+        group by r.task_id) s
+  join public.agent_tasks t on t.id = s.task_id
+  join public.conversation_sessions c on c.id = t.conversation_id and c.deleted_at is null
+  where t.conversation_mode = 'reuse';
+  return null;
+end
+$$;
+create trigger agent_task_executions_tell_skipped after insert on public.agent_task_executions
+  referencing new table as new_rows
+  for each statement execute function scheduler.tell_skipped_occurrences();
+
 -- Cron tasks waiting for their next occurrence (the planner's input).
 create or replace function scheduler.tasks_to_plan(p_limit integer default 500)
 returns table (

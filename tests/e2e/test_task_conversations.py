@@ -231,3 +231,26 @@ def test_rls__another_user_cannot_answer_resume_or_read_the_task_or_its_notifica
     with as_user(db, alice):
         mine = db.execute("select public.unread_notification_count() as n").fetchone()
     assert mine is not None and mine["n"] == 1
+
+
+def test_skipped_occurrence__is_told_in_the_task_conversation(db: psycopg.Connection[Any]) -> None:
+    uid = create_user(db)
+    agent = create_agent(db, uid, name="Ticker")
+    task = create_task(db, uid, agent, name="Slow pulse", schedule_type="interval", interval_seconds=1,
+                       overlap_policy="skip", prompt_template="[[sleep:2500]] tick")
+
+    def told() -> dict[str, Any] | None:
+        conversation = task_row(db, task)["conversation_id"]
+        row = db.execute("select * from public.chat_messages_v2 where conversation_id = %s"
+                         " and metadata ->> 'kind' = 'skipped' order by created_at limit 1",
+                         (conversation,)).fetchone() if conversation else None
+        return dict(row) if row else None
+
+    message = wait_for(told, timeout_s=10, what="a skipped occurrence in the conversation")
+    db.execute("update public.agent_tasks set status = 'paused' where id = %s", (task,))
+    skipped = next(e for e in executions(db, task) if e["id"] == message["execution_id"])
+    assert skipped["status"] == "skipped" and message["role"] == "system"
+    meta = message["metadata"]
+    assert meta["source"] == "scheduler" and meta["reason"] == "overlap" and meta["task_name"] == "Slow pulse"
+    assert datetime.fromisoformat(meta["scheduled_for"]) == skipped["scheduled_for"]
+    assert "previous run was still active" in message["content"]

@@ -5,7 +5,7 @@
 -- notification functions users call.
 begin;
 \ir helpers/personas.psql
-select plan(37);
+select plan(40);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -169,6 +169,26 @@ select tests.run((select id from public.agent_task_executions where task_id = 'd
 select results_eq(
   $$select status, state from public.agent_tasks where id = 'd1000000-0000-0000-0000-000000000003'$$,
   $$values ('completed'::text, '{"result": 42}'::jsonb)$$, 'complete completes a manual task and merges its state');
+
+-- a skipped occurrence is told in the task's conversation ------------------------------------
+insert into public.agent_tasks (id, user_id, agent_id, name, prompt_template, schedule_type, interval_seconds,
+                                conversation_id, overlap_policy) values
+  ('d1000000-0000-0000-0000-000000000004', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+   'Pulse', 'Tick', 'interval', 60, 'c1000000-0000-0000-0000-000000000001', 'skip');
+select isnt(scheduler.enqueue_now('d1000000-0000-0000-0000-000000000004', 'manual', '2030-01-05 08:59Z'), null,
+  'a run is still queued');
+update public.agent_tasks set next_run_at = '2030-01-05 09:00Z' where id = 'd1000000-0000-0000-0000-000000000004';
+select cmp_ok(scheduler.enqueue_due('2030-01-05 09:00:01Z'), '>=', 1, 'the due occurrence is recorded');
+select results_eq(
+  $$select m.role, m.content, m.metadata - 'execution_id' - 'task_id', m.execution_id = e.id
+    from public.chat_messages_v2 m
+    join public.agent_task_executions e on e.task_id = 'd1000000-0000-0000-0000-000000000004' and e.status = 'skipped'
+    where m.metadata ->> 'kind' = 'skipped'$$,
+  $$values ('system'::text,
+            'Skipped the run of "Pulse" scheduled for 2030-01-05 09:00: skipped: the previous run was still active (overlap_policy = skip)'::text,
+            '{"source": "scheduler", "kind": "skipped", "task_name": "Pulse", "scheduled_for": "2030-01-05T09:00:00+00:00",
+              "skipped_count": 1, "reason": "overlap", "trigger_type": "schedule"}'::jsonb, true)$$,
+  'the skipped occurrence appears in the task''s conversation as a system message saying which and why');
 
 -- notifications: read them, count them, only your own ---------------------------------------
 select tests.authenticate_as('bob');
