@@ -98,6 +98,13 @@ create table public.agent_tasks (
   success_count integer not null default 0 check (success_count >= 0),
   failure_count integer not null default 0 check (failure_count >= 0),
   last_error text,
+  -- what the user is notified of (a question always is): failure (default),
+  -- success (every succeeded run), change (a succeeded run whose reply
+  -- differs from the last succeeded run's: last_reply_hash, kept only while
+  -- success or change is on; see scheduler.notify_success)
+  notify_on text[] not null default '{failure}'
+    check (notify_on <@ array['failure', 'needs_input', 'success', 'change']::text[] and cardinality(notify_on) <= 4),
+  last_reply_hash text check (char_length(last_reply_hash) = 32),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
 
@@ -231,14 +238,15 @@ create index chat_messages_v2_execution_idx
 create table public.notifications (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null references auth.users (id) on delete cascade,
-  kind text not null check (kind in ('task_failed', 'task_needs_input', 'task_completed', 'info')),
+  kind text not null check (kind in ('task_failed', 'task_needs_input', 'task_completed', 'task_succeeded',
+                                     'task_changed', 'info')),
   title text not null check (char_length(title) <= 200),
   body text check (char_length(body) <= 2000),
   data jsonb not null default '{}'::jsonb,
   read_at timestamptz,
   created_at timestamptz not null default now()
 );
-comment on table public.notifications is 'Alerts for a user: failed runs, questions from agents.';
+comment on table public.notifications is 'Alerts for a user: failed runs, questions from agents, completed tasks, successes and changed results (per task notify_on).';
 create index notifications_user_idx on public.notifications (user_id, created_at desc);
 create index notifications_unread_idx on public.notifications (user_id) where read_at is null;
 

@@ -427,6 +427,17 @@ begin
     perform scheduler.apply_task_report(v_report.exec, v_report.args, v_now);
   end loop;
 
+  -- success and change notifications, for the tasks that want them
+  for v_report in
+    select x as exec, m.content
+    from unnest(v_finished) x
+    join public.agent_tasks t on t.id = x.task_id and t.notify_on && array['success', 'change']::text[]
+    left join public.chat_messages_v2 m on m.id = x.assistant_message_id
+    where x.status = 'succeeded'
+  loop
+    perform scheduler.notify_success(v_report.exec, v_report.content);
+  end loop;
+
   return query select x.id from unnest(v_finished) x;
 end
 $$;

@@ -48,7 +48,7 @@ begin
   where t.id = p_exec.task_id
   returning * into v_task;
 
-  if p_exec.status in ('failed', 'timed_out') then
+  if p_exec.status in ('failed', 'timed_out') and 'failure' = any (v_task.notify_on) then
     perform scheduler.notify_user(
       p_exec.user_id, 'task_failed',
       format('Scheduled task "%s" failed', coalesce(v_task.name, 'task')),
@@ -135,6 +135,45 @@ begin
       coalesce(p_args ->> 'summary', p_exec.output),
       jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
                          'conversation_id', p_exec.conversation_id));
+  end if;
+end
+$$;
+
+-- A succeeded run of a task whose notify_on has success or change (called by
+-- finish_executions with the stored reply's content). The reply is
+-- normalised (trimmed, runs of whitespace collapsed to one space, lower
+-- case) and hashed (md5); the task keeps the hash of its last succeeded run
+-- in last_reply_hash. success: a task_succeeded notification for every run
+-- (data.changed says whether the reply differs); change: a task_changed
+-- notification only when the hash differs from the previous one (never for
+-- the first run hashed, when there is nothing to compare with).
+create or replace function scheduler.notify_success(
+  p_exec public.agent_task_executions, p_content text
+) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_task public.agent_tasks;
+  v_hash text := md5(lower(btrim(regexp_replace(coalesce(p_content, p_exec.output, ''), '\s+', ' ', 'g'))));
+  v_changed boolean;
+  v_data jsonb;
+begin
+  select * into v_task from public.agent_tasks t where t.id = p_exec.task_id for update;
+  if not found then
+    return;
+  end if;
+  v_changed := v_task.last_reply_hash is not null and v_task.last_reply_hash <> v_hash;
+  update public.agent_tasks t set last_reply_hash = v_hash where t.id = v_task.id;
+  v_data := jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
+                               'conversation_id', p_exec.conversation_id, 'changed', v_changed);
+  if 'success' = any (v_task.notify_on) then
+    perform scheduler.notify_user(p_exec.user_id, 'task_succeeded',
+      format('Scheduled task "%s" ran', v_task.name), coalesce(p_content, p_exec.output), v_data);
+  elsif v_changed and 'change' = any (v_task.notify_on) then
+    perform scheduler.notify_user(p_exec.user_id, 'task_changed',
+      format('Scheduled task "%s": the result changed', v_task.name), coalesce(p_content, p_exec.output), v_data);
   end if;
 end
 $$;

@@ -254,3 +254,23 @@ def test_skipped_occurrence__is_told_in_the_task_conversation(db: psycopg.Connec
     assert meta["source"] == "scheduler" and meta["reason"] == "overlap" and meta["task_name"] == "Slow pulse"
     assert datetime.fromisoformat(meta["scheduled_for"]) == skipped["scheduled_for"]
     assert "previous run was still active" in message["content"]
+
+
+def test_notify_on_change__fires_only_when_the_reply_changes(db: psycopg.Connection[Any]) -> None:
+    uid = create_user(db)
+    agent = create_agent(db, uid, name="Watcher")
+    task = create_task(db, uid, agent, name="Build watch", prompt_template="Status of the build",
+                       notify_on=["change"])
+
+    def run_once() -> None:
+        ex = run_now(db, task)
+        assert wait_status(db, ex, ("succeeded", "failed"), timeout_s=15)["status"] == "succeeded"
+
+    run_once()
+    run_once()
+    assert notifications(db, task) == [], "the same reply twice is no change"
+    db.execute("update public.agent_tasks set prompt_template = 'Status of the deploy' where id = %s", (task,))
+    run_once()
+    [changed] = notifications(db, task)
+    assert changed["kind"] == "task_changed" and changed["body"] == "Echo: Status of the deploy"
+    assert changed["data"]["changed"] is True

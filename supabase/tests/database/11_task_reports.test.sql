@@ -5,7 +5,7 @@
 -- notification functions users call.
 begin;
 \ir helpers/personas.psql
-select plan(40);
+select plan(47);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -189,6 +189,50 @@ select results_eq(
             '{"source": "scheduler", "kind": "skipped", "task_name": "Pulse", "scheduled_for": "2030-01-05T09:00:00+00:00",
               "skipped_count": 1, "reason": "overlap", "trigger_type": "schedule"}'::jsonb, true)$$,
   'the skipped occurrence appears in the task''s conversation as a system message saying which and why');
+
+-- notify_on: change notifies only a materially different reply; failure can be turned off ---
+insert into public.agent_tasks (id, user_id, agent_id, name, prompt_template, schedule_type, conversation_id, notify_on) values
+  ('d1000000-0000-0000-0000-000000000005', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+   'Price', 'Price?', 'manual', 'c1000000-0000-0000-0000-000000000001', '{change}'),
+  ('d1000000-0000-0000-0000-000000000006', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+   'Quiet', 'Hm', 'manual', 'c1000000-0000-0000-0000-000000000001', '{}'),
+  ('d1000000-0000-0000-0000-000000000007', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+   'Chatty', 'Hi', 'manual', 'c1000000-0000-0000-0000-000000000001', '{success}');
+create function tests.run_now(p_task uuid, p_status text, p_output text, p_at timestamptz) returns void
+language sql as $$
+  select tests.run(scheduler.enqueue_now(p_task, 'manual', p_at), p_status, p_output, null, p_at + interval '1 second')
+$$;
+select tests.run_now('d1000000-0000-0000-0000-000000000005', 'succeeded', 'Price: 10 EUR', '2030-01-06 09:00Z');
+select is((select count(*)::int from public.notifications where data ->> 'task_id' = 'd1000000-0000-0000-0000-000000000005'), 0,
+  'change: the first run has nothing to compare with');
+select tests.run_now('d1000000-0000-0000-0000-000000000005', 'succeeded', E'  price:   10\n EUR ', '2030-01-06 10:00Z');
+select is((select count(*)::int from public.notifications where data ->> 'task_id' = 'd1000000-0000-0000-0000-000000000005'), 0,
+  'change: a reply differing only in case and whitespace is not a change');
+select tests.run_now('d1000000-0000-0000-0000-000000000005', 'succeeded', 'Price: 12 EUR', '2030-01-06 11:00Z');
+select results_eq(
+  $$select kind, body, (data ->> 'changed')::boolean from public.notifications
+    where data ->> 'task_id' = 'd1000000-0000-0000-0000-000000000005'$$,
+  $$values ('task_changed'::text, 'Price: 12 EUR'::text, true)$$, 'change: a different reply notifies once');
+select tests.run_now('d1000000-0000-0000-0000-000000000006', 'failed', null, '2030-01-06 12:00Z');
+select is((select count(*)::int from public.notifications where data ->> 'task_id' = 'd1000000-0000-0000-0000-000000000006'), 0,
+  'a task without failure in notify_on fails quietly');
+select tests.run_now('d1000000-0000-0000-0000-000000000007', 'succeeded', 'Hello', '2030-01-06 13:00Z');
+select tests.run_now('d1000000-0000-0000-0000-000000000007', 'succeeded', 'Hello', '2030-01-06 14:00Z');
+select results_eq(
+  $$select kind, (data ->> 'changed')::boolean from public.notifications
+    where data ->> 'task_id' = 'd1000000-0000-0000-0000-000000000007' order by created_at, id$$,
+  $$values ('task_succeeded'::text, false), ('task_succeeded'::text, false)$$, 'success notifies every succeeded run');
+select throws_ok(
+  $$update public.agent_tasks set notify_on = '{sometimes}' where id = 'd1000000-0000-0000-0000-000000000007'$$,
+  '23514', null, 'notify_on takes failure, needs_input, success and change only');
+select tests.authenticate_as('alice');
+select lives_ok(
+  $$update public.agent_tasks set notify_on = '{failure,change}' where id = 'd1000000-0000-0000-0000-000000000007'$$,
+  'users set notify_on on their tasks');
+select tests.clear_authentication();
+-- the four notifications above are read before the counting below
+update public.notifications set read_at = now()
+where data ->> 'task_id' in ('d1000000-0000-0000-0000-000000000005', 'd1000000-0000-0000-0000-000000000007');
 
 -- notifications: read them, count them, only your own ---------------------------------------
 select tests.authenticate_as('bob');
