@@ -242,6 +242,72 @@ def cmd_tasks_resume(args: argparse.Namespace) -> int:
                         "resumed task {id}; next run {result}")
 
 
+# --- conversations ---------------------------------------------------------------------
+
+
+def _post_json(url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float) -> tuple[int, Any]:
+    """POST a JSON body; (status, parsed JSON body or None). Standard library only."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, TimeoutError) as exc:
+        raise CliError(f"cannot reach the chat function at {url}: {exc}", EXIT_UNREACHABLE) from None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, None
+
+
+def cmd_conversations_reply(args: argparse.Namespace) -> int:
+    """Post a message as the conversation's owner through the chat function (the local stack signs
+    the owner's access token), exactly as the app would: a task waiting for an answer there resumes."""
+    from worker import stack
+
+    with connect(args) as conn:
+        row = conn.execute(
+            "select user_id, agent_id from public.conversation_sessions where id::text = %s and deleted_at is null",
+            (args.conversation_id,)).fetchone()
+        if row is None:
+            raise CliError(f"conversation {args.conversation_id} not found")
+        state = stack.State.load()
+        if state is None:
+            raise CliError("reply signs the owner's access token with the local stack's key: start it with"
+                           " `make up` (on a deployed project, answer from the app)", EXIT_USAGE)
+        url = args.chat_url or os.environ.get("CHAT_URL") or (
+            f"http://127.0.0.1:{state.chat_port}/functions/v1/chat" if state.chat_port else None)
+        if not url:
+            raise CliError("no chat function: give --chat-url or start the stack", EXIT_USAGE)
+        headers = {"apikey": stack.api_keys(state)["anon_key"],
+                   "authorization": f"Bearer {stack.user_token(state, str(row['user_id']))}"}
+        status, body = _post_json(url, {"agent_id": str(row["agent_id"]), "conversation_id": args.conversation_id,
+                                        "message": args.message}, headers, args.timeout)
+        if status != 200 or not isinstance(body, dict):
+            error = (body or {}).get("error", {}) if isinstance(body, dict) else {}
+            raise CliError(f"the chat function refused the reply ({status}"
+                           f"{', ' + str(error.get('code')) if error.get('code') else ''}):"
+                           f" {error.get('message') or 'no details'}")
+        resumed = conn.execute(
+            "select e.id, t.name from public.agent_task_executions e join public.agent_tasks t on t.id = e.task_id"
+            " where e.conversation_id = %s and e.trigger_type = 'user_reply' and e.created_at >= now() - interval"
+            " '5 minutes' order by e.created_at desc limit 1", (args.conversation_id,)).fetchone()
+    if args.json:
+        print(json.dumps({"message": body.get("message"),
+                          "resumed_execution_id": str(resumed["id"]) if resumed else None}, default=str))
+        return EXIT_OK
+    content = (body.get("message") or {}).get("content", "")
+    console.print(content, markup=False)
+    if resumed:
+        console.print(f"task \"{resumed['name']}\" resumed: execution [bold]{resumed['id']}[/bold] is queued")
+    return EXIT_OK
+
+
 # --- executions ------------------------------------------------------------------------
 
 
@@ -594,6 +660,17 @@ def build_parser() -> argparse.ArgumentParser:
         common(p)
         p.add_argument("execution_id", help="the execution's id")
         p.set_defaults(func=func)
+
+    convs = command(sub, "conversations", "act in conversations").add_subparsers(
+        dest="conversations_command", required=True, metavar="ACTION")
+    p = command(convs, "reply", "post a message as the conversation's owner through the chat function"
+                " (a task waiting for an answer there resumes)")
+    common(p)
+    p.add_argument("conversation_id", help="the conversation's id")
+    p.add_argument("message", help="the message (at most 10,000 characters)")
+    p.add_argument("--chat-url", help="the chat function; defaults to CHAT_URL, then the local stack's")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply (default 120)")
+    p.set_defaults(func=cmd_conversations_reply)
 
     queue = command(sub, "queue", "queue figures").add_subparsers(dest="queue_command", required=True,
                                                                   metavar="ACTION")

@@ -3,12 +3,16 @@
 Starts the local stack (Postgres with pg_cron, the chat function under Deno,
 the fake model unless OPENAI_API_KEY is set) and one worker, creates a demo
 user with an agent and two tasks (every 10 seconds, and cron every minute)
-that both post into one conversation, then prints the conversation's messages
-and the executions' status changes as they happen, until Ctrl-C.
+that both post into one conversation, and a third task, run once at start in
+a conversation of its own, whose first run asks the user a question
+(`agent-tasks conversations reply CONVERSATION "..."` answers it and resumes
+the task). Then it prints the demo user's messages and the executions'
+status changes as they happen, until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,13 +32,25 @@ from worker.errors import CliError
 DEMO_EMAIL = "demo@agent-tasks.local"
 AGENT_NAME = "Demo assistant"
 CONVERSATION_TITLE = "Demo: scheduled check-ins"
+ASKING_TASK = "Weather note (asks first)"
+ASKING_QUESTION = "Which city should the weather note cover?"
+
+
+def asking_prompt(fake_model: bool) -> str:
+    """The third task's prompt: the fake model is scripted (tests/fakes/README.md), a real one is asked."""
+    if fake_model:
+        steps = [{"status": "needs_input", "question": ASKING_QUESTION},
+                 {"status": "complete", "summary": "Weather note posted for the city you chose; task complete."}]
+        return f"[[status:{json.dumps(steps)}]] Post a one-line weather note."
+    return (f"Before writing anything, ask me: \"{ASKING_QUESTION}\" (report_task_status, status needs_input). "
+            "Once I have answered, post a one-line weather note for that city and report status complete.")
 POLL_S = 0.3
 
 console = Console(soft_wrap=True, highlight=False)
 
 
-def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, Any]:
-    """Create (or find again) the demo user, agent, conversation and tasks."""
+def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]], fake_model: bool) -> dict[str, Any]:
+    """Create (or find again) the demo user, agent, conversation and tasks; queue the asking task's run."""
     user = conn.execute("select id from auth.users where email = %s", (DEMO_EMAIL,)).fetchone()
     if user is None:
         user = conn.execute("insert into auth.users (id, email) values (gen_random_uuid(), %s) returning id",
@@ -73,7 +89,28 @@ def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, Any
                 list(fields.values()))
         else:
             conn.execute("select scheduler.resume_task(%s)", (existing["id"],))
+    _queue_asking_task(conn, uid, agent["id"], fake_model)
     return {"user_id": uid, "agent_id": agent["id"], "conversation_id": conv["id"]}
+
+
+def _queue_asking_task(conn: psycopg.Connection[dict[str, Any]], uid: Any, agent_id: Any, fake_model: bool) -> None:
+    """The third task runs once per demo start, each time in a new conversation, unless it still waits for
+    an answer from an earlier start (then the question stands)."""
+    task = conn.execute("select id, status from public.agent_tasks where user_id = %s and name = %s",
+                        (uid, ASKING_TASK)).fetchone()
+    if task is None:
+        task = conn.execute(
+            """insert into public.agent_tasks (user_id, agent_id, name, prompt_template, schedule_type,
+                                                conversation_mode)
+               values (%s, %s, %s, %s, 'manual', 'new_per_run') returning id, status""",
+            (uid, agent_id, ASKING_TASK, asking_prompt(fake_model))).fetchone()
+        assert task is not None
+    if task["status"] == "waiting_input":
+        return
+    conn.execute("update public.agent_tasks set prompt_template = %s where id = %s",
+                 (asking_prompt(fake_model), task["id"]))
+    conn.execute("select scheduler.resume_task(%s)", (task["id"],))
+    conn.execute("select scheduler.enqueue_now(%s)", (task["id"],))
 
 
 def _start_worker(state: stack.State, info: dict[str, Any]) -> subprocess.Popen[bytes]:
@@ -112,7 +149,8 @@ def _print_message(m: dict[str, Any]) -> None:
 
 def _print_execution(e: dict[str, Any]) -> None:
     colour = {"queued": "yellow", "running": "cyan", "succeeded": "green", "failed": "red",
-              "skipped": "dim", "timed_out": "red", "cancelled": "magenta"}.get(e["status"], "white")
+              "skipped": "dim", "timed_out": "red", "cancelled": "magenta",
+              "needs_input": "bold yellow"}.get(e["status"], "white")
     detail = f" in {e['duration_ms']} ms" if e["duration_ms"] is not None else ""
     if e["error"]:
         detail += f" — {e['error']}"
@@ -136,10 +174,11 @@ def run_demo(duration_s: float | None = None) -> int:
         console.print(f"Using the model endpoint {info['llm']['base_url']}")
 
     with psycopg.connect(stack.database_url(state), autocommit=True, row_factory=dict_row) as conn:
-        demo = _ensure_demo_rows(conn)
+        demo = _ensure_demo_rows(conn, bool(info["llm"]["fake"]))
         worker = _start_worker(state, {**demo, "chat_url": info["chat_url"]})
         _box(f"conversation [bold]{CONVERSATION_TITLE}[/bold] ({demo['conversation_id']})\n"
-             "tasks: every 10 s (interval) and every minute (cron), both posting here\n"
+             "tasks: every 10 s (interval) and every minute (cron), both posting here;\n"
+             f"\"{ASKING_TASK}\" runs once in a conversation of its own and asks you a question\n"
              f"worker log: {stack.LOG_DIR / 'demo-worker.log'}   ·   Ctrl-C to stop", "agent-tasks demo")
         started = time.monotonic()
         seen_messages: datetime | None = None
@@ -160,18 +199,22 @@ def run_demo(duration_s: float | None = None) -> int:
                     raise CliError(f"the worker exited ({worker.returncode}); see "
                                    f"{stack.LOG_DIR / 'demo-worker.log'}")
                 execs = conn.execute(
-                    """select e.id, t.name as task, e.status, e.attempt, e.duration_ms, e.error, e.updated_at
+                    """select e.id, t.name as task, e.status, e.attempt, e.duration_ms, e.error, e.updated_at,
+                              e.conversation_id
                        from public.agent_task_executions e join public.agent_tasks t on t.id = e.task_id
                        where t.user_id = %s and e.updated_at > %s order by e.updated_at""",
                     (demo["user_id"], last_exec)).fetchall()
                 for e in execs:
                     last_exec = e["updated_at"]
                     _print_execution(e)
+                    if e["status"] == "needs_input":
+                        console.print(f"[bold]answer it:[/bold] agent-tasks conversations reply "
+                                      f"{e['conversation_id']} \"Berlin\"", markup=True)
                 msgs = conn.execute(
                     """select role, content, metadata, created_at from public.chat_messages_v2
-                       where conversation_id = %s and (%s::timestamptz is null or created_at > %s)
+                       where user_id = %s and (%s::timestamptz is null or created_at > %s)
                        order by created_at, id""",
-                    (demo["conversation_id"], seen_messages, seen_messages)).fetchall()
+                    (demo["user_id"], seen_messages, seen_messages)).fetchall()
                 if seen_messages is None:
                     msgs = msgs[-6:]  # on start, show the last few messages only
                 for m in msgs:

@@ -43,4 +43,25 @@ def test_demo__scheduled_runs_arrive_in_the_conversation() -> None:
     roles = [r[0] for r in rows]
     assert "user" in roles and "assistant" in roles
     assert all(r[1] == "scheduler" for r in rows if r[0] == "user")
-    assert all(r[2] == "succeeded" for r in rows)
+    # the third task asked its question; every other run succeeded
+    assert sorted({r[2] for r in rows}) == ["needs_input", "succeeded"], rows
+    assert "Which city should the weather note cover?" in out
+    assert "answer it: agent-tasks conversations reply" in out
+
+    # answering (as the README says) resumes the task: its run is queued at once
+    with psycopg.connect(stack.database_url(state)) as conn:
+        waiting = conn.execute(
+            """select t.id, t.state ->> 'waiting_conversation_id' from public.agent_tasks t
+               join auth.users u on u.id = t.user_id
+               where u.email = 'demo@agent-tasks.local' and t.name = 'Weather note (asks first)'""").fetchone()
+    assert waiting is not None and waiting[1] is not None
+    reply = subprocess.run([sys.executable, "-m", "worker", "conversations", "reply", waiting[1], "Berlin"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert reply.returncode == 0, reply.stdout + reply.stderr
+    assert 'task "Weather note (asks first)" resumed' in reply.stdout
+    with psycopg.connect(stack.database_url(state)) as conn:
+        task = conn.execute("select status from public.agent_tasks where id = %s", (waiting[0],)).fetchone()
+        queued = conn.execute("select count(*) from public.agent_task_executions where task_id = %s"
+                              " and trigger_type = 'user_reply' and status = 'queued'", (waiting[0],)).fetchone()
+    assert task is not None and task[0] == "active"
+    assert queued is not None and queued[0] == 1

@@ -274,3 +274,32 @@ def test_notify_on_change__fires_only_when_the_reply_changes(db: psycopg.Connect
     [changed] = notifications(db, task)
     assert changed["kind"] == "task_changed" and changed["body"] == "Echo: Status of the deploy"
     assert changed["data"]["changed"] is True
+
+
+def test_cli_reply__answers_as_the_owner_through_the_chat_function_and_resumes_the_task(
+        db: psycopg.Connection[Any], chat_function: ChatFunction, capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.cli import main
+
+    uid = create_user(db)
+    agent = create_agent(db, uid, name="Asker")
+    task = create_task(db, uid, agent, name="Asks first", prompt_template=status_prompt(
+        {"status": "needs_input", "question": "Which team?"}, {"status": "complete", "summary": "Team noted"}))
+    ex = run_now(db, task)
+    conversation = wait_status(db, ex, ("needs_input", "succeeded", "failed"), timeout_s=15)["conversation_id"]
+    capsys.readouterr()
+
+    code = main(["conversations", "reply", str(conversation), "The platform team",
+                 "--database-url", chat_function.db_url, "--chat-url", chat_function.url, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["message"]["content"] == "Echo: The platform team"
+    resumed = out["resumed_execution_id"]
+    assert resumed is not None
+    assert wait_status(db, resumed, ("succeeded", "failed"), timeout_s=15)["status"] == "succeeded"
+    assert task_row(db, task)["status"] == "completed"
+    answer = db.execute("select user_id, metadata from public.chat_messages_v2 where conversation_id = %s"
+                        " and content = 'The platform team'", (conversation,)).fetchone()
+    assert answer is not None and answer["user_id"] == uid and answer["metadata"] == {}
+
+    missing = main(["conversations", "reply", str(uuid.uuid4()), "hello",
+                    "--database-url", chat_function.db_url, "--chat-url", chat_function.url])
+    assert missing == 1 and "not found" in capsys.readouterr().err
