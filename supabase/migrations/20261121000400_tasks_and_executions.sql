@@ -57,6 +57,8 @@ create table public.agent_tasks (
   description text check (char_length(description) <= 2000),
   prompt_template text not null check (char_length(prompt_template) between 1 and 10000),
   prompt_variables jsonb not null default '{}'::jsonb,
+  -- extra instructions added to the system prompt of this task's runs
+  system_addon text check (char_length(system_addon) <= 4000),
 
   -- schedule
   schedule_type text not null check (schedule_type in ('cron', 'interval', 'once', 'manual')),

@@ -132,7 +132,7 @@ comment on function chat_turn.user_turn_begin(integer, uuid, uuid, text, integer
 -- for this execution (a replay); execution_status: null when the execution
 -- is not the user's; history: messages up to and including the scheduled
 -- one, newest first; task: the task being run (name, run number, schedule,
--- state) for the scheduled turn's system prompt.
+-- state, system_addon) for the scheduled turn's system prompt.
 create or replace function chat_turn.act_as_turn_begin(
   p_context_ok boolean,
   p_agent_id uuid,
@@ -194,6 +194,7 @@ begin
                            'schedule_type', t.schedule_type, 'cron_expression', t.cron_expression,
                            'interval_seconds', t.interval_seconds, 'run_at', t.run_at, 'timezone', t.timezone,
                            'ends_at', t.ends_at, 'max_runs', t.max_runs, 'state', t.state,
+                           'system_addon', t.system_addon,
                            'trigger_type', e.trigger_type)
   into execution_status, task
   from public.agent_task_executions e

@@ -71,12 +71,12 @@ grant select, delete on public.agent_tasks to authenticated;
 grant insert (agent_id, name, description, prompt_template, prompt_variables, schedule_type,
               cron_expression, interval_seconds, run_at, timezone, starts_at, ends_at, max_runs,
               conversation_mode, conversation_id, priority, max_retries, timeout_seconds,
-              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on)
+              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on, system_addon)
   on public.agent_tasks to authenticated;
 grant update (name, description, prompt_template, prompt_variables, schedule_type,
               cron_expression, interval_seconds, run_at, timezone, starts_at, ends_at, max_runs,
               conversation_mode, conversation_id, priority, max_retries, timeout_seconds,
-              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on)
+              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on, system_addon)
   on public.agent_tasks to authenticated;
 
 create policy "Users can see their own tasks" on public.agent_tasks

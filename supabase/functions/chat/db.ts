@@ -146,6 +146,8 @@ export interface TaskRow {
   ends_at: string | null;
   max_runs: number | null;
   state: Record<string, Json>;
+  /** The task's own instructions for its runs (agent_tasks.system_addon). */
+  system_addon: string | null;
   trigger_type: string;
 }
 

@@ -5,7 +5,7 @@
 -- notification functions users call.
 begin;
 \ir helpers/personas.psql
-select plan(47);
+select plan(50);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -189,6 +189,28 @@ select results_eq(
             '{"source": "scheduler", "kind": "skipped", "task_name": "Pulse", "scheduled_for": "2030-01-05T09:00:00+00:00",
               "skipped_count": 1, "reason": "overlap", "trigger_type": "schedule"}'::jsonb, true)$$,
   'the skipped occurrence appears in the task''s conversation as a system message saying which and why');
+
+-- the scheduled turn reads its task under the user's RLS --------------------------------------
+update public.agent_tasks set system_addon = 'Answer in German.' where id = 'd1000000-0000-0000-0000-000000000003';
+select tests.authenticate_as('alice');
+select results_eq(
+  $$select b.task ->> 'name', b.task ->> 'system_addon', (b.task -> 'state')::jsonb, b.task ->> 'trigger_type',
+           (b.task ->> 'run_count')::int
+    from public.agent_task_executions e,
+         chat_turn.act_as_turn_begin(true, e.agent_id, e.conversation_id, e.id, e.user_message_id, 30, 200) b
+    where e.task_id = 'd1000000-0000-0000-0000-000000000003'$$,
+  $$values ('Manual'::text, 'Answer in German.'::text, '{"result": 42}'::jsonb, 'manual'::text, 1)$$,
+  'act_as_turn_begin returns the task being run: name, system_addon, state, trigger and run number');
+select tests.clear_authentication();
+select id as manual_exec from public.agent_task_executions where task_id = 'd1000000-0000-0000-0000-000000000003' \gset
+select tests.authenticate_as('bob');
+select is((select b.task::text from chat_turn.act_as_turn_begin(true, 'a1000000-0000-0000-0000-000000000001',
+             'c1000000-0000-0000-0000-000000000001', :'manual_exec', gen_random_uuid(), 30, 200) b), null,
+  'another user reads no task through act_as_turn_begin, even by its execution''s id');
+select tests.clear_authentication();
+select throws_ok(
+  $$update public.agent_tasks set system_addon = repeat('x', 4001) where id = 'd1000000-0000-0000-0000-000000000003'$$,
+  '23514', null, 'system_addon is at most 4,000 characters');
 
 -- notify_on: change notifies only a materially different reply; failure can be turned off ---
 insert into public.agent_tasks (id, user_id, agent_id, name, prompt_template, schedule_type, conversation_id, notify_on) values

@@ -61,15 +61,21 @@ export function scheduleInWords(task: TaskRow): string {
 /** The internal keys of state the lifecycle keeps (not the agent's). */
 const INTERNAL_STATE = new Set(["pending_question", "waiting_conversation_id", "waiting_execution_id", "complete_after_reply"]);
 
-/** The system prompt section of a scheduled turn (after the agent's own). */
+/**
+ * The system prompt section of a scheduled turn (after the agent's own): the
+ * task's name, run number, schedule in words, its system_addon, its state
+ * and how to use report_task_status.
+ */
 export function scheduledTurnPrompt(task: TaskRow): string {
   const state = Object.fromEntries(Object.entries(task.state ?? {}).filter(([k]) => !INTERNAL_STATE.has(k)));
   const why = task.trigger_type === "user_reply"
     ? "This run was started by the user's answer to your question (the latest user message before this one)."
     : `This is run ${task.run_count} of the task.`;
+  const addon = task.system_addon?.trim() ? [`Instructions for this task: ${task.system_addon.trim()}`] : [];
   return [
     `You are running the scheduled task "${task.name}", which runs ${scheduleInWords(task)}.`,
     why,
+    ...addon,
     `The task's state (kept from run to run): ${JSON.stringify(state)}`,
     `Do the task, then call ${REPORT_TASK_STATUS} once: status "continue" to carry on with the schedule ` +
     `(state_update: keys to keep for the next run; next_run_at: an earlier or later next run), ` +

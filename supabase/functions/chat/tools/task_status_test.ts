@@ -14,6 +14,7 @@ const task: TaskRow = {
   ends_at: null,
   max_runs: null,
   state: { step: 2, pending_question: "internal", complete_after_reply: true },
+  system_addon: null,
   trigger_type: "schedule",
 };
 
@@ -41,6 +42,11 @@ Deno.test("scheduledTurnPrompt__states_name_run_schedule_state_and_the_tool", ()
   assert.match(prompt, /\{"step":2\}/); // the lifecycle's own keys are not shown
   assert.match(prompt, /report_task_status/);
   assert.match(scheduledTurnPrompt({ ...task, trigger_type: "user_reply" }), /started by the user's answer/);
+  assert.doesNotMatch(prompt, /Instructions for this task/);
+  assert.match(
+    scheduledTurnPrompt({ ...task, system_addon: "  Answer in German. " }),
+    /\nInstructions for this task: Answer in German\.\n/,
+  );
 });
 
 Deno.test("lastReport__takes_the_last_accepted_report", () => {
