@@ -53,13 +53,20 @@ def test_act_as__persists_the_reply_with_the_execution_id(chat_function: ChatFun
     assert reply["user_id"] == alice and str(reply["conversation_id"]) == context["conversation_id"]
     assert reply["metadata"]["usage"]["total_tokens"] > 0 and reply["metadata"]["finish_reason"] == "stop"
     [request] = llm.requests()
-    assert [(m["role"], m["content"]) for m in request["messages"]] == [
-        ("system", "You check in on the user's goals."),
+    assert [(m["role"], m["content"]) for m in request["messages"][1:]] == [
         ("user", "I want to run a marathon"), ("assistant", "Echo: I want to run a marathon"),
         ("user", "How is the training going?"),
     ]
-    # scheduled runs may ask the user a question
-    assert "request_user_input" in {t["function"]["name"] for t in request["tools"]}
+    # the agent's system prompt, then what the run is: the task's name, run number, schedule and state
+    system = request["messages"][0]
+    assert system["role"] == "system"
+    agent_prompt, task_section = system["content"].split("\n\n", 1)
+    assert agent_prompt == "You check in on the user's goals."
+    assert task_section.startswith('You are running the scheduled task "Scheduled check-in", '
+                                   "which runs only when started by hand.\nThis is run 1 of the task.")
+    assert "The task's state (kept from run to run): {}" in task_section
+    # scheduled runs may ask the user a question and report on the task
+    assert {"request_user_input", "report_task_status"} <= {t["function"]["name"] for t in request["tools"]}
 
 
 def test_act_as__history_stops_at_the_scheduled_message(chat_function: ChatFunction, llm: FakeLLM,

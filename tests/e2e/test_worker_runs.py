@@ -84,7 +84,7 @@ def test_interval_task__runs_in_the_conversation_created_on_first_run(
     user_msg, reply = _one_user_one_assistant(db, first["id"])
     today = first["scheduled_for"].astimezone(ZoneInfo("UTC")).date().isoformat()
     assert user_msg["content"] == f"Pulse {token} on {today} for core"
-    assert user_msg["metadata"] == {"source": "scheduler", "task_id": str(task),
+    assert user_msg["metadata"] == {"source": "scheduler", "task_id": str(task), "task_name": "Pulse",
                                     "execution_id": str(first["id"]), "trigger_type": "schedule"}
     assert reply["content"].startswith("Echo:") and token in reply["content"]
     assert first["assistant_message_id"] == reply["id"] and first["user_message_id"] == user_msg["id"]
@@ -163,7 +163,7 @@ def test_cron_task__due_occurrence_runs_and_the_planner_moves_to_the_next(
                    timeout_s=10, what="the cron occurrence to run")
     assert ran[0]["trigger_type"] == "schedule" and ran[0]["scheduled_for"] == occurrence
     msgs = _one_user_one_assistant(db, ran[0]["id"])
-    assert msgs[0]["metadata"] == {"source": "scheduler", "task_id": str(task),
+    assert msgs[0]["metadata"] == {"source": "scheduler", "task_id": str(task), "task_name": "Minutely",
                                    "execution_id": str(ran[0]["id"]), "trigger_type": "schedule"}
     today = occurrence.astimezone(ZoneInfo("Europe/Berlin")).date().isoformat()
     assert msgs[0]["content"] == f"Minute report for {today}"

@@ -93,8 +93,8 @@ def test_stream__carries_the_scheduled_message(conn: psycopg.Connection[dict[str
     assert row["role"] == "user" and row["content"] == "What is new today?"
     assert row["execution_id"] == str(exec_id)
     metadata = json.loads(row["metadata"])
-    assert metadata == {"source": "scheduler", "task_id": str(task), "execution_id": str(exec_id),
-                        "trigger_type": "manual"}
+    assert metadata == {"source": "scheduler", "task_id": str(task), "task_name": "Morning brief",
+                        "execution_id": str(exec_id), "trigger_type": "manual"}
 
     # the execution's life is on the stream too: inserted queued, then running
     execs = [c for c in changes if c["table"] == "agent_task_executions"]
