@@ -422,7 +422,8 @@ begin
     from unnest(v_finished) x
     left join public.chat_messages_v2 m
       on m.id = x.assistant_message_id and jsonb_typeof(m.tool_calls) = 'array'
-    where x.status = 'succeeded' and (m.id is not null or x.trigger_type = 'user_reply')
+    where (x.status = 'succeeded' and (m.id is not null or x.trigger_type = 'user_reply'))
+       or (x.status = 'needs_input' and m.id is not null)
   loop
     perform scheduler.apply_task_report(v_report.exec, v_report.args, v_now);
   end loop;

@@ -75,8 +75,8 @@ $$;
 --             still ahead of p_now; a time past ends_at is capped at ends_at.
 --   complete  state merged the same way; a one-off (once, manual) completes,
 --             a recurring task keeps its schedule unless final = true.
--- needs_input never reaches here: it finishes the execution as needs_input
--- (record_outcome). A run that answered the question of a task whose
+--   needs_input  the execution finished needs_input (record_outcome made the
+--             task wait); only its state_update is merged here. A run that answered the question of a task whose
 -- schedule had ended completes that task, whatever it reported. Only an
 -- active task moves; a task paused meanwhile keeps its status. Completion
 -- notifies the user (task_completed).
@@ -96,7 +96,13 @@ declare
   v_complete boolean;
 begin
   select * into v_task from public.agent_tasks t where t.id = p_exec.task_id for update;
-  if not found or v_status = 'needs_input' then
+  if not found then
+    return;
+  end if;
+  if p_exec.status = 'needs_input' or v_status = 'needs_input' then
+    if v_update <> '{}'::jsonb then
+      update public.agent_tasks t set state = t.state || v_update where t.id = v_task.id;
+    end if;
     return;
   end if;
   v_complete := v_task.status = 'active' and (

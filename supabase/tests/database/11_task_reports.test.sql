@@ -5,7 +5,7 @@
 -- notification functions users call.
 begin;
 \ir helpers/personas.psql
-select plan(50);
+select plan(51);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -100,13 +100,16 @@ select is(scheduler.enqueue_due('2030-01-03 09:00Z'), 1, 'the one-off is enqueue
 select is((select status from public.agent_tasks where id = 'd1000000-0000-0000-0000-000000000002'), 'completed',
   'enqueue_due completes a one-off as it enqueues its only run');
 select tests.run((select id from public.agent_task_executions where task_id = 'd1000000-0000-0000-0000-000000000002'),
-  'needs_input', 'Which city?', tests.report('{"status": "needs_input", "question": "Which city?"}'),
+  'needs_input', 'Which city?', tests.report('{"status": "needs_input", "question": "Which city?",
+                                                "state_update": {"asked": 1}}'),
   '2030-01-03 09:00:05Z');
 select results_eq(
   $$select status, next_run_at, state ->> 'pending_question', (state ->> 'complete_after_reply')::boolean
     from public.agent_tasks where id = 'd1000000-0000-0000-0000-000000000002'$$,
   $$values ('waiting_input'::text, null::timestamptz, 'Which city?'::text, true)$$,
   'the question holds the one-off: waiting_input, to complete after the answer''s run');
+select is((select state -> 'asked' from public.agent_tasks where id = 'd1000000-0000-0000-0000-000000000002'), '1'::jsonb,
+  'a needs_input report''s state_update is merged too');
 select is(scheduler.enqueue_due('2030-01-03 10:00Z'), 0, 'no scheduled run while waiting');
 
 -- another user cannot answer it ------------------------------------------------------------
