@@ -415,7 +415,9 @@ def apply_migrations(state: State, dbname: str) -> list[str]:
         conn.execute(BOOTSTRAP_SQL.read_text())  # idempotent by construction
     before = _applied_versions(state, dbname)
     try:
-        run_supabase("db", "push", "--db-url", database_url(state, dbname), "--yes")
+        # --include-all: on a development stack, a merged branch routinely brings a
+        # migration older than the newest one applied; apply it rather than refuse
+        run_supabase("db", "push", "--db-url", database_url(state, dbname), "--yes", "--include-all")
     except StackError as exc:
         if "not found in local migrations directory" in str(exc):
             # migrations were renamed or removed after this database applied them
