@@ -225,6 +225,23 @@ create index agent_task_executions_retry_of_idx
 -- the purge
 create index agent_task_executions_finished_idx
   on public.agent_task_executions (finished_at) where finished_at is not null;
+-- Autovacuum for the churn, not the size. Every claim and finish leaves a dead
+-- row version (and dead entries at the head of the claim index), every enqueue
+-- and outcome updates its task. The default threshold (20% of the table) is
+-- ~200,000 dead rows at 1,000,000 executions, and until then each claim and
+-- each enqueue pass walks past the dead entries (the pass grew from 0.9 ms to
+-- 41 ms over 80,000 runs). 1% + 5,000 (executions) and 1% + 1,000 (tasks)
+-- keep the dead set small; analyze at 2% keeps estimates current.
+alter table public.agent_task_executions set (
+  autovacuum_vacuum_scale_factor = 0.01,
+  autovacuum_vacuum_threshold = 5000,
+  autovacuum_analyze_scale_factor = 0.02
+);
+alter table public.agent_tasks set (
+  autovacuum_vacuum_scale_factor = 0.01,
+  autovacuum_vacuum_threshold = 1000,
+  autovacuum_analyze_scale_factor = 0.02
+);
 create trigger agent_task_executions_set_updated_at before update on public.agent_task_executions
   for each row execute function scheduler.set_updated_at();
 

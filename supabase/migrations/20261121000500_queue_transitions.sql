@@ -50,6 +50,18 @@ set search_path = ''
 -- one cached plan: re-planning this query on every call (custom plans) costs
 -- more than running it (bench/bench_queue.py)
 set plan_cache_mode = force_generic_plan
+-- and that plan walks agent_task_executions_claim_idx in claim order and
+-- stops after the batch, whatever the history size and the statistics: the
+-- generic plan cannot see the LIMIT, so with a deep queue (or statistics
+-- taken during a burst) it chose a bitmap scan that read and sorted every
+-- queued row (49 ms at 60,000 queued). With sorts and bitmap scans disabled
+-- the ordered index scan is the only plan left for the candidates; the
+-- sorts below (a few dozen rows) still run. jit off: the disabled paths'
+-- cost would cross jit_above_cost and compile for ~0.5 s per session.
+-- docs/state-machine.md ("The claim's plan"); bench/bench_queue.py --history.
+set enable_sort = off
+set enable_bitmapscan = off
+set jit = off
 as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
