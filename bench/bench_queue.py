@@ -57,7 +57,7 @@ PEER_TIMEOUT_S = 900
 # --- ours ------------------------------------------------------------------------
 
 
-def seed_ours(url: str, n: int, tasks: int) -> None:
+def seed_ours(url: str, n: int, tasks: int, users: int = 1, history: int = 0) -> None:
     """N queued, non-exclusive executions spread over `tasks` manual tasks.
 
     Consecutive occurrences belong to different tasks, so concurrent finishes
@@ -69,19 +69,35 @@ def seed_ours(url: str, n: int, tasks: int) -> None:
     tasks = min(tasks, n)
     per_task = -(-n // tasks)
     with psycopg.connect(url, autocommit=True) as conn:
-        user_id = uuid.uuid4()
-        conn.execute("insert into auth.users (id, email) values (%s, %s)",
-                     (user_id, f"bench-{user_id.hex[:8]}@example.test"))
-        row = conn.execute("insert into public.agents (user_id, name) values (%s, 'Bench')"
-                           " returning id", (user_id,)).fetchone()
-        assert row is not None
-        agent_id = row[0]
+        conn.execute("insert into auth.users (id, email)"
+                     " select gen_random_uuid(), 'bench-' || g || '@example.test'"
+                     " from generate_series(1, %s) g", (users,))
+        conn.execute("insert into public.agents (user_id, name) select id, 'Bench' from auth.users")
         conn.execute("set session_replication_role = replica")
+        # task g belongs to user g mod users: consecutive occurrences (below)
+        # belong to different users, as with many users' tasks
         conn.execute(
             "insert into public.agent_tasks (user_id, agent_id, name, prompt_template,"
             " schedule_type, overlap_policy)"
-            " select %s, %s, 'bench ' || g, 'Say hello', 'manual', 'allow'"
-            " from generate_series(1, %s) g", (user_id, agent_id, tasks))
+            " select a.user_id, a.id, 'bench ' || g, 'Say hello', 'manual', 'allow'"
+            " from generate_series(1, %s) g"
+            " join (select id, user_id, row_number() over (order by id) - 1 as k"
+            "       from public.agents) a on a.k = g %% %s", (tasks, users))
+        if history:
+            # finished history: a month of a busy product, set-based
+            conn.execute(
+                "insert into public.agent_task_executions (task_id, user_id, agent_id,"
+                " trigger_type, status, scheduled_for, run_after, attempt, worker_id,"
+                " started_at, finished_at, duration_ms, created_at, exclusive)"
+                " select t.id, t.user_id, t.agent_id, 'manual', 'succeeded',"
+                "        now() - interval '60 days' + make_interval(secs => k * %(tasks)s + t.rn),"
+                "        now() - interval '60 days', 1, 'history', now() - interval '30 days',"
+                "        now() - interval '30 days', 1, now() - interval '30 days', false"
+                " from (select id, user_id, agent_id, row_number() over (order by id) as rn"
+                "       from public.agent_tasks) t"
+                " cross join generate_series(0, %(per)s - 1) k"
+                " where k * %(tasks)s + t.rn <= %(history)s",
+                {"tasks": tasks, "per": -(-history // tasks), "history": history})
         conn.execute("set session_replication_role = origin")
         conn.execute(
             "insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type,"
@@ -98,16 +114,17 @@ def seed_ours(url: str, n: int, tasks: int) -> None:
         conn.execute("analyze public.agent_tasks")
         (count,) = conn.execute("select count(*) from public.agent_task_executions"
                                 " where status = 'queued'").fetchone() or (0,)
+        conn.execute("vacuum analyze public.agent_task_executions")
         assert count == n, f"seeded {count} executions, wanted {n}"
 
 
 async def _worker(url: str, worker_id: str, batch: int, finish: str,
-                  counts: dict[str, int]) -> None:
+                  counts: dict[str, int], per_user_limit: int | None) -> None:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while True:
             cur = await conn.execute(
-                "select id, attempt from scheduler.claim_executions(%s, %s, %s)",
-                (worker_id, batch, LEASE_S))
+                "select id, attempt from scheduler.claim_executions(%s, %s, %s, %s)",
+                (worker_id, batch, LEASE_S, per_user_limit))
             rows = await cur.fetchall()
             if not rows:
                 return
@@ -136,18 +153,20 @@ async def _worker(url: str, worker_id: str, batch: int, finish: str,
                     counts["finished"] += int(ok)
 
 
-async def _drain(url: str, concurrency: int, batch: int, finish: str) -> dict[str, int]:
+async def _drain(url: str, concurrency: int, batch: int, finish: str,
+                 per_user_limit: int | None) -> dict[str, int]:
     counts = {"claimed": 0, "finished": 0}
     await asyncio.gather(*(
-        _worker(url, f"bench-{os.getpid()}-{w}", batch, finish, counts)
+        _worker(url, f"bench-{os.getpid()}-{w}", batch, finish, counts, per_user_limit)
         for w in range(concurrency)))
     return counts
 
 
-def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str) -> dict[str, Any]:
-    seed_ours(url, n, TASKS)
+def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str,
+             per_user_limit: int | None = None, users: int = 1, history: int = 0) -> dict[str, Any]:
+    seed_ours(url, n, TASKS, users, history)
     started = time.perf_counter()
-    counts = asyncio.run(_drain(url, concurrency, batch, finish))
+    counts = asyncio.run(_drain(url, concurrency, batch, finish, per_user_limit))
     # a claim that found every queued row locked by a concurrent claim returns
     # nothing; those rows belong to that claim, so nothing should be left
     seconds = time.perf_counter() - started
@@ -160,10 +179,13 @@ def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str) -> dic
             " and worker_id is not null").fetchone() or (0,)
         (success_sum,) = conn.execute(
             "select coalesce(sum(success_count), 0)::int from public.agent_tasks").fetchone() or (0,)
+    total = n + history
     exactly_once = (counts["claimed"] == n and counts["finished"] == n
-                    and by_status == {"succeeded": n} and attempts_ok == n and success_sum == n)
+                    and by_status == {"succeeded": total} and attempts_ok == total
+                    and success_sum == n)
     return {
         "per_s": n / seconds, "seconds": seconds, "batch": batch, "finish": finish,
+        "history_rows": history, "per_user_limit": per_user_limit, "users": users,
         "claimed": counts["claimed"], "finished": counts["finished"], "by_status": by_status,
         "task_success_count_sum": success_sum, "exactly_once": exactly_once,
     }
@@ -222,6 +244,11 @@ def main() -> int:
     parser.add_argument("--finish", choices=["batch", "pipeline", "single"], default="batch")
     parser.add_argument("--rounds", type=int, default=2,
                         help="runs of ours and graphile-worker, alternating; the median counts")
+    parser.add_argument("--history", type=int, default=0,
+                        help="finished executions in the table before the run (ours), e.g. 1000000")
+    parser.add_argument("--per-user-limit", type=int, default=8,
+                        help="claim_executions' p_per_user_limit (the worker's default is 8; 0 = off)")
+    parser.add_argument("--users", type=int, default=1000, help="users owning the tasks (ours)")
     parser.add_argument("--only", choices=["ours", "graphile", "procrastinate"], action="append",
                         help="run only these systems (repeatable); default: all three")
     args = parser.parse_args()
@@ -229,7 +256,8 @@ def main() -> int:
 
     state = stack.up(with_services=False)
     runners = {
-        "ours": lambda url: run_ours(url, args.n, args.concurrency, args.batch, args.finish),
+        "ours": lambda url: run_ours(url, args.n, args.concurrency, args.batch, args.finish,
+                                     args.per_user_limit or None, args.users, args.history),
         "graphile": lambda url: run_graphile(url, args.n, args.concurrency),
         "procrastinate": lambda url: run_procrastinate(url, args.n, args.concurrency),
     }
@@ -250,7 +278,9 @@ def main() -> int:
             rounds[system].append(runners[system](url))
         finally:
             stack.drop_database(state, name)
-    detail = {s: {"per_s_median": statistics.median(r["per_s"] for r in runs), "runs": runs}
+    detail = {s: {"per_s_median": statistics.median(r["per_s"] for r in runs),
+                  "per_s_min": min(r["per_s"] for r in runs),
+                  "per_s_max": max(r["per_s"] for r in runs), "runs": runs}
               for s, runs in rounds.items()}
 
     def per_s(system: str) -> float | None:
@@ -276,6 +306,14 @@ def main() -> int:
         "goal_met": None if ratio_g is None else ratio_g >= GOAL_RATIO_VS_GRAPHILE,
         "n": args.n,
         "concurrency": args.concurrency,
+        "conditions": {
+            "history_rows_ours": args.history, "per_user_limit_ours": args.per_user_limit or None,
+            "users_ours": args.users, "batch_ours": args.batch, "rounds": args.rounds,
+            "load_average_end": os.getloadavg(), "cpus": os.cpu_count(),
+            "history_note": ("history = finished executions of the same tasks, vacuumed and"
+                             " analysed before the run; graphile-worker deletes finished jobs,"
+                             " and the peers here start empty"),
+        },
         "notes": (
             f"ours: {args.concurrency} asyncio workers in one process, one psycopg connection each,"
             f" claim_executions(batch={args.batch}) then finish mode '{args.finish}'"
