@@ -69,10 +69,10 @@ def cursor_at(conn: psycopg.Connection[Any], owner: uuid.UUID, depth: int) -> st
     if depth == 0:
         return None
     row = conn.execute(
-        "select to_char(coalesce(last_message_at, created_at) at time zone 'UTC',"
+        "select to_char(activity_at at time zone 'UTC',"
         " 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '|' || id::text"
         " from public.conversation_sessions where user_id = %s and deleted_at is null"
-        " order by coalesce(last_message_at, created_at) desc, id desc offset %s limit 1",
+        " order by activity_at desc, id desc offset %s limit 1",
         (owner, depth - 1)).fetchone()
     assert row is not None
     return str(row[0])

@@ -34,6 +34,10 @@ create table public.conversation_sessions (
   last_message_preview text,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
+  -- the list order: a plain column, so a keyset condition on it is an index
+  -- condition under RLS (an expression like coalesce() is not leakproof, and
+  -- behind the policy it would only filter: page N read every row before it)
+  activity_at timestamptz generated always as (coalesce(last_message_at, created_at)) stored,
   -- the agent must belong to the same user
   foreign key (agent_id, user_id) references public.agents (id, user_id) on delete cascade,
   -- target of the composite foreign key from agent_tasks
@@ -43,7 +47,7 @@ comment on table public.conversation_sessions is
   'A conversation (conversation_id) between a user and an agent; archived and soft-deleted states, list counters.';
 -- conversation list by user (and agent), most recent first
 create index conversation_sessions_user_recent_idx
-  on public.conversation_sessions (user_id, (coalesce(last_message_at, created_at)) desc, id desc)
+  on public.conversation_sessions (user_id, activity_at desc, id desc)
   where deleted_at is null;
 create index conversation_sessions_agent_idx on public.conversation_sessions (agent_id, user_id);
 -- RLS filters and user deletes that do not filter on deleted_at

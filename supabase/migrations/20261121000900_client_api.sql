@@ -155,8 +155,9 @@ stable
 set search_path = ''
 as $$
 declare
-  v_after_at timestamptz;
-  v_after_id uuid;
+  -- no cursor: start above every row, so one keyset form serves every page
+  v_after_at timestamptz := 'infinity'::timestamptz;
+  v_after_id uuid := 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid;
 begin
   if p_limit is null or p_limit < 1 or p_limit > 100 then
     raise exception 'p_limit must be between 1 and 100' using errcode = '22023';
@@ -173,15 +174,18 @@ begin
   return query
     select c.id, c.agent_id, c.title, c.archived_at, c.last_message_at, c.message_count,
            c.last_message_preview, c.created_at,
-           to_char(coalesce(c.last_message_at, c.created_at) at time zone 'UTC',
+           to_char(c.activity_at at time zone 'UTC',
                    'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '|' || c.id::text
     from public.conversation_sessions c
     where c.deleted_at is null
       and (p_include_archived or c.archived_at is null)
       and (p_agent_id is null or c.agent_id = p_agent_id)
-      and (p_cursor is null
-           or (coalesce(c.last_message_at, c.created_at), c.id) < (v_after_at, v_after_id))
-    order by coalesce(c.last_message_at, c.created_at) desc, c.id desc
+      -- the row comparison alone (never `p_cursor is null or …`, which the
+      -- cached plan can only filter) on a plain column: an index condition
+      -- on conversation_sessions_user_recent_idx, after user_id from RLS, so
+      -- page 5,000 costs what page 1 costs (bench/bench_pages.py)
+      and (c.activity_at, c.id) < (v_after_at, v_after_id)
+    order by c.activity_at desc, c.id desc
     limit p_limit;
 end
 $$;

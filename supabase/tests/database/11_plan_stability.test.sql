@@ -3,7 +3,8 @@
 -- never JIT-compiles, and the hot tables are vacuumed for their churn.
 -- Speed itself is measured in bench/ (bench_queue.py --history, bench_enqueue.py).
 begin;
-select plan(6);
+\ir helpers/personas.psql
+select plan(9);
 
 select ok(
   (select proconfig @> array['plan_cache_mode=force_generic_plan', 'enable_sort=off',
@@ -37,6 +38,59 @@ select is(
 -- the settings stay inside the function: the caller's session is untouched
 select scheduler.claim_executions('plan-test', 1);
 select is(current_setting('enable_sort'), 'on', 'the caller''s enable_sort is unchanged');
+
+-- conversation pages: the keyset condition is an index condition under RLS
+-- (an expression such as coalesce() is not leakproof, so behind the policy it
+-- was only a filter and page N read every row before it)
+select tests.create_user('alice');
+insert into public.agents (id, user_id, name) values
+  ('a1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'), 'Alice agent');
+insert into public.conversation_sessions (id, user_id, agent_id, created_at)
+select ('c1000000-0000-0000-0000-00000000000' || g)::uuid, tests.get_user_id('alice'),
+       'a1000000-0000-0000-0000-000000000001', '2026-11-01 00:00:00+00'
+from generate_series(1, 3) g;
+create function tests.explain_lines(p_sql text) returns setof text
+language plpgsql as $$
+declare
+  v_line text;
+begin
+  for v_line in execute 'explain (costs off) ' || p_sql loop
+    return next v_line;
+  end loop;
+end
+$$;
+grant execute on function tests.explain_lines(text) to authenticated;
+-- three rows: take the cheapest path away so the test asks whether the index
+-- can serve the condition, not whether it pays for three rows
+set local enable_seqscan = off;
+set local enable_bitmapscan = off;
+set local enable_sort = off;
+select tests.authenticate_as('alice');
+select ok(
+  (select string_agg(line, E'\n') from (
+     select * from tests.explain_lines($$
+       select id from public.conversation_sessions c
+       where c.deleted_at is null and c.archived_at is null
+         and (c.activity_at, c.id) < ('2026-11-02 00:00:00+00'::timestamptz, 'c1000000-0000-0000-0000-000000000002'::uuid)
+       order by c.activity_at desc, c.id desc limit 20$$) line) l)
+   ~ 'Index Cond: \(\(user_id = .*ROW\(activity_at, id\) <',
+  'the conversation page walks conversation_sessions_user_recent_idx from the cursor under RLS');
+-- three conversations with the same activity time: pages of one step through
+-- them by id, none twice, none skipped
+select results_eq(
+  $$select id from public.list_conversations(p_limit => 1,
+      p_cursor => (select next_cursor from public.list_conversations(p_limit => 1)))$$,
+  array['c1000000-0000-0000-0000-000000000002'::uuid],
+  'a tie on activity_at continues with the next id');
+select results_eq(
+  $$select id from public.list_conversations(p_limit => 1,
+      p_cursor => (select next_cursor from public.list_conversations(p_limit => 2) offset 1))$$,
+  array['c1000000-0000-0000-0000-000000000001'::uuid],
+  'and then the last one');
+select tests.clear_authentication();
+reset enable_seqscan;
+reset enable_bitmapscan;
+reset enable_sort;
 
 select * from finish();
 rollback;
