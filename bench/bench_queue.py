@@ -31,10 +31,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -50,7 +52,9 @@ from worker import stack  # noqa: E402
 PEERS = ROOT / "bench" / "peers"
 TASKS = 1000
 LEASE_S = 30
-GOAL_RATIO_VS_GRAPHILE = 1.25
+GOAL_RATIO_VS_GRAPHILE = 2.0
+GOAL_SHARE_OF_CEILING = 0.40
+SYSTEMS = ["ours", "ours_batch1", "graphile", "ceiling", "procrastinate"]
 PEER_TIMEOUT_S = 900
 
 
@@ -163,8 +167,12 @@ async def _drain(url: str, concurrency: int, batch: int, finish: str,
 
 
 def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str,
-             per_user_limit: int | None = None, users: int = 1, history: int = 0) -> dict[str, Any]:
-    seed_ours(url, n, TASKS, users, history)
+             per_user_limit: int | None = None, users: int = 1, history: int = 0,
+             seeded: bool = False) -> dict[str, Any]:
+    """One drain of N queued executions; `seeded`: the database is a copy of
+    a template that seed_ours already filled (history included)."""
+    if not seeded:
+        seed_ours(url, n, TASKS, users, history)
     started = time.perf_counter()
     counts = asyncio.run(_drain(url, concurrency, batch, finish, per_user_limit))
     # a claim that found every queued row locked by a concurrent claim returns
@@ -188,6 +196,56 @@ def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str,
         "history_rows": history, "per_user_limit": per_user_limit, "users": users,
         "claimed": counts["claimed"], "finished": counts["finished"], "by_status": by_status,
         "task_success_count_sum": success_sum, "exactly_once": exactly_once,
+    }
+
+
+# --- the ceiling: a minimal SKIP LOCKED queue driven by pgbench ------------------
+
+CEILING_SCRIPT = """\
+update ceiling_jobs set status = 'running', worker = :client_id
+where id in (select id from ceiling_jobs where status = 'queued' order by id
+             limit {batch} for update skip locked);
+update ceiling_jobs set status = 'done' where status = 'running' and worker = :client_id;
+"""
+
+
+def run_ceiling(url: str, n: int, concurrency: int, batch: int) -> dict[str, Any]:
+    """The physical limit on this cluster: one table, one partial index, claim
+    `batch` rows with FOR UPDATE SKIP LOCKED and finish them, two statements
+    (two transactions, two round trips) per script, as ours does; pgbench with
+    `concurrency` clients, prepared statements, until N jobs are done."""
+    pgbench = shutil.which("pgbench")
+    if pgbench is None:
+        raise RuntimeError("pgbench is not on PATH (postgresql-client)")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("create table ceiling_jobs (id bigint primary key, status text not null,"
+                     " worker int, payload jsonb not null default '{}')")
+        conn.execute("create index ceiling_jobs_queued on ceiling_jobs (id) where status = 'queued'")
+        conn.execute("create index ceiling_jobs_running on ceiling_jobs (worker)"
+                     " where status = 'running'")
+        conn.execute("insert into ceiling_jobs (id, status) select g, 'queued'"
+                     " from generate_series(1, %s) g", (n,))
+        conn.execute("vacuum analyze ceiling_jobs")
+    per_client = -(-n // (batch * concurrency))
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(CEILING_SCRIPT.format(batch=batch))
+        script.flush()
+        started = time.perf_counter()
+        res = subprocess.run(
+            [pgbench, "-n", "-M", "prepared", "-c", str(concurrency), "-j", "2",
+             "-t", str(per_client), "-f", script.name, url],
+            capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
+        seconds = time.perf_counter() - started
+    if res.returncode != 0:
+        raise RuntimeError(f"pgbench failed:\n{res.stderr[-3000:]}")
+    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", res.stdout)
+    with psycopg.connect(url, autocommit=True) as conn:
+        by_status: dict[str, int] = dict(conn.execute(
+            "select status, count(*)::int from ceiling_jobs group by 1").fetchall())
+    return {
+        "per_s": float(tps.group(1)) * batch if tps else n / seconds,
+        "seconds_wall": seconds, "batch": batch, "by_status": by_status,
+        "exactly_once": by_status == {"done": n},
     }
 
 
@@ -242,23 +300,35 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batch", type=int, default=10, help="claim batch size (ours)")
     parser.add_argument("--finish", choices=["batch", "pipeline", "single"], default="batch")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="runs of ours and graphile-worker, alternating; the median counts")
     parser.add_argument("--history", type=int, default=0,
                         help="finished executions in the table before the run (ours), e.g. 1000000")
     parser.add_argument("--per-user-limit", type=int, default=8,
                         help="claim_executions' p_per_user_limit (the worker's default is 8; 0 = off)")
     parser.add_argument("--users", type=int, default=1000, help="users owning the tasks (ours)")
-    parser.add_argument("--only", choices=["ours", "graphile", "procrastinate"], action="append",
-                        help="run only these systems (repeatable); default: all three")
+    parser.add_argument("--only", choices=SYSTEMS, action="append",
+                        help="run only these systems (repeatable); default: all")
     args = parser.parse_args()
-    systems = args.only or ["ours", "graphile", "procrastinate"]
+    systems = args.only or SYSTEMS
 
     state = stack.up(with_services=False)
+    # ours runs in copies of one seeded template (history included): a million
+    # finished rows are built once, not once a round
+    template = f"bench_queue_tpl_{uuid.uuid4().hex[:8]}"
+    if any(s.startswith("ours") for s in systems):
+        seed_ours(stack.create_database(state, template), args.n, TASKS, args.users, args.history)
+
+    def ours(batch: int) -> Any:
+        return lambda url: run_ours(url, args.n, args.concurrency, batch, args.finish,
+                                    args.per_user_limit or None, args.users, args.history,
+                                    seeded=True)
+
     runners = {
-        "ours": lambda url: run_ours(url, args.n, args.concurrency, args.batch, args.finish,
-                                     args.per_user_limit or None, args.users, args.history),
+        "ours": ours(args.batch),
+        "ours_batch1": ours(1),
         "graphile": lambda url: run_graphile(url, args.n, args.concurrency),
+        "ceiling": lambda url: run_ceiling(url, args.n, args.concurrency, args.batch),
         "procrastinate": lambda url: run_procrastinate(url, args.n, args.concurrency),
     }
     # ours and graphile-worker alternate who goes first each round, so a burst
@@ -271,13 +341,21 @@ def main() -> int:
     if "procrastinate" in systems:
         plan.append("procrastinate")
     rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
-    for system in plan:
-        name = f"bench_queue_{system}_{uuid.uuid4().hex[:8]}"
-        url = stack.create_database(state, name)
-        try:
-            rounds[system].append(runners[system](url))
-        finally:
-            stack.drop_database(state, name)
+    try:
+        for system in plan:
+            name = f"bench_queue_{system}_{uuid.uuid4().hex[:8]}"
+            if system.startswith("ours"):
+                with stack.connect(state) as conn:
+                    conn.execute(f'create database "{name}" template "{template}"')
+                url = stack.database_url(state, name)
+            else:
+                url = stack.create_database(state, name)
+            try:
+                rounds[system].append(runners[system](url))
+            finally:
+                stack.drop_database(state, name)
+    finally:
+        stack.drop_database(state, template)
     detail = {s: {"per_s_median": statistics.median(r["per_s"] for r in runs),
                   "per_s_min": min(r["per_s"] for r in runs),
                   "per_s_max": max(r["per_s"] for r in runs), "runs": runs}
@@ -286,8 +364,8 @@ def main() -> int:
     def per_s(system: str) -> float | None:
         return round(detail[system]["per_s_median"], 1) if system in detail else None
 
-    def ratio(peer: str) -> float | None:
-        ours, other = per_s("ours"), per_s(peer)
+    def ratio(peer: str, system: str = "ours") -> float | None:
+        ours, other = per_s(system), per_s(peer)
         return round(ours / other, 2) if ours and other else None
 
     with stack.connect(state) as conn:
@@ -296,14 +374,21 @@ def main() -> int:
             " ('fsync', 'synchronous_commit', 'full_page_writes', 'shared_buffers', 'server_version')"
         ).fetchall())
     ratio_g = ratio("graphile")
+    share = ratio("ceiling")
     print(json.dumps({
         "ours_per_s": per_s("ours"),
+        "ours_batch1_per_s": per_s("ours_batch1"),
         "graphile_worker_per_s": per_s("graphile"),
+        "ceiling_per_s": per_s("ceiling"),
         "procrastinate_per_s": per_s("procrastinate"),
         "ratio_vs_graphile": ratio_g,
+        "ratio_batch1_vs_graphile": ratio("graphile", "ours_batch1"),
+        "share_of_ceiling": share,
         "ratio_vs_procrastinate": ratio("procrastinate"),
         "goal_ratio_vs_graphile": GOAL_RATIO_VS_GRAPHILE,
-        "goal_met": None if ratio_g is None else ratio_g >= GOAL_RATIO_VS_GRAPHILE,
+        "goal_share_of_ceiling": GOAL_SHARE_OF_CEILING,
+        "goal_met": None if ratio_g is None or share is None
+        else ratio_g >= GOAL_RATIO_VS_GRAPHILE and share >= GOAL_SHARE_OF_CEILING,
         "n": args.n,
         "concurrency": args.concurrency,
         "conditions": {
@@ -316,17 +401,23 @@ def main() -> int:
         },
         "notes": (
             f"ours: {args.concurrency} asyncio workers in one process, one psycopg connection each,"
-            f" claim_executions(batch={args.batch}) then finish mode '{args.finish}'"
-            " (batch = one finish_executions call per claim; pipeline = one finish_execution per"
-            " row sent in one psycopg pipeline; single = one awaited finish_execution per row);"
-            f" {TASKS} manual tasks, overlap_policy allow. graphile-worker: concurrency"
-            f" {args.concurrency}, maxPoolSize {args.concurrency}, one job per fetch."
+            f" claim_executions(batch={args.batch}, per_user_limit={args.per_user_limit or None})"
+            f" then finish mode '{args.finish}' (batch = one finish_executions call per claim;"
+            " pipeline = one finish_execution per row sent in one psycopg pipeline; single = one"
+            f" awaited finish_execution per row); ours_batch1 = the same with batch 1; {TASKS}"
+            f" manual tasks over {args.users} users, overlap_policy allow, {args.history} finished"
+            " executions already in the table (copies of one seeded, vacuumed template)."
+            f" graphile-worker: concurrency {args.concurrency}, maxPoolSize {args.concurrency},"
+            " one job per fetch, empty table. ceiling: a minimal SKIP LOCKED queue (one table,"
+            f" partial index) driven by pgbench, {args.concurrency} clients, claim"
+            f" {args.batch} then finish them, two statements per script, empty table."
             f" procrastinate: one worker, concurrency {args.concurrency}, wait=False,"
-            " listen_notify=False. Each system in its own fresh database on the same cluster,"
-            f" one after the other, {args.rounds} rounds of ours and graphile-worker (alternating"
-            " order, median reported), Procrastinate once; seeding is not timed. The local cluster runs with"
-            " fsync/synchronous_commit/full_page_writes off; 2-core machine shared with other"
-            " work, so figures are noisy."
+            " listen_notify=False. Each run in its own database on the same cluster, one after"
+            f" the other, {args.rounds} rounds of all but Procrastinate (alternating order,"
+            " median/min/max reported), Procrastinate once; seeding is not timed. Not the"
+            " product's worker (no HTTP, no chat: bench_worker.py measures that). The local"
+            " cluster runs with fsync/synchronous_commit/full_page_writes off; 2-core machine"
+            " shared with other work, so figures are noisy."
         ),
         "postgres": settings,
         "detail": detail,
