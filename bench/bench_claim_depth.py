@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_queue import seed_ours  # noqa: E402
+from bench_queue import insert_queued, seed_ours  # noqa: E402
 
 from worker import stack  # noqa: E402
 
@@ -53,18 +53,7 @@ def top_up(conn: psycopg.Connection[Any], depth: int) -> None:
     (have,) = conn.execute("select count(*)::int from public.agent_task_executions"
                            " where status = 'queued'").fetchone() or (0,)
     if depth > have:
-        conn.execute(
-            "insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type,"
-            " status, scheduled_for, run_after, priority, exclusive)"
-            " select t.id, t.user_id, t.agent_id, 'manual', 'queued',"
-            "        now() - interval '1 day' + make_interval(secs => k * %(tasks)s + t.rn),"
-            "        now() - interval '1 minute', 0, false"
-            " from (select id, user_id, agent_id, row_number() over (order by id) as rn"
-            "       from public.agent_tasks) t"
-            " cross join generate_series(%(from)s::int, %(to)s::int) k"
-            " where k * %(tasks)s + t.rn between %(have)s + 1 and %(depth)s",
-            {"tasks": TASKS, "from": have // TASKS, "to": depth // TASKS + 1,
-             "have": have, "depth": depth})
+        insert_queued(conn, TASKS, have, depth)
     conn.execute("vacuum analyze public.agent_task_executions")
 
 

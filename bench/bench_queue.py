@@ -71,7 +71,6 @@ def seed_ours(url: str, n: int, tasks: int, users: int = 1, history: int = 0) ->
     pg_timezone_names) and is not what this bench measures; the rows are
     valid manual tasks, for which that trigger would change nothing."""
     tasks = min(tasks, n)
-    per_task = -(-n // tasks)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("insert into auth.users (id, email)"
                      " select gen_random_uuid(), 'bench-' || g || '@example.test'"
@@ -103,23 +102,30 @@ def seed_ours(url: str, n: int, tasks: int, users: int = 1, history: int = 0) ->
                 " where k * %(tasks)s + t.rn <= %(history)s",
                 {"tasks": tasks, "per": -(-history // tasks), "history": history})
         conn.execute("set session_replication_role = origin")
-        conn.execute(
-            "insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type,"
-            " status, scheduled_for, run_after, priority, exclusive)"
-            " select t.id, t.user_id, t.agent_id, 'manual', 'queued',"
-            "        now() - interval '1 day' + make_interval(secs => k * %(tasks)s + t.rn),"
-            "        now() - interval '1 minute', 0, false"
-            " from (select id, user_id, agent_id, row_number() over (order by id) as rn"
-            "       from public.agent_tasks) t"
-            " cross join generate_series(0, %(per_task)s - 1) k"
-            " where k * %(tasks)s + t.rn <= %(n)s",
-            {"tasks": tasks, "per_task": per_task, "n": n})
+        insert_queued(conn, tasks, 0, n)
         conn.execute("analyze public.agent_task_executions")
         conn.execute("analyze public.agent_tasks")
         (count,) = conn.execute("select count(*) from public.agent_task_executions"
                                 " where status = 'queued'").fetchone() or (0,)
         conn.execute("vacuum analyze public.agent_task_executions")
         assert count == n, f"seeded {count} executions, wanted {n}"
+
+
+def insert_queued(conn: psycopg.Connection[Any], tasks: int, have: int, upto: int) -> None:
+    """Queued occurrences number have+1 .. upto, round-robin over the tasks
+    (occurrence i belongs to task i mod tasks, one second apart)."""
+    conn.execute(
+        "insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type,"
+        " status, scheduled_for, run_after, priority, exclusive)"
+        " select t.id, t.user_id, t.agent_id, 'manual', 'queued',"
+        "        now() - interval '1 day' + make_interval(secs => k * %(tasks)s + t.rn),"
+        "        now() - interval '1 minute', 0, false"
+        " from (select id, user_id, agent_id, row_number() over (order by id) as rn"
+        "       from public.agent_tasks) t"
+        " cross join generate_series(%(from)s::int, %(to)s::int) k"
+        " where k * %(tasks)s + t.rn between %(have)s + 1 and %(upto)s",
+        {"tasks": tasks, "from": have // tasks, "to": upto // tasks + 1,
+         "have": have, "upto": upto})
 
 
 async def _worker(url: str, worker_id: str, batch: int, finish: str,
