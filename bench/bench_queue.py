@@ -313,6 +313,8 @@ def main() -> int:
     parser.add_argument("--per-user-limit", type=int, default=8,
                         help="claim_executions' p_per_user_limit (the worker's default is 8; 0 = off)")
     parser.add_argument("--users", type=int, default=1000, help="users owning the tasks (ours)")
+    parser.add_argument("--unpinned", action="store_true",
+                        help="ours with claim_executions' plan settings reset (the plan before)")
     parser.add_argument("--only", choices=SYSTEMS, action="append",
                         help="run only these systems (repeatable); default: all")
     args = parser.parse_args()
@@ -323,7 +325,13 @@ def main() -> int:
     # finished rows are built once, not once a round
     template = f"bench_queue_tpl_{uuid.uuid4().hex[:8]}"
     if any(s.startswith("ours") for s in systems):
-        seed_ours(stack.create_database(state, template), args.n, TASKS, args.users, args.history)
+        template_url = stack.create_database(state, template)
+        seed_ours(template_url, args.n, TASKS, args.users, args.history)
+        if args.unpinned:
+            with psycopg.connect(template_url, autocommit=True) as conn:
+                for setting in ("enable_sort", "enable_bitmapscan", "jit"):
+                    conn.execute("alter function scheduler.claim_executions(text, integer,"
+                                 f" integer, integer, timestamptz) reset {setting}")
 
     def ours(batch: int) -> Any:
         return lambda url: run_ours(url, args.n, args.concurrency, batch, args.finish,
@@ -398,7 +406,8 @@ def main() -> int:
         "n": args.n,
         "concurrency": args.concurrency,
         "conditions": {
-            "history_rows_ours": args.history, "per_user_limit_ours": args.per_user_limit or None,
+            "history_rows_ours": args.history, "claim_plan_settings_reset": args.unpinned,
+            "per_user_limit_ours": args.per_user_limit or None,
             "users_ours": args.users, "batch_ours": args.batch, "rounds": args.rounds,
             "load_average_end": os.getloadavg(), "cpus": os.cpu_count(),
             "history_note": ("history = finished executions of the same tasks, vacuumed and"
