@@ -180,6 +180,9 @@ class State:
     llm_port: int | None = None
     llm_pid: int | None = None
     llm_is_fake: bool = True
+    # digests of the code each running service was started from (see _stale)
+    chat_digest: str = ""
+    llm_digest: str = ""
 
     @classmethod
     def load(cls) -> State | None:
@@ -562,16 +565,35 @@ def chat_env(state: State) -> dict[str, str]:
     return function_env(state, database_url(state), state.chat_port, settings)
 
 
+def code_digest(folder: Path) -> str:
+    """A digest of the source files under `folder`: a running service started from other code is stale.
+
+    `stack up` is idempotent, but a service started before a `git pull` or a
+    branch switch would otherwise keep serving the old code.
+    """
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in {".ts", ".py", ".json"} and "node_modules" not in path.parts:
+            h.update(str(path.relative_to(folder)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _start_fake_llm(state: State) -> None:
     if os.environ.get("OPENAI_API_KEY"):
         state.llm_is_fake = False
         return
     state.llm_is_fake = True
-    if state.llm_port and _pid_alive(state.llm_pid) and port_open(state.llm_port):
-        return
     if not FAKE_LLM.exists():
         return
-    state.llm_port = free_port(54329)
+    digest = code_digest(FAKE_LLM.parent)
+    if state.llm_port and _pid_alive(state.llm_pid) and port_open(state.llm_port):
+        if state.llm_digest == digest:
+            return
+        _log("the fake model's code changed: restarting it")
+        _stop_pid(state.llm_pid)
+    state.llm_port = free_port(state.llm_port or 54329)
+    state.llm_digest = digest
     state.llm_pid = _spawn("fake-llm", [sys.executable, str(FAKE_LLM), "--port", str(state.llm_port)],
                            dict(os.environ))
     _wait_port(state.llm_port, "fake-llm", state.llm_pid)
@@ -581,9 +603,15 @@ def _start_fake_llm(state: State) -> None:
 def _start_chat(state: State) -> None:
     if not CHAT_FUNCTION.exists():
         return
+    digest = code_digest(CHAT_FUNCTION.parents[1])
     if state.chat_port and _pid_alive(state.chat_pid) and port_open(state.chat_port):
-        return
-    state.chat_port = free_port(54321)
+        if state.chat_digest == digest:
+            return
+        _log("the chat function's code changed: restarting it")
+        _stop_pid(state.chat_pid)
+    # the same port when it is free again: a running worker keeps its CHAT_URL
+    state.chat_port = free_port(state.chat_port or 54321)
+    state.chat_digest = digest
     deno = deno_binary()
     cmd = [deno, "run", "--allow-net", "--allow-env", "--allow-read",
            "--config", str(CHAT_FUNCTION.parent / "deno.json"), str(CHAT_FUNCTION)]
