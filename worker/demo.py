@@ -180,6 +180,14 @@ def run_demo(duration_s: float | None = None) -> int:
              "tasks: every 10 s (interval) and every minute (cron), both posting here;\n"
              f"\"{ASKING_TASK}\" runs once in a conversation of its own and asks you a question\n"
              f"worker log: {stack.LOG_DIR / 'demo-worker.log'}   ·   Ctrl-C to stop", "agent-tasks demo")
+        standing = conn.execute(
+            """select state ->> 'pending_question' as question, state ->> 'waiting_conversation_id' as conversation
+               from public.agent_tasks where user_id = %s and name = %s and status = 'waiting_input'""",
+            (demo["user_id"], ASKING_TASK)).fetchone()
+        if standing is not None:  # an earlier demo's question is still open: say so, it is not asked again
+            console.print(f"\"{ASKING_TASK}\" still waits for your answer: {standing['question']}")
+            console.print(f"[bold]answer it:[/bold] agent-tasks conversations reply "
+                          f"{standing['conversation']} \"Berlin\"", markup=True)
         started = time.monotonic()
         seen_messages: datetime | None = None
         seen_exec = conn.execute("select now() as t").fetchone()

@@ -17,8 +17,26 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+ASKING_TASK = "Weather note (asks first)"
+
+
+def _asking_task_status() -> str | None:
+    """The demo's third task's status on this stack (an earlier demo may have left its question open)."""
+    try:
+        state = stack.require_running()
+    except stack.StackError:
+        return None
+    with psycopg.connect(stack.database_url(state)) as conn:
+        row = conn.execute(
+            """select t.status from public.agent_tasks t join auth.users u on u.id = t.user_id
+               where u.email = 'demo@agent-tasks.local' and t.name = %s""", (ASKING_TASK,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def test_demo__scheduled_runs_arrive_in_the_conversation() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    # an unanswered question from an earlier demo stands: the demo asks it again only once it is answered
+    asked_before = _asking_task_status() == "waiting_input"
     proc = subprocess.run([sys.executable, "-m", "worker", "demo", "--duration", "25"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     out = proc.stdout + proc.stderr
@@ -45,8 +63,14 @@ def test_demo__scheduled_runs_arrive_in_the_conversation() -> None:
     # the scheduler's messages (a user's answer from an earlier run of this test has no execution)
     scheduled = [r for r in rows if r[2] is not None]
     assert all(r[1] == "scheduler" for r in scheduled if r[0] == "user")
-    # the third task asked its question; every other run succeeded
-    assert sorted({r[2] for r in scheduled}) == ["needs_input", "succeeded"], rows
+    # the third task asked its question; every other run succeeded (occurrences missed while no demo
+    # ran, on a stack reused from an earlier run, are told as the scheduler's system messages)
+    statuses = {r[2] for r in scheduled if r[0] != "system"}
+    if asked_before:  # the question stands (its run may fall inside the window, or not)
+        assert statuses - {"needs_input"} == {"succeeded"}, rows
+    else:
+        assert statuses == {"needs_input", "succeeded"}, rows
+    assert all(r[1] == "scheduler" and r[2] == "skipped" for r in scheduled if r[0] == "system"), rows
     assert "Which city should the weather note cover?" in out
     assert "answer it: agent-tasks conversations reply" in out
 
