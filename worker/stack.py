@@ -219,6 +219,9 @@ def free_port(preferred: int) -> int:
     """The preferred port if nothing listens there, else any free one."""
     for port in (preferred, 0):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as the servers bind (SO_REUSEADDR): closed connections in TIME_WAIT do not
+            # make a port busy, only a listener does
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
