@@ -436,6 +436,7 @@ SETTING_HELP = {
     "planner_batch_size": "cron tasks planned per pass",
     "enqueue_batch_size": "executions enqueued per call",
     "shutdown_grace_s": "how long SIGTERM waits for in-flight runs before releasing them",
+    "session_grace_s": "a worker whose database session is gone this long has its runs rescued",
     "retry_base_s": "first retry delay (exponential backoff with full jitter)",
     "retry_cap_s": "longest retry delay",
     "db_pool_size": "work connections (the listener has its own)",

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     planner_batch_size: int = Field(default=500, ge=1)
     enqueue_batch_size: int = Field(default=5000, ge=1)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
+    session_grace_s: float = Field(default=0.5, gt=0, le=60)
     retry_base_s: float = Field(default=5.0, ge=0)
     retry_cap_s: float = Field(default=600.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1, le=200)

@@ -48,6 +48,8 @@ _LISTEN: Final = {
 
 _ENQUEUE_DUE: Final = "select scheduler.enqueue_due(null, %s)"
 _RESCUE_EXPIRED: Final = "select scheduler.rescue_expired()"
+_RESCUE_DEAD_WORKERS: Final = "select rescued, pending_workers from scheduler.rescue_dead_workers(%s)"
+_ATTACH_SESSION: Final = "select scheduler.attach_worker_session(%s)"
 _TASKS_TO_PLAN: Final = "select * from scheduler.tasks_to_plan(%s)"
 _APPLY_PLAN: Final = "select scheduler.apply_plan(%s, %s, %s, %s, %s::timestamptz[], %s::timestamptz[])"
 _FAIL_PLAN: Final = "select scheduler.fail_plan(%s, %s, %s)"
@@ -75,6 +77,9 @@ def make_pool(database_url: str, size: int, worker_id: str) -> AsyncConnectionPo
         name="agent-tasks-worker",
         kwargs={"autocommit": True, "application_name": f"agent-tasks worker {worker_id}"[:63]},
         timeout=30.0,
+        # a connection killed while idle in the pool (Postgres restarted, backend
+        # terminated) is found and replaced before a caller gets it
+        check=AsyncConnectionPool.check_connection,
     )
 
 
@@ -103,6 +108,11 @@ class PostgresListener:
 
     async def check(self) -> None:
         await self._conn.execute("select 1")
+
+    async def attach(self, worker_id: str) -> bool:
+        cur = await self._conn.execute(_ATTACH_SESSION, (worker_id,))
+        row = await cur.fetchone()
+        return bool(row and row[0])
 
     async def close(self) -> None:
         await self._conn.close()
@@ -153,6 +163,12 @@ class PostgresQueue:
 
     async def rescue_expired(self) -> int:
         return int(await self._scalar(_RESCUE_EXPIRED, ()) or 0)
+
+    async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_RESCUE_DEAD_WORKERS, (grace_s,))
+            row = await cur.fetchone()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
     async def tasks_to_plan(self, limit: int) -> list[dict[str, Any]]:
         return await self._rows(_TASKS_TO_PLAN, (limit,))

@@ -108,6 +108,11 @@ class Listener(Protocol):
     async def check(self) -> None:
         """Prove the connection is alive (raises a connection error when it is not)."""
 
+    async def attach(self, worker_id: str) -> bool:
+        """Make this connection's session the worker's liveness (scheduler.attach_worker_session);
+        False when the worker is not registered."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -129,6 +134,11 @@ class WorkerQueue(Protocol):
     async def enqueue_due(self, limit: int) -> int: ...
 
     async def rescue_expired(self) -> int: ...
+
+    async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:
+        """Requeue the runs of workers whose session ended `grace_s` ago or more:
+        (executions moved, workers lost but still within the grace)."""
+        ...
 
     async def tasks_to_plan(self, limit: int) -> list[dict[str, Any]]: ...
 

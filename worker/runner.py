@@ -7,10 +7,13 @@ any of them fails (Procrastinate's habit):
   agent_tasks_plan and agent_task_cancel; re-established when it dies. The
   other loops also poll every POLL_INTERVAL_S, so a lost NOTIFY costs at most
   that much latency.
-* ``tick``      enqueue_due + rescue_expired every TICK_INTERVAL_S, just after each
-  whole multiple of it (schedules fall on whole seconds), then claims at once
-  when it enqueued anything (pg_cron does the same once a minute; the worker's
-  tick makes sub-minute schedules work).
+* ``tick``      enqueue_due + rescue_expired + rescue_dead_workers every
+  TICK_INTERVAL_S, just after each whole multiple of it (schedules fall on
+  whole seconds), then claims at once when it enqueued anything (pg_cron does
+  the same once a minute; the worker's tick makes sub-minute schedules work).
+  A worker whose session ended (its listener connection, attached as its
+  liveness) has its runs rescued SESSION_GRACE_S after the tick that first saw
+  it gone, by a follow-up pass: rescue on death, not on lease.
 * ``planner``   next_run_at of cron tasks (croniter, worker/planner.py) via
   tasks_to_plan / apply_plan, woken by NOTIFY agent_tasks_plan.
 * ``claim``     claim_executions in batches up to free capacity (WORKER_CONCURRENCY
@@ -154,6 +157,7 @@ class Worker:
         self._backlog = False
         self._listener_up = asyncio.Event()
         self._plan_failures: dict[uuid.UUID, int] = {}  # task id -> schedule_version that failed
+        self._dead_worker_followup: asyncio.Task[None] | None = None
         self._signals = 0
         self.stats = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "timed_out": 0,
                       "needs_input": 0, "abandoned": 0, "released": 0}
@@ -219,6 +223,8 @@ class Worker:
                 self._stopping.set()
             await self._shutdown(loops)
         finally:
+            if self._dead_worker_followup is not None:
+                loops.append(self._dead_worker_followup)
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
@@ -296,6 +302,12 @@ class Worker:
             listener: Listener | None = None
             try:
                 listener = await self.queue.connect_listener()
+                # this session is the worker's liveness: when it ends, the others rescue our runs
+                if not await listener.attach(self.worker_id):
+                    # the row was removed (a long outage): register again, then attach
+                    await self.queue.register_worker(self.worker_id, socket.gethostname(), os.getpid(),
+                                                     self.settings.worker_concurrency)
+                    await listener.attach(self.worker_id)
                 self._listener_up.set()
                 delay_s = 0.1
                 # a NOTIFY may have been sent while we were not listening
@@ -312,7 +324,9 @@ class Worker:
                 log_event(logger, "listener lost; reconnecting", level=logging.WARNING,
                           error=repr(exc), retry_in_s=round(delay_s, 2))
                 await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, self.settings.poll_interval_s * 5)
+                # re-attach well within the session grace once the database is back,
+                # or the other workers rescue (and run again) what we are running
+                delay_s = min(delay_s * 2, self.settings.session_grace_s / 2)
             finally:
                 if listener is not None:
                     with contextlib.suppress(Exception):
@@ -358,8 +372,33 @@ class Worker:
                 if rescued:
                     self._claim_wake.set()
                     log_event(logger, "rescued", count=rescued)
+                await self._rescue_dead_workers()
 
             await self._survive("tick", tick)
+
+    async def _rescue_dead_workers(self) -> None:
+        """rescue_dead_workers; when a worker's session was first seen gone, again after the grace."""
+        grace_s = self.settings.session_grace_s
+        rescued, pending = await self.queue.rescue_dead_workers(grace_s)
+        if pending and self._dead_worker_followup is None:
+            async def followup() -> None:
+                try:
+                    await asyncio.sleep(grace_s)
+                    await self._survive("tick", self._rescue_dead_workers_once)
+                finally:
+                    self._dead_worker_followup = None
+
+            self._dead_worker_followup = asyncio.create_task(followup(), name="rescue-followup")
+        self._log_dead_worker_rescue(rescued)
+
+    async def _rescue_dead_workers_once(self) -> None:
+        rescued, _ = await self.queue.rescue_dead_workers(self.settings.session_grace_s)
+        self._log_dead_worker_rescue(rescued)
+
+    def _log_dead_worker_rescue(self, rescued: int) -> None:
+        if rescued:
+            self._claim_wake.set()
+            log_event(logger, "rescued", count=rescued, reason="worker session ended")
 
     async def _planner_loop(self) -> None:
         s = self.settings

@@ -70,6 +70,7 @@ class MemoryListener:
     def __init__(self) -> None:
         self.inbox: asyncio.Queue[MemoryNotification] = asyncio.Queue()
         self.closed = False
+        self.attached: str | None = None
 
     async def notifies(self, idle_s: float) -> AsyncIterator[MemoryNotification]:
         while True:
@@ -82,6 +83,10 @@ class MemoryListener:
 
     async def check(self) -> None:
         return None
+
+    async def attach(self, worker_id: str) -> bool:
+        self.attached = worker_id
+        return True
 
     async def close(self) -> None:
         self.closed = True
@@ -164,6 +169,9 @@ class InMemoryQueue:
 
     async def rescue_expired(self) -> int:
         return 0
+
+    async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:
+        return (0, 0)
 
     async def tasks_to_plan(self, limit: int) -> list[dict[str, Any]]:
         return []

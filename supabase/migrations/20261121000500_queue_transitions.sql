@@ -10,7 +10,9 @@
 -- `security definer` so the worker's role (task_worker) needs no table
 -- privileges at all; EXECUTE is granted to task_worker and service_role only.
 
--- Live workers, for `status` and operator views.
+-- Live workers, for `status` and operator views, and the liveness rule of
+-- rescue_dead_workers: a worker is alive while the database session it
+-- attached (backend_pid + backend_start, its LISTEN connection) exists.
 create table scheduler.workers (
   id text primary key,
   hostname text not null,
@@ -18,7 +20,11 @@ create table scheduler.workers (
   concurrency integer not null,
   in_flight integer not null default 0,
   started_at timestamptz not null default now(),
-  last_seen_at timestamptz not null default now()
+  last_seen_at timestamptz not null default now(),
+  backend_pid integer,
+  backend_start timestamptz,
+  -- when a rescuer first saw the attached session gone (null: alive or never attached)
+  session_lost_at timestamptz
 );
 alter table scheduler.workers enable row level security;
 comment on table scheduler.workers is 'Workers that heartbeat; rows older than a few leases are removed by the rescuer.';
@@ -159,10 +165,16 @@ begin
     in_flight = coalesce(p_in_flight, cardinality(p_ids))
   where w.id = p_worker_id;
 
+  -- rows locked in id order, like every function that locks several
+  -- executions (start_executions, finish_executions, rescue_dead_workers)
   update public.agent_task_executions e set
     heartbeat_at = v_now,
     lease_expires_at = v_now + make_interval(secs => p_lease_seconds)
-  where e.id = any (p_ids) and e.worker_id = p_worker_id and e.status = 'running';
+  from (select x.id from public.agent_task_executions x
+        where x.id = any (p_ids) and x.worker_id = p_worker_id and x.status = 'running'
+        order by x.id
+        for no key update) o
+  where e.id = o.id;
 
   return query
     select x.id, coalesce(e.status, 'missing')
@@ -303,6 +315,13 @@ begin
   if p_items is null or jsonb_typeof(p_items) <> 'array' then
     raise exception 'start_executions: p_items must be a JSON array' using errcode = '22023';
   end if;
+  -- the batch's execution rows first, in id order (the one lock order of
+  -- heartbeat, finish and rescue), before the conversation-ordered work below
+  perform 1 from public.agent_task_executions e
+  where e.id in (select (x ->> 'id')::uuid from jsonb_array_elements(p_items) x)
+    and e.worker_id = p_worker_id and e.status = 'running'
+  order by e.id
+  for no key update;
   for v_item in
     select i.id, i.attempt, i.resolved_prompt, i.conversation_title
     from jsonb_array_elements(p_items) with ordinality as o(elem, ord)
@@ -363,6 +382,13 @@ begin
   if found then
     raise exception 'finish_executions: % is not a finishing status', v_bad using errcode = '22023';
   end if;
+  -- lock the batch's rows in id order first (the one lock order of heartbeat,
+  -- start and rescue), so concurrent batches and heartbeats cannot deadlock
+  perform 1 from public.agent_task_executions e
+  where e.id in (select (x ->> 'id')::uuid from jsonb_array_elements(p_results) x)
+    and e.worker_id = p_worker_id and e.status = 'running'
+  order by e.id
+  for no key update;
 
   with input as (
     select distinct on (r.id) r.id, r.attempt, r.status, r.output, r.error, r.error_kind,
@@ -563,9 +589,51 @@ begin
 end
 $$;
 
--- rescue_expired: running executions whose lease expired (their worker died)
--- go back to the queue, or fail when no attempt is left. Called by every
--- worker on its tick and by pg_cron every minute. Returns rows moved.
+-- put_back_running: the rescuers' one move of a locked running execution
+-- whose worker is gone: back to the queue, runnable at once (its attempt
+-- used), while attempts remain, else failed with the task's bookkeeping.
+-- p_cause says why ("lease expired on worker w1"). Returns true when requeued.
+-- Internal: called by rescue_expired and rescue_dead_workers only.
+create or replace function scheduler.put_back_running(
+  p_exec public.agent_task_executions, p_error_kind text, p_cause text, p_now timestamptz
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_exec public.agent_task_executions;
+begin
+  if p_exec.attempt < p_exec.max_attempts then
+    update public.agent_task_executions e set
+      status = 'queued',
+      run_after = p_now,
+      worker_id = null,
+      lease_expires_at = null,
+      error = format('%s (worker lost)', p_cause),
+      error_kind = p_error_kind
+    where e.id = p_exec.id;
+    return true;
+  end if;
+  update public.agent_task_executions e set
+    status = 'failed',
+    finished_at = p_now,
+    duration_ms = scheduler.duration_ms(e.started_at, p_now),
+    lease_expires_at = null,
+    error = format('%s and no attempt is left', p_cause),
+    error_kind = p_error_kind
+  where e.id = p_exec.id
+  returning e.* into v_exec;
+  perform scheduler.record_outcome(v_exec, p_now);
+  return false;
+end
+$$;
+
+-- rescue_expired: running executions whose lease expired (their worker died
+-- or hangs) go back to the queue, or fail when no attempt is left. Called by
+-- every worker on its tick and by pg_cron every minute. Returns rows moved.
+-- Rows are locked in id order (the one lock order of heartbeat, start,
+-- finish and rescue_dead_workers).
 create or replace function scheduler.rescue_expired(p_now timestamptz default null)
 returns integer
 language plpgsql
@@ -574,33 +642,21 @@ set search_path = ''
 as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
-  v_requeued integer;
   v_exec public.agent_task_executions;
-  v_failed integer := 0;
+  v_moved integer := 0;
+  v_requeued integer := 0;
 begin
-  update public.agent_task_executions e set
-    status = 'queued',
-    run_after = v_now,
-    worker_id = null,
-    lease_expires_at = null,
-    error = format('lease expired on worker %s (worker lost)', e.worker_id),
-    error_kind = 'lease_expired'
-  where e.status = 'running' and e.lease_expires_at < v_now and e.attempt < e.max_attempts;
-  get diagnostics v_requeued = row_count;
-
   for v_exec in
-    update public.agent_task_executions e set
-      status = 'failed',
-      finished_at = v_now,
-      duration_ms = scheduler.duration_ms(e.started_at, v_now),
-      lease_expires_at = null,
-      error = format('lease expired on worker %s and no attempt is left', e.worker_id),
-      error_kind = 'lease_expired'
-    where e.status = 'running' and e.lease_expires_at < v_now and e.attempt >= e.max_attempts
-    returning e.*
+    select * from public.agent_task_executions e
+    where e.status = 'running' and e.lease_expires_at < v_now
+    order by e.id
+    for no key update
   loop
-    perform scheduler.record_outcome(v_exec, v_now);
-    v_failed := v_failed + 1;
+    if scheduler.put_back_running(v_exec, 'lease_expired',
+                                  format('lease expired on worker %s', v_exec.worker_id), v_now) then
+      v_requeued := v_requeued + 1;
+    end if;
+    v_moved := v_moved + 1;
   end loop;
 
   delete from scheduler.workers w where w.last_seen_at < v_now - interval '5 minutes';
@@ -608,7 +664,85 @@ begin
   if v_requeued > 0 then
     perform pg_notify('agent_task_executions', '');
   end if;
-  return v_requeued + v_failed;
+  return v_moved;
+end
+$$;
+
+-- attach_worker_session: the calling session becomes the worker's liveness
+-- (the worker calls it on its LISTEN connection each time that connects).
+-- Returns false when the worker is not registered.
+create or replace function scheduler.attach_worker_session(p_worker_id text)
+returns boolean
+language sql
+security definer
+set search_path = ''
+as $$
+  with attached as (
+    update scheduler.workers w set
+      backend_pid = pg_catalog.pg_backend_pid(),
+      backend_start = (select a.backend_start from pg_catalog.pg_stat_activity a
+                       where a.pid = pg_catalog.pg_backend_pid()),
+      session_lost_at = null,
+      last_seen_at = now()
+    where w.id = p_worker_id
+    returning 1
+  )
+  select exists (select 1 from attached)
+$$;
+
+-- rescue_dead_workers: rescue on death, not on lease. A worker whose attached
+-- session no longer exists (killed, crashed, its host gone: Postgres ends the
+-- session when the socket closes) is marked session_lost_at on first sight;
+-- once it has stayed gone for p_grace_seconds (a live worker re-attaches
+-- within that after a connection blip) its running executions go back to the
+-- queue (or fail when no attempt is left), exactly like an expired lease.
+-- The lease stays the fallback for a worker alive but hung or partitioned.
+-- Returns the executions moved and the workers lost but still within grace
+-- (the caller looks again after the grace). Called by every worker's tick.
+create or replace function scheduler.rescue_dead_workers(
+  p_grace_seconds double precision default 0.5,
+  p_now timestamptz default null
+) returns table (rescued integer, pending_workers integer)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_dead text[];
+  v_exec public.agent_task_executions;
+  v_rescued integer := 0;
+  v_requeued integer := 0;
+begin
+  update scheduler.workers w set session_lost_at = v_now
+  where w.backend_pid is not null and w.session_lost_at is null
+    and not exists (select 1 from pg_catalog.pg_stat_activity a
+                    where a.pid = w.backend_pid and a.backend_start = w.backend_start);
+
+  select coalesce(array_agg(w.id), '{}') into v_dead from scheduler.workers w
+  where w.session_lost_at <= v_now - make_interval(secs => p_grace_seconds);
+
+  if cardinality(v_dead) > 0 then
+    for v_exec in
+      select * from public.agent_task_executions e
+      where e.status = 'running' and e.worker_id = any (v_dead)
+      order by e.id
+      for no key update
+    loop
+      if scheduler.put_back_running(v_exec, 'worker_lost',
+                                    format('the session of worker %s ended', v_exec.worker_id), v_now) then
+        v_requeued := v_requeued + 1;
+      end if;
+      v_rescued := v_rescued + 1;
+    end loop;
+  end if;
+
+  if v_requeued > 0 then
+    perform pg_notify('agent_task_executions', '');
+  end if;
+  return query select v_rescued,
+    (select count(*)::integer from scheduler.workers w
+     where w.session_lost_at > v_now - make_interval(secs => p_grace_seconds));
 end
 $$;
 
@@ -713,6 +847,8 @@ grant execute on function
   scheduler.requeue_later(uuid, text, integer, text, text, double precision, timestamptz),
   scheduler.release_executions(text, uuid[], timestamptz),
   scheduler.rescue_expired(timestamptz),
+  scheduler.attach_worker_session(text),
+  scheduler.rescue_dead_workers(double precision, timestamptz),
   scheduler.cancel_execution(uuid, text, timestamptz),
   scheduler.register_worker(text, text, integer, integer),
   scheduler.unregister_worker(text),

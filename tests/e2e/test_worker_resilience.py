@@ -72,6 +72,46 @@ def test_sigkill__another_worker_completes_the_run_without_duplicates(
     _exactly_one_exchange(db, ex)
 
 
+def test_sigkill__runs_are_rescued_on_session_death_not_on_lease(
+        chat_endpoint: ChatEndpoint, db: psycopg.Connection[Any], task_factory: Any, tmp_path: Path,
+        workers: list[WorkerProcess]) -> None:
+    # a 60 s lease: only the death of A's session can bring the run back this soon
+    a = _start(chat_endpoint, tmp_path, workers, lease_seconds=60, worker_concurrency=4)
+    ex = run_now(db, task_factory("[[sleep:6000]] survive"))
+    wait_for(lambda: execution(db, ex)["user_message_id"], timeout_s=5, what="worker A to start the run")
+    assert execution(db, ex)["worker_id"] == a.worker_id
+    b = _start(chat_endpoint, tmp_path, workers, lease_seconds=60)
+    wait_for(lambda: db.execute("select backend_pid from scheduler.workers where id = %s",
+                                (a.worker_id,)).fetchone()["backend_pid"], timeout_s=5,
+             what="worker A to attach its session")
+    a.kill()
+    killed_at = time.monotonic()
+    row = wait_status(db, ex, "succeeded", timeout_s=20)
+    assert time.monotonic() - killed_at < 20  # the lease (60 s) did not bring it back
+    assert row["worker_id"] == b.worker_id and row["attempt"] == 2
+    assert "worker session ended" in b.output()
+    _exactly_one_exchange(db, ex)
+
+
+def test_listener_blip__runs_stay_with_their_live_worker(
+        chat_endpoint: ChatEndpoint, db: psycopg.Connection[Any], task_factory: Any, tmp_path: Path,
+        workers: list[WorkerProcess]) -> None:
+    a = _start(chat_endpoint, tmp_path, workers, lease_seconds=60, worker_concurrency=4)
+    b = _start(chat_endpoint, tmp_path, workers, lease_seconds=60, worker_concurrency=1)
+    ex = run_now(db, task_factory("[[sleep:3000]] stay"))
+    wait_for(lambda: execution(db, ex)["user_message_id"], timeout_s=5, what="a worker to start the run")
+    owner = a if execution(db, ex)["worker_id"] == a.worker_id else b
+    killed = db.execute(
+        "select pg_terminate_backend(pid) as ok from pg_stat_activity where application_name = %s",
+        (f"agent-tasks listener {owner.worker_id}",)).fetchall()
+    assert killed and all(r["ok"] for r in killed)
+    row = wait_status(db, ex, "succeeded", timeout_s=15)
+    # the owner re-attached its session within the grace: nobody rescued the run
+    assert row["worker_id"] == owner.worker_id and row["attempt"] == 1
+    assert "worker session ended" not in a.output() + b.output()
+    _exactly_one_exchange(db, ex)
+
+
 def test_sigterm__in_flight_run_finishes_within_grace(
         chat_endpoint: ChatEndpoint, db: psycopg.Connection[Any], task_factory: Any, tmp_path: Path,
         workers: list[WorkerProcess]) -> None:
