@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     session_grace_s: float = Field(default=0.5, gt=0, le=60)
     retry_base_s: float = Field(default=5.0, ge=0)
     retry_cap_s: float = Field(default=600.0, ge=0)
+    retry_min_s: float = Field(default=2.0, ge=0)
+    db_write_retry_s: float = Field(default=15.0, ge=0, le=600)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     http_connect_timeout_s: float = Field(default=5.0, gt=0)
     log_level: str = Field(default="INFO")
@@ -109,6 +111,8 @@ class Settings(BaseSettings):
             raise ValueError("HEARTBEAT_INTERVAL_S must be shorter than LEASE_SECONDS")
         if self.retry_cap_s < self.retry_base_s:
             raise ValueError("RETRY_CAP_S must be >= RETRY_BASE_S")
+        if self.retry_cap_s < self.retry_min_s:
+            raise ValueError("RETRY_CAP_S must be >= RETRY_MIN_S")
         return self
 
     @property

@@ -43,10 +43,12 @@ def backoff_delay_s(
     cap_s: float,
     retry_after_s: float | None = None,
     rand: Callable[[], float] = random.random,
+    min_s: float = 0.0,
 ) -> float:
-    """Seconds to wait before the next attempt: full jitter in [0, ceiling], at least the
+    """Seconds to wait before the next attempt: full jitter in [0, ceiling], at least `min_s`
+    (so the retries of one run cannot all fit inside a short outage) and at least the
     server's Retry-After (itself capped at cap_s so a silly header cannot park a run for a day)."""
-    delay = rand() * backoff_ceiling_s(attempt, base_s, cap_s)
+    delay = max(min(min_s, cap_s), rand() * backoff_ceiling_s(attempt, base_s, cap_s))
     if retry_after_s is not None and retry_after_s > 0:
         delay = max(delay, min(retry_after_s, cap_s))
     return delay

@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -94,6 +94,10 @@ SHUTDOWN_DB_TIMEOUT_S = 5.0
 HARD_STOP_DB_TIMEOUT_S = 1.0
 # Transient DB errors a loop survives (it logs and tries again next round).
 DB_TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout, TimeoutError)
+# Pauses between retries of one of the worker's own writes through a blip (doubling).
+WRITE_RETRY_FIRST_S = 0.1
+WRITE_RETRY_MAX_S = 1.0
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -261,7 +265,8 @@ class Worker:
                                  return_exceptions=True)
             try:
                 async with asyncio.timeout(db_timeout):
-                    released = await self.queue.release(self.worker_id, ids)
+                    released = await self._persist("release", lambda: self.queue.release(self.worker_id, ids),
+                                                   {"worker_id": self.worker_id})
                 self.stats["released"] += released
                 log_event(logger, "released", worker_id=self.worker_id, count=released,
                           execution_ids=",".join(str(i) for i in ids))
@@ -502,6 +507,24 @@ class Worker:
         entry.abandon_reason = reason
         entry.task.cancel()
 
+    async def _persist(self, what: str, call: Callable[[], Awaitable[T]], log_fields: dict[str, Any]) -> T:
+        """One of the worker's own writes (start, finish, requeue, release), retried through a
+        database blip for up to DB_WRITE_RETRY_S instead of leaving the run to its lease. Safe:
+        every one is fenced on worker and attempt and idempotent (a write that committed
+        before its answer was lost is fenced out, or returns the same row, the second time)."""
+        deadline = time.monotonic() + self.settings.db_write_retry_s
+        delay_s = WRITE_RETRY_FIRST_S
+        while True:
+            try:
+                return await call()
+            except DB_TRANSIENT_ERRORS as exc:
+                if time.monotonic() + delay_s > deadline:
+                    raise
+                log_event(logger, "database write failed; retrying", level=logging.WARNING, write=what,
+                          error=repr(exc), retry_in_s=delay_s, **log_fields)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
+
     def _duration_ms(self, entry: InFlight) -> int:
         return int((time.monotonic() - entry.started_monotonic) * 1000)
 
@@ -515,8 +538,9 @@ class Worker:
             log_event(logger, "abandoned", status=reason, duration_ms=self._duration_ms(entry),
                       **entry.log_fields)
         except Exception as exc:
-            # A bug or a lost database: the lease runs out and the rescuer (any
-            # worker's tick) requeues the execution, so nothing is lost.
+            # A bug, or a database gone for longer than DB_WRITE_RETRY_S: the
+            # lease runs out and the rescuer (any worker's tick) requeues the
+            # execution, so nothing is lost.
             logger.exception("execution crashed", extra={"fields": entry.log_fields})
             with contextlib.suppress(Exception):
                 await self._retry(entry, f"worker error: {exc!r}"[:500], ErrorKind.TRANSIENT, None)
@@ -543,8 +567,8 @@ class Worker:
                                error_kind=ErrorKind.PERMANENT)
             return
         try:
-            started = await self.queue.start(ex.id, self.worker_id, ex.attempt, prompt,
-                                             self._conversation_title(ex))
+            started = await self._persist("start", lambda: self.queue.start(
+                ex.id, self.worker_id, ex.attempt, prompt, self._conversation_title(ex)), entry.log_fields)
         except ConversationGone as exc:
             await self._finish(entry, ExecutionStatus.FAILED, error=str(exc), error_kind=ErrorKind.PERMANENT)
             return
@@ -587,9 +611,10 @@ class Worker:
                       usage: dict[str, Any] | None = None) -> None:
         ex = entry.execution
         entry.finishing = True
-        ok = await self.queue.finish(ex.id, self.worker_id, ex.attempt, status, output=output,
-                                     error=error, error_kind=error_kind.value if error_kind else None,
-                                     assistant_message_id=assistant_message_id, usage=usage)
+        ok = await self._persist("finish", lambda: self.queue.finish(
+            ex.id, self.worker_id, ex.attempt, status, output=output, error=error,
+            error_kind=error_kind.value if error_kind else None,
+            assistant_message_id=assistant_message_id, usage=usage), entry.log_fields)
         if ok:
             self.stats[status] = self.stats.get(status, 0) + 1
         log_event(logger, "finished" if ok else "finish fenced", status=status,
@@ -600,9 +625,10 @@ class Worker:
     async def _retry(self, entry: InFlight, error: str, kind: ErrorKind, retry_after_s: float | None) -> None:
         ex = entry.execution
         s = self.settings
-        delay = backoff_delay_s(ex.attempt, s.retry_base_s, s.retry_cap_s, retry_after_s)
+        delay = backoff_delay_s(ex.attempt, s.retry_base_s, s.retry_cap_s, retry_after_s, min_s=s.retry_min_s)
         entry.finishing = True
-        outcome = await self.queue.requeue_later(ex.id, self.worker_id, ex.attempt, error, kind.value, delay)
+        outcome = await self._persist("requeue_later", lambda: self.queue.requeue_later(
+            ex.id, self.worker_id, ex.attempt, error, kind.value, delay), entry.log_fields)
         if outcome == ExecutionStatus.QUEUED:
             self.stats["retried"] += 1
         elif outcome == ExecutionStatus.FAILED:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+
 from worker.queue import (
     CHANNEL_CANCEL,
     CHANNEL_EXECUTIONS,
@@ -110,12 +112,22 @@ class InMemoryQueue:
         self.requeues: list[tuple[uuid.UUID, str, float]] = []
         self.heartbeats = 0
         self.finish_gate: asyncio.Event | None = None
+        # fail_writes["finish"] = n: the next n finish calls (likewise start, requeue_later,
+        # release) raise psycopg.OperationalError before touching anything: a database blip
+        self.fail_writes: dict[str, int] = {}
+        self.failed_writes: list[str] = []
         self.claimed_event = asyncio.Event()  # set on every claim that returned rows
         self._listeners: list[MemoryListener] = []
         self._finishes = FinishBatcher(self._finish_many)
         self._starts = StartBatcher(self._start_many, self._start_one)
 
     # --- test helpers ---------------------------------------------------------
+
+    def _blip(self, write: str) -> None:
+        if self.fail_writes.get(write, 0) > 0:
+            self.fail_writes[write] -= 1
+            self.failed_writes.append(write)
+            raise psycopg.OperationalError(f"{write}: the connection was closed (simulated blip)")
 
     def add(self, n: int = 1, **fields: Any) -> list[uuid.UUID]:
         """Queue n executions (MemoryExecution fields as keywords) and NOTIFY."""
@@ -224,6 +236,7 @@ class InMemoryQueue:
 
     async def start(self, execution_id: uuid.UUID, worker_id: str, attempt: int,
                     resolved_prompt: str, conversation_title: str | None) -> Started:
+        self._blip("start")
         return await self._starts.submit(worker_id, execution_id, attempt, resolved_prompt, conversation_title)
 
     async def _start_one(self, execution_id: uuid.UUID, worker_id: str, attempt: int,
@@ -258,6 +271,7 @@ class InMemoryQueue:
                      output: str | None = None, error: str | None = None, error_kind: str | None = None,
                      assistant_message_id: uuid.UUID | None = None,
                      usage: dict[str, Any] | None = None) -> bool:
+        self._blip("finish")
         return await self._finishes.submit(worker_id, finish_item(
             execution_id, attempt, status, output=output, error=error, error_kind=error_kind,
             assistant_message_id=assistant_message_id, usage=usage))
@@ -283,6 +297,7 @@ class InMemoryQueue:
 
     async def requeue_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
                             error_kind: str, delay_seconds: float) -> str | None:
+        self._blip("requeue_later")
         e = self._fenced(execution_id, worker_id, attempt)
         if e is None:
             return None
@@ -296,6 +311,7 @@ class InMemoryQueue:
         return str(e.status)
 
     async def release(self, worker_id: str, ids: Sequence[uuid.UUID]) -> int:
+        self._blip("release")
         self.releases.append(list(ids))
         released = 0
         for execution_id in ids:

@@ -39,6 +39,13 @@ def test_backoff_delay__always_within_zero_and_ceiling(attempt: int, base: float
     assert 0 <= d <= min(cap, base * 2 ** min(attempt - 1, 60)) <= cap
 
 
+def test_backoff_delay__never_below_the_minimum() -> None:
+    # full jitter alone may draw ~0 s: three attempts would fit inside a 3 s outage
+    assert backoff_delay_s(1, 5, 600, rand=lambda: 0.0, min_s=2) == 2
+    assert backoff_delay_s(1, 5, 600, rand=lambda: 0.9, min_s=2) == 4.5
+    assert backoff_delay_s(1, 5, 1, rand=lambda: 0.0, min_s=2) == 1  # the cap still wins
+
+
 def test_backoff_delay__jitter_spreads_over_the_window() -> None:
     delays = [backoff_delay_s(4, 5, 600) for _ in range(2000)]
     assert min(delays) < 4 and max(delays) > 36  # window is [0, 40]

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from worker.chat_client import ActAs, ChatOk, ChatResult
+from worker.chat_client import ActAs, ChatOk, ChatResult, ChatTransient
 from worker.config import Settings
 from worker.queue import FinishBatcher
+from worker.retry import ErrorKind
 from worker.runner import Worker
 from worker.status import ExecutionStatus
 from worker.testing import InMemoryQueue
@@ -105,6 +106,53 @@ async def test_worker__runs_claimed_executions_and_closes_cleanly() -> None:
     assert queue.closed and chat.closed and queue.workers == set()
     assert worker.stats["succeeded"] == 6 and worker.stats["claimed"] == 6
     assert sorted(chat.calls) == sorted(ids)
+
+
+# --- database blips ------------------------------------------------------------------------
+
+
+async def test_blip__start_and_finish_are_retried_not_left_to_the_lease() -> None:
+    queue, chat = InMemoryQueue(), GatedChat(open_all=True)
+    queue.fail_writes = {"start": 2, "finish": 2}
+    ids = queue.add(1)
+    worker = Worker(settings(), chat=chat, queue=queue)
+    async with running(worker):
+        await until(lambda: statuses(queue, ids) == ["succeeded"], "the run to succeed")
+    assert queue.failed_writes == ["start", "start", "finish", "finish"]
+    assert queue.executions[ids[0]].attempt == 1 and queue.requeues == []
+    assert chat.calls == ids  # one model call
+
+
+async def test_blip__a_failed_requeue_is_retried_and_waits_at_least_the_minimum_backoff() -> None:
+    queue = InMemoryQueue()
+    queue.fail_writes = {"requeue_later": 1}
+    ids = queue.add(1, max_attempts=3)
+
+    class Down(GatedChat):
+        async def reply(self, act_as: ActAs, timeout_s: float) -> ChatResult:
+            self.calls.append(act_as.execution_id)
+            return ChatTransient(error="HTTP 503", kind=ErrorKind.TRANSIENT)
+
+    worker = Worker(settings(retry_min_s=2.0), chat=Down(), queue=queue)
+    async with running(worker):
+        await until(lambda: bool(queue.requeues), "the run to be requeued")
+    assert statuses(queue, ids) == ["queued"]
+    assert queue.failed_writes == ["requeue_later"]
+    [(execution_id, kind, delay_s)] = queue.requeues
+    assert execution_id == ids[0] and kind == "transient" and delay_s >= 2.0
+
+
+async def test_blip__writes_are_retried_only_for_db_write_retry_s() -> None:
+    queue, chat = InMemoryQueue(), GatedChat(open_all=True)
+    queue.fail_writes = {"finish": 1}
+    ids = queue.add(1, max_attempts=3)
+    worker = Worker(settings(db_write_retry_s=0), chat=chat, queue=queue)
+    async with running(worker):
+        # no retry: the finish error reaches the run, which is requeued as a worker error
+        await until(lambda: bool(queue.requeues), "the run to be requeued")
+    assert statuses(queue, ids) == ["queued"]
+    assert queue.failed_writes == ["finish"]
+    assert "worker error" in (queue.executions[ids[0]].error or "")
 
 
 # --- shutdown ------------------------------------------------------------------------------
