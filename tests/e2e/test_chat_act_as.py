@@ -8,6 +8,9 @@ X-Service and the context.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +105,35 @@ def test_act_as__replay_returns_the_stored_reply_without_calling_the_model(
     users = db.execute("select count(*) as n from public.chat_messages_v2 where execution_id = %s and role = 'user'",
                        (context["execution_id"],)).fetchone()
     assert users == {"n": 1}
+
+
+def test_act_as__caller_gone__the_reply_is_still_stored_and_the_retry_does_not_call_the_model(
+        chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
+        agent: uuid.UUID) -> None:
+    context = scheduled_turn(db, alice, agent, "worker dies mid-call [[sleep:1000]]")
+    llm.reset()
+    # the caller, a worker process, is killed (SIGKILL) while the model answers
+    caller = subprocess.Popen([sys.executable, "-c", (
+        "import httpx, json, sys; "
+        "httpx.post(sys.argv[1], json=json.loads(sys.argv[2]), headers=json.loads(sys.argv[3]), timeout=30)"),
+        chat_function.url, json.dumps({"context": context}), json.dumps(chat_function.service_headers())])
+    deadline = time.monotonic() + 10
+    while not llm.requests():
+        assert time.monotonic() < deadline, "the model was never called"
+        time.sleep(0.02)
+    caller.kill()
+    caller.wait(timeout=5)
+    deadline = time.monotonic() + 10
+    while not assistant_replies(db, context["execution_id"]):
+        assert time.monotonic() < deadline, "the reply of the abandoned call was never stored"
+        time.sleep(0.05)
+    # the rescued attempt asks again: the stored reply, no second model call
+    r = chat_function.post({"context": context}, chat_function.service_headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["replayed"] is True
+    assert r.json()["message"]["content"] == "Echo: worker dies mid-call [[sleep:1000]]"
+    assert len(llm.requests()) == 1
+    assert len(assistant_replies(db, context["execution_id"])) == 1
 
 
 def test_act_as__request_user_input_returns_needs_input(chat_function: ChatFunction, llm: FakeLLM,

@@ -186,7 +186,11 @@ async function handleChat(req: Request): Promise<Response> {
   } else {
     const request = parseActAsBody(body);
     stream = request.stream || acceptsSse;
-    run = (onEvent) => actAsTurn(deps, request, { ...options, onEvent });
+    // A scheduled turn is finished and stored even when its caller disconnects (a
+    // worker killed mid-call): the rescued attempt then finds the stored reply and
+    // the model is not paid twice. A cancelled or timed-out run's reply is still
+    // refused when stored (its execution is finished).
+    run = (onEvent) => actAsTurn(deps, request, { onEvent });
   }
   if (stream) return await streamTurn(run);
   return json(200, await run());
