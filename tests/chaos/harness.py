@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -65,53 +66,66 @@ def run_sigkill(chat: ChatFunction, llm: FakeLLM, log_dir: Path, *, tasks: int, 
         live: list[WorkerProcess] = []
         started: list[WorkerProcess] = []
 
-        def spawn() -> None:
-            wp = spawn_worker(chat, log_dir, lease_seconds=lease_s, worker_concurrency=concurrency,
-                              worker_per_user_limit=0)
+        def spawn(wait_ready: bool = True) -> None:
+            wp = spawn_worker(chat, log_dir, wait_ready=wait_ready, lease_seconds=lease_s,
+                              worker_concurrency=concurrency, worker_per_user_limit=0)
             live.append(wp)
             started.append(wp)
 
         for _ in range(workers):
             spawn()
         t_start = time.monotonic()
-        # one execution per task per second: {{NOW}} (seconds) makes every prompt unique
-        for _ in range(per_task):
-            second = int(time.time())
-            with conn.transaction():
+        stranded: list[float] = []
+        kills: list[int] = [0]
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def killer() -> None:
+            """Every kill_every_s: SIGKILL a random worker, start a new one, time the rescue."""
+            try:
+                with connect(chat.db_url) as kconn:
+                    while not stop.wait(kill_every_s):
+                        victim = live.pop(rng.randrange(len(live)))
+                        victim.kill()
+                        killed_at = time.monotonic()
+                        kills[0] += 1
+                        # the replacement starts (not waited for) while the victim's runs wait for rescue
+                        spawn(wait_ready=False)
+                        while kconn.execute("select count(*) as n from public.agent_task_executions"
+                                            " where status = 'running' and worker_id = %s",
+                                            (victim.worker_id,)).fetchone()["n"]:
+                            assert time.monotonic() - killed_at < lease_s * 2, \
+                                "a killed worker's runs never came back"
+                            time.sleep(0.02)
+                        stranded.append(time.monotonic() - killed_at)
+            except BaseException as exc:
+                failures.append(exc)
+
+        chaos = threading.Thread(target=killer, name="chaos-killer")
+        chaos.start()
+        try:
+            # one execution per task per second: {{NOW}} (seconds) makes every prompt unique.
+            # Each enqueue commits on its own, as a user's or the scheduler's would.
+            for _ in range(per_task):
                 for task_id in task_ids:
                     conn.execute("select scheduler.enqueue_now(%s)", (task_id,))
-            while int(time.time()) == second:
-                time.sleep(0.01)
-        total = tasks * per_task
-
-        stranded: list[float] = []
-        kills = 0
-        next_kill = time.monotonic() + kill_every_s
-        try:
+                last_second = int(time.time())
+                while int(time.time()) <= last_second:
+                    time.sleep(0.01)
+            total = tasks * per_task
             while True:
                 left = conn.execute("select count(*) as n from public.agent_task_executions"
                                     " where status in ('queued', 'running')").fetchone()["n"]
-                if left == 0:
+                if left == 0 or failures:
                     break
                 assert time.monotonic() - t_start < deadline_s, f"{left} executions not terminal in time"
-                if time.monotonic() < next_kill:
-                    time.sleep(0.05)
-                    continue
-                victim = live.pop(rng.randrange(len(live)))
-                victim.kill()
-                killed_at = time.monotonic()
-                kills += 1
-                spawn()  # the replacement starts while the victim's runs wait for rescue
-                while conn.execute("select count(*) as n from public.agent_task_executions"
-                                   " where status = 'running' and worker_id = %s",
-                                   (victim.worker_id,)).fetchone()["n"]:
-                    assert time.monotonic() - killed_at < lease_s * 2, "a killed worker's runs never came back"
-                    time.sleep(0.02)
-                stranded.append(time.monotonic() - killed_at)
-                next_kill = killed_at + kill_every_s
+                time.sleep(0.05)
         finally:
-            for wp in live:
+            stop.set()
+            chaos.join(timeout=lease_s * 3)
+            for wp in list(live):
                 wp.stop()
+        assert not failures, failures
         elapsed_s = time.monotonic() - t_start
 
         rows = conn.execute("select id, status, resolved_prompt, attempt from public.agent_task_executions"
@@ -131,7 +145,7 @@ def run_sigkill(chat: ChatFunction, llm: FakeLLM, log_dir: Path, *, tasks: int, 
     return {
         "scenario": "sigkill", "tasks": tasks, "executions": total, "workers": workers,
         "worker_concurrency": concurrency, "kill_every_s": kill_every_s, "lease_s": lease_s,
-        "model_latency_ms": model_latency_ms, "faults": kills, "elapsed_s": round(elapsed_s, 1),
+        "model_latency_ms": model_latency_ms, "faults": kills[0], "elapsed_s": round(elapsed_s, 1),
         "rows": len(rows), "statuses": dict(statuses),
         "lost": total - sum(n for s, n in statuses.items() if s in ("succeeded", "failed", "timed_out")),
         "duplicated": sum(1 for n in per_run if n > 1),
