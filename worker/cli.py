@@ -439,7 +439,8 @@ SETTING_HELP = {
     "session_grace_s": "a worker whose database session is gone this long has its runs rescued",
     "retry_base_s": "first retry delay (exponential backoff with full jitter)",
     "retry_cap_s": "longest retry delay",
-    "retry_min_s": "shortest retry delay, so one run's retries cannot all fit inside a short outage",
+    "retry_min_s": "shortest retry delay (at most RETRY_CAP_S), so one run's retries cannot all fit "
+                   "inside a short outage",
     "db_write_retry_s": "how long the worker retries its own writes (start, finish, requeue, release) "
                         "through a database blip",
     "db_pool_size": "work connections (the listener has its own)",

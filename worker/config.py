@@ -111,8 +111,6 @@ class Settings(BaseSettings):
             raise ValueError("HEARTBEAT_INTERVAL_S must be shorter than LEASE_SECONDS")
         if self.retry_cap_s < self.retry_base_s:
             raise ValueError("RETRY_CAP_S must be >= RETRY_BASE_S")
-        if self.retry_cap_s < self.retry_min_s:
-            raise ValueError("RETRY_CAP_S must be >= RETRY_MIN_S")
         return self
 
     @property

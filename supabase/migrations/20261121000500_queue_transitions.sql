@@ -322,6 +322,16 @@ begin
     and e.worker_id = p_worker_id and e.status = 'running'
   order by e.id
   for no key update;
+  -- then their tasks, in id order like finish_executions: an item may write
+  -- its task (a first run stores the new conversation) and which items do is
+  -- only known item by item, so taking them as they come could cross another
+  -- batch's order
+  perform 1 from public.agent_tasks t
+  where t.id in (select e.task_id from public.agent_task_executions e
+                 where e.id in (select (x ->> 'id')::uuid from jsonb_array_elements(p_items) x)
+                   and e.worker_id = p_worker_id and e.status = 'running')
+  order by t.id
+  for no key update;
   for v_item in
     select i.id, i.attempt, i.resolved_prompt, i.conversation_title
     from jsonb_array_elements(p_items) with ordinality as o(elem, ord)

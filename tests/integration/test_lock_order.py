@@ -72,9 +72,10 @@ class _Worker:
                         self.held = [r[0] for r in rows]
                     items = [{"id": str(i), "attempt": a, "resolved_prompt": "Say hello"} for i, a in rows]
                     random.shuffle(items)
-                    started = conn.execute("select id, error_code from scheduler.start_executions(%s, %s::jsonb)",
-                                           (self.worker_id, json.dumps(items))).fetchall()
-                    assert all(code is None for _, code in started), started
+                    started = conn.execute(
+                        "select id, error_code, error_message from scheduler.start_executions(%s, %s::jsonb)",
+                        (self.worker_id, json.dumps(items))).fetchall()
+                    assert all(code is None for _, code, _ in started), [r for r in started if r[1]]
                     random.shuffle(items)
                     for item in items:
                         item["status"] = "succeeded"
