@@ -80,12 +80,12 @@ def test_sigkill__runs_are_rescued_on_session_death_not_on_lease(
     ex = run_now(db, task_factory("[[sleep:6000]] survive"))
     wait_for(lambda: execution(db, ex)["user_message_id"], timeout_s=5, what="worker A to start the run")
     assert execution(db, ex)["worker_id"] == a.worker_id
-    b = _start(chat_endpoint, tmp_path, workers, lease_seconds=60)
     wait_for(lambda: db.execute("select backend_pid from scheduler.workers where id = %s",
                                 (a.worker_id,)).fetchone()["backend_pid"], timeout_s=5,
              what="worker A to attach its session")
-    a.kill()
+    a.kill()  # while the model still answers (6 s): A cannot have finished the run
     killed_at = time.monotonic()
+    b = _start(chat_endpoint, tmp_path, workers, lease_seconds=60)
     row = wait_status(db, ex, "succeeded", timeout_s=20)
     assert time.monotonic() - killed_at < 20  # the lease (60 s) did not bring it back
     assert row["worker_id"] == b.worker_id and row["attempt"] == 2
