@@ -3,16 +3,20 @@
 -- execution does to its task (record_outcome: counters, waiting for input,
 -- notifications) and the user's reply that resumes a task waiting for input.
 
--- Record a user notification (final failure, a question from the agent).
+-- Record a notification about one execution for its owner (failure, question,
+-- completion, success or a changed result).
 create or replace function scheduler.notify_user(
-  p_user_id uuid, p_kind text, p_title text, p_body text, p_data jsonb
+  p_exec public.agent_task_executions, p_kind text, p_title text, p_body text, p_extra jsonb default '{}'::jsonb
 ) returns void
 language sql
 security definer
 set search_path = ''
 as $$
+  -- every notification links the task, the execution and its conversation
   insert into public.notifications (user_id, kind, title, body, data)
-  values (p_user_id, p_kind, left(p_title, 200), left(p_body, 2000), coalesce(p_data, '{}'::jsonb))
+  values (p_exec.user_id, p_kind, left(p_title, 200), left(p_body, 2000),
+          jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
+                             'conversation_id', p_exec.conversation_id) || coalesce(p_extra, '{}'::jsonb))
 $$;
 
 -- Task bookkeeping shared by every terminal transition.
@@ -50,18 +54,15 @@ begin
 
   if p_exec.status in ('failed', 'timed_out') and 'failure' = any (v_task.notify_on) then
     perform scheduler.notify_user(
-      p_exec.user_id, 'task_failed',
+      p_exec, 'task_failed',
       format('Scheduled task "%s" failed', coalesce(v_task.name, 'task')),
       p_exec.error,
-      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
-                         'conversation_id', p_exec.conversation_id, 'error_kind', p_exec.error_kind));
+      jsonb_build_object('error_kind', p_exec.error_kind));
   elsif p_exec.status = 'needs_input' then
     perform scheduler.notify_user(
-      p_exec.user_id, 'task_needs_input',
+      p_exec, 'task_needs_input',
       format('"%s" needs your input', coalesce(v_task.name, 'task')),
-      p_exec.output,
-      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
-                         'conversation_id', p_exec.conversation_id));
+      p_exec.output);
   end if;
 end
 $$;
@@ -136,11 +137,9 @@ begin
 
   if v_complete then
     perform scheduler.notify_user(
-      p_exec.user_id, 'task_completed',
+      p_exec, 'task_completed',
       format('Scheduled task "%s" is complete', v_task.name),
-      coalesce(p_args ->> 'summary', p_exec.output),
-      jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
-                         'conversation_id', p_exec.conversation_id));
+      coalesce(p_args ->> 'summary', p_exec.output));
   end if;
 end
 $$;
@@ -172,13 +171,12 @@ begin
   end if;
   v_changed := v_task.last_reply_hash is not null and v_task.last_reply_hash <> v_hash;
   update public.agent_tasks t set last_reply_hash = v_hash where t.id = v_task.id;
-  v_data := jsonb_build_object('task_id', p_exec.task_id, 'execution_id', p_exec.id,
-                               'conversation_id', p_exec.conversation_id, 'changed', v_changed);
+  v_data := jsonb_build_object('changed', v_changed);
   if 'success' = any (v_task.notify_on) then
-    perform scheduler.notify_user(p_exec.user_id, 'task_succeeded',
+    perform scheduler.notify_user(p_exec, 'task_succeeded',
       format('Scheduled task "%s" ran', v_task.name), coalesce(p_content, p_exec.output), v_data);
   elsif v_changed and 'change' = any (v_task.notify_on) then
-    perform scheduler.notify_user(p_exec.user_id, 'task_changed',
+    perform scheduler.notify_user(p_exec, 'task_changed',
       format('Scheduled task "%s": the result changed', v_task.name), coalesce(p_content, p_exec.output), v_data);
   end if;
 end
