@@ -39,6 +39,8 @@ export interface Config {
   modelTimeoutMs: number;
   rateLimit: number;
   rateWindowSeconds: number;
+  /** CHAT_MCP_*: timeouts, result cap and tool-list cache of MCP integrations (docs/integrations.md). */
+  mcp: { timeoutMs: number; resultMaxChars: number; toolsTtlS: number };
 }
 
 function positiveInt(env: (name: string) => string | undefined, name: string, fallback: number): number {
@@ -81,5 +83,10 @@ export function loadConfig(env: (name: string) => string | undefined = (n) => De
     modelTimeoutMs: positiveInt(env, "OPENAI_TIMEOUT_MS", 60_000),
     rateLimit: positiveInt(env, "CHAT_RATE_LIMIT", 60),
     rateWindowSeconds: positiveInt(env, "CHAT_RATE_WINDOW_SECONDS", 60),
+    mcp: {
+      timeoutMs: positiveInt(env, "CHAT_MCP_TIMEOUT_MS", 15_000),
+      resultMaxChars: positiveInt(env, "CHAT_MCP_RESULT_MAX_CHARS", 20_000),
+      toolsTtlS: positiveInt(env, "CHAT_MCP_TOOLS_TTL_S", 60),
+    },
   };
 }

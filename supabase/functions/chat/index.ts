@@ -18,6 +18,8 @@ import { type Config, loadConfig } from "./config.ts";
 import { createPool } from "./db.ts";
 import { MAX_BODY_BYTES, parseActAsBody, parseJson, parseUserBody } from "./request.ts";
 import { actAsTurn, type TurnDeps, type TurnEvent, type TurnResult, userTurn } from "./turn.ts";
+import { KeyRingError, loadKeyRing } from "./mcp/crypto.ts";
+import { handleIntegrations, INTEGRATION_PATHS } from "./mcp/endpoint.ts";
 
 const CHAT_PATHS = new Set(["/", "/chat", "/functions/v1/chat"]);
 
@@ -39,10 +41,16 @@ function configOrExit(): Config {
 }
 
 const config = configOrExit();
+const keyRing = await loadKeyRing(Deno.env.get("CHAT_INTEGRATIONS_KEYS")).catch((err) => {
+  if (!(err instanceof KeyRingError)) throw err;
+  console.error(`chat: configuration error: ${err.message}`);
+  Deno.exit(78); // EX_CONFIG
+});
 const sql = createPool(config.dbUrl, config.dbPoolMax);
 const deps: TurnDeps = {
   sql,
   config,
+  mcp: { sql, keyRing, settings: config.mcp },
   model: createModelClient({
     baseUrl: config.openaiBaseUrl,
     apiKey: config.openaiApiKey,
@@ -203,7 +211,16 @@ async function handle(req: Request): Promise<Response> {
       ? json(200, { ok: true })
       : json(405, new ChatError(405, "method_not_allowed", "use GET").toBody(), { allow: "GET" });
   }
-  if (!CHAT_PATHS.has(path)) {
+  if (INTEGRATION_PATHS.has(path) && req.method === "POST") {
+    try {
+      const caller = await authenticate(credentialsOf(req.headers), authDeps);
+      if (caller.kind !== "user") throw new ChatError(403, "user_token_required", "integrations are managed with a user's own token");
+      return json(200, await handleIntegrations(deps.mcp!, caller, await readBody(req)));
+    } catch (err) {
+      return errorResponse(asChatError(err));
+    }
+  }
+  if (!CHAT_PATHS.has(path) && !INTEGRATION_PATHS.has(path)) {
     return errorResponse(new ChatError(404, "not_found", `no route ${path}`));
   }
   if (req.method === "OPTIONS") return new Response(null, { status: 204, headers: CORS_HEADERS });

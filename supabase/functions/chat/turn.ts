@@ -38,6 +38,7 @@ import {
 } from "./db.ts";
 import { runSchedulerTool } from "./tools/execute.ts";
 import { withoutNul } from "../_shared/sql_literal.ts";
+import { EMPTY_TOOLBOX, type McpDeps, openToolbox, type Toolbox } from "./mcp/toolbox.ts";
 
 /** Model calls that may request tools; one more call then must answer in text. */
 export const MAX_TOOL_ROUNDS = 5;
@@ -46,6 +47,8 @@ export interface TurnDeps {
   sql: Sql;
   model: ModelClient;
   config: Config;
+  /** MCP integrations (absent: the turn offers only the built-in tools). */
+  mcp?: McpDeps;
 }
 
 /** Progress of a streamed turn. */
@@ -63,6 +66,9 @@ export interface TurnOptions {
 export interface ToolCallRecord {
   id: string;
   name: string;
+  /** The integration that served an MCP tool call, and its own name for the tool. */
+  server?: string;
+  tool?: string;
   arguments: unknown;
   result: unknown;
   status: "ok" | "error";
@@ -101,6 +107,8 @@ interface Reply {
   model: string;
   needsInput: { question: string } | null;
   taskStatus: TaskReport | null;
+  /** Integrations whose tools could not be offered in this turn, and why. */
+  unavailable?: Toolbox["unavailable"];
 }
 
 /** A user's own turn: `{agent_id, conversation_id?, message}`. */
@@ -218,6 +226,7 @@ async function finish(
   };
   if (reply.needsInput) metadata.needs_input = reply.needsInput as Json;
   if (reply.taskStatus) metadata.task_status = reply.taskStatus as unknown as Json;
+  if (reply.unavailable?.length) metadata.integrations_unavailable = reply.unavailable as unknown as Json;
   // Postgres text cannot hold NUL characters; a model (or a tool result) may produce them
   const content = withoutNul(reply.content);
   const stored = await persistReply(deps.sql, {
@@ -258,8 +267,21 @@ function parsedArguments(raw: string): unknown {
   }
 }
 
-/** The model loop: answer, or run the requested tools and ask again (bounded). */
+/** The model loop with the caller's MCP tools, closed whatever happens. */
 async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions): Promise<Reply> {
+  const toolbox = deps.mcp
+    ? await openToolbox(deps.mcp, { claims: conv.claims, userId: conv.userId, agentId: conv.agent.id })
+    : EMPTY_TOOLBOX;
+  try {
+    const reply = await converseWith(deps, conv, options, toolbox);
+    return { ...reply, unavailable: toolbox.unavailable };
+  } finally {
+    await toolbox.close();
+  }
+}
+
+/** The model loop: answer, or run the requested tools and ask again (bounded). */
+async function converseWith(deps: TurnDeps, conv: Conversation, options: TurnOptions, toolbox: Toolbox): Promise<Reply> {
   const settings = parseAgentSettings(conv.agent.settings);
   const oldestFirst: HistoryMessage[] = [...conv.history].reverse();
   const window = windowHistory(oldestFirst, {
@@ -269,8 +291,11 @@ async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions
   const systemPrompt = conv.task
     ? [conv.agent.system_prompt, scheduledTurnPrompt(conv.task)].filter((p) => p.trim() !== "").join("\n\n")
     : conv.agent.system_prompt;
-  const messages: PromptMessage[] = buildPrompt(systemPrompt, window);
-  const tools = toolsFor({ actAs: conv.actAs, enabled: settings.tools });
+  const messages: PromptMessage[] = buildPrompt(
+    [systemPrompt, toolbox.promptSection].filter((p) => p.trim() !== "").join("\n\n"),
+    window,
+  );
+  const tools = [...toolsFor({ actAs: conv.actAs, enabled: settings.tools }), ...toolbox.definitions];
   const offered = new Set(tools.map((t) => t.function.name));
   const model = deps.config.modelOverride ?? conv.agent.model;
 
@@ -310,7 +335,9 @@ async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions
     messages.push({ role: "assistant", content: completion.content || null, tool_calls: completion.toolCalls });
     let question: string | null = null;
     for (const call of completion.toolCalls) {
-      const record = await runTool(deps, conv, call, offered);
+      const record = toolbox.has(call.function.name)
+        ? await runMcpTool(toolbox, call, options.signal)
+        : await runTool(deps, conv, call, offered);
       records.push(record);
       if (call.function.name === REQUEST_USER_INPUT && record.status === "ok") {
         question = (record.arguments as { question: string }).question;
@@ -386,6 +413,25 @@ async function runTool(
     result: outcome.result,
     status: outcome.ok ? "ok" : "error",
     ...timing(),
+  };
+}
+
+async function runMcpTool(toolbox: Toolbox, call: ToolCall, signal?: AbortSignal): Promise<ToolCallRecord> {
+  const started = performance.now();
+  const startedAt = new Date().toISOString();
+  const args = parsedArguments(call.function.arguments || "{}");
+  const outcome = await toolbox.call(call.function.name, args, signal);
+  return {
+    id: call.id,
+    name: call.function.name,
+    server: outcome.server,
+    tool: outcome.tool,
+    arguments: args,
+    result: outcome.result,
+    status: outcome.status,
+    started_at: startedAt,
+    finished_at: new Date().toISOString(),
+    duration_ms: elapsed(started),
   };
 }
 
