@@ -24,6 +24,7 @@ wheel, before starting anything.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -70,6 +71,9 @@ MIGRATIONS_DIR = ROOT / "supabase" / "migrations"
 BOOTSTRAP_SQL = ROOT / "sql" / "local" / "bootstrap.sql"
 CHAT_FUNCTION = ROOT / "supabase" / "functions" / "chat" / "index.ts"
 FAKE_LLM = ROOT / "tests" / "fakes" / "openai_server.py"
+TICKETS_MCP = ROOT / "worker" / "mcp_tickets.py"
+# the operator's integration URL policy of a development stack (loopback + plain HTTP)
+LOCAL_INTEGRATION_POLICY_SQL = ROOT / "sql" / "local" / "integration_policy.sql"
 # the Supabase CLI, pinned in its package.json and installed next to it by `npm ci`
 SUPABASE_CLI_DIR = ROOT / "scripts" / "supabase-cli"
 SUPABASE_CLI = SUPABASE_CLI_DIR / "node_modules" / ".bin" / "supabase"
@@ -180,6 +184,13 @@ class State:
     llm_port: int | None = None
     llm_pid: int | None = None
     llm_is_fake: bool = True
+    # the tickets MCP server (worker/mcp_tickets.py) and its bearer token
+    tickets_port: int | None = None
+    tickets_pid: int | None = None
+    tickets_token: str = ""
+    tickets_digest: str = ""
+    # CHAT_INTEGRATIONS_KEYS of the stack's chat function (JSON object of key id -> base64 key)
+    integrations_keys: str = ""
     # digests of the code each running service was started from (see _stale)
     chat_digest: str = ""
     llm_digest: str = ""
@@ -206,6 +217,12 @@ class State:
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption()).decode()
             self.signing_kid = secrets.token_hex(8)
+            added = True
+        if not self.tickets_token:
+            self.tickets_token = secrets.token_urlsafe(24)
+            added = True
+        if not self.integrations_keys:
+            self.integrations_keys = json.dumps({"local1": base64.b64encode(secrets.token_bytes(32)).decode()})
             added = True
         return added
 
@@ -430,6 +447,8 @@ def apply_migrations(state: State, dbname: str) -> list[str]:
             raise StackError(f"{exc}\non the local stack, `agent-tasks stack reset` rebuilds the cluster"
                              " from the current migrations (its data is lost)") from exc
         raise
+    with connect(state, dbname) as conn:
+        conn.execute(LOCAL_INTEGRATION_POLICY_SQL.read_text())
     after = _applied_versions(state, dbname)
     return [p.name for p in migration_files() if p.stem.partition("_")[0] in after - before]
 
@@ -565,6 +584,7 @@ def chat_env(state: State) -> dict[str, str]:
     if state.llm_is_fake and state.llm_port:
         settings["OPENAI_BASE_URL"] = f"http://127.0.0.1:{state.llm_port}/v1"
         settings["OPENAI_API_KEY"] = "fake-key"
+    settings["CHAT_INTEGRATIONS_KEYS"] = state.integrations_keys
     return function_env(state, database_url(state), state.chat_port, settings)
 
 
@@ -601,6 +621,26 @@ def _start_fake_llm(state: State) -> None:
                            dict(os.environ))
     _wait_port(state.llm_port, "fake-llm", state.llm_pid)
     _log(f"NO OPENAI_API_KEY: replies come from the local FAKE model at http://127.0.0.1:{state.llm_port}/v1")
+
+
+def _start_tickets(state: State) -> None:
+    """The demo's and the tests' MCP server (Streamable HTTP, bearer token)."""
+    digest = code_digest(TICKETS_MCP.parent) if TICKETS_MCP.exists() else ""
+    if state.tickets_port and _pid_alive(state.tickets_pid) and port_open(state.tickets_port):
+        if state.tickets_digest == digest:
+            return
+        _stop_pid(state.tickets_pid)
+    state.tickets_port = free_port(state.tickets_port or 54331)
+    state.tickets_digest = digest
+    state.tickets_pid = _spawn("tickets-mcp", [sys.executable, "-m", "worker.mcp_tickets",
+                                               "--port", str(state.tickets_port)],
+                               {**os.environ, "TICKETS_MCP_TOKEN": state.tickets_token})
+    _wait_port(state.tickets_port, "tickets-mcp", state.tickets_pid)
+    _log(f"tickets MCP server on http://127.0.0.1:{state.tickets_port}/mcp")
+
+
+def tickets_url(state: State) -> str:
+    return f"http://127.0.0.1:{state.tickets_port}/mcp"
 
 
 def _start_chat(state: State) -> None:
@@ -675,6 +715,7 @@ def up(with_services: bool = True) -> State:
     ensure_template(state)
     if with_services:
         _start_fake_llm(state)
+        _start_tickets(state)
         _start_chat(state)
     state.save()
     return state
@@ -687,7 +728,8 @@ def down(purge: bool = False) -> None:
     if state is not None:
         _stop_pid(state.chat_pid)
         _stop_pid(state.llm_pid)
-        state.chat_pid = state.llm_pid = None
+        _stop_pid(state.tickets_pid)
+        state.chat_pid = state.llm_pid = state.tickets_pid = None
         state.save()
     if pg_running():
         _pg_ctl("stop", "-m", "fast", "-w")
@@ -737,6 +779,7 @@ def status() -> dict[str, Any]:
         "llm": ({"fake": True, "base_url": f"http://127.0.0.1:{state.llm_port}/v1"}
                 if state.llm_is_fake and state.llm_port and _pid_alive(state.llm_pid)
                 else {"fake": False, "base_url": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")}),
+        "tickets_mcp_url": tickets_url(state) if state.tickets_port and _pid_alive(state.tickets_pid) else None,
         "workers": workers(state) if running else [],
         "logs": str(LOG_DIR),
         "cluster": str(PG_DIR),
