@@ -28,6 +28,8 @@ from typing import Any
 MAX_RECORDED = 10_000
 MAX_BODY_BYTES = 32 * 1024 * 1024
 ECHO_CHARS = 200
+# how much of a tool's result the answer after it quotes
+TOOL_ECHO_CHARS = 2000
 FAKE_MODEL = "fake-model"
 
 REASONS = {
@@ -236,11 +238,21 @@ def tool_call(name: str, arguments: str) -> dict[str, Any]:
             "function": {"name": name, "arguments": arguments}}
 
 
+def tool_result_text(content: str) -> str:
+    """A tool result as the answer quotes it: a JSON string is quoted as its text (an MCP tool's
+    result arrives as one), anything else as sent."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return content
+    return value if isinstance(value, str) else content
+
+
 def decide(messages: list[dict[str, Any]], config: Config, user_text: str) -> Answer:
     """What the fake model answers (failure directives are handled before this)."""
     last = messages[-1] if messages else {}
     if last.get("role") == "tool":
-        return Answer("Done: " + text_of(last.get("content"))[:ECHO_CHARS])
+        return Answer("Done: " + tool_result_text(text_of(last.get("content")))[:TOOL_ECHO_CHARS])
     if "[[empty]]" in user_text:
         return Answer("")
     ask = ASK_RE.search(user_text)
