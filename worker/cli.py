@@ -682,6 +682,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(queue, "stats", "executions per status, workers, the oldest claimable wait")
     common(p)
     p.set_defaults(func=cmd_queue_stats)
+
+    from worker.integrations import add_commands as add_integration_commands
+
+    add_integration_commands(sub, command, common)
     return parser
 
 
