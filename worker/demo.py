@@ -6,7 +6,9 @@ user with an agent and two tasks (every 10 seconds, and cron every minute)
 that both post into one conversation, and a third task, run once at start in
 a conversation of its own, whose first run asks the user a question
 (`agent-tasks conversations reply CONVERSATION "..."` answers it and resumes
-the task). Then it prints the demo user's messages and the executions'
+the task). The minute task summarises the tickets updated since yesterday
+through the stack's tickets MCP server (worker/mcp_tickets.py), connected as
+the demo user's integration; it also runs once at start. Then it prints the demo user's messages and the executions'
 status changes as they happen, until Ctrl-C.
 """
 
@@ -26,7 +28,7 @@ from psycopg.rows import dict_row
 from rich.console import Console
 from rich.panel import Panel
 
-from worker import stack
+from worker import integrations, stack
 from worker.errors import CliError
 
 DEMO_EMAIL = "demo@agent-tasks.local"
@@ -34,6 +36,15 @@ AGENT_NAME = "Demo assistant"
 CONVERSATION_TITLE = "Demo: scheduled check-ins"
 ASKING_TASK = "Weather note (asks first)"
 ASKING_QUESTION = "Which city should the weather note cover?"
+TICKETS_TASK = "Ticket summary (cron * * * * *)"
+TICKETS_PROMPT = "Summarise the tickets updated since {{YESTERDAY}}."
+
+
+def tickets_prompt(fake_model: bool) -> str:
+    """The ticket summary's prompt; the fake model is told which tool to call (tests/fakes/README.md)."""
+    if fake_model:
+        return '[[tool:tickets__list_tickets:{"updated_since":"{{YESTERDAY}}"}]] ' + TICKETS_PROMPT
+    return TICKETS_PROMPT
 
 
 def asking_prompt(fake_model: bool) -> str:
@@ -75,8 +86,7 @@ def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]], fake_model: bool
     tasks: list[tuple[str, dict[str, Any], str]] = [
         ("Pulse check (every 10 s)", {"schedule_type": "interval", "interval_seconds": 10},
          "It is {{NOW}}. Post a one-line pulse check for {{WEEKDAY}}."),
-        ("Minute digest (cron * * * * *)", {"schedule_type": "cron", "cron_expression": "* * * * *"},
-         "Summarise the last minute of {{TODAY}} in one sentence."),
+        (TICKETS_TASK, {"schedule_type": "cron", "cron_expression": "* * * * *"}, tickets_prompt(fake_model)),
     ]
     for name, schedule, prompt in tasks:
         existing = conn.execute("select id from public.agent_tasks where user_id = %s and name = %s",
@@ -88,7 +98,12 @@ def _ensure_demo_rows(conn: psycopg.Connection[dict[str, Any]], fake_model: bool
                 f"insert into public.agent_tasks ({', '.join(fields)}) values ({', '.join(['%s'] * len(fields))})",
                 list(fields.values()))
         else:
+            conn.execute("update public.agent_tasks set prompt_template = %s where id = %s", (prompt, existing["id"]))
             conn.execute("select scheduler.resume_task(%s)", (existing["id"],))
+    tickets_task = conn.execute("select id from public.agent_tasks where user_id = %s and name = %s",
+                                (uid, TICKETS_TASK)).fetchone()
+    assert tickets_task is not None
+    conn.execute("select scheduler.enqueue_now(%s)", (tickets_task["id"],))
     _queue_asking_task(conn, uid, agent["id"], fake_model)
     return {"user_id": uid, "agent_id": agent["id"], "conversation_id": conv["id"]}
 
@@ -111,6 +126,18 @@ def _queue_asking_task(conn: psycopg.Connection[dict[str, Any]], uid: Any, agent
                  (asking_prompt(fake_model), task["id"]))
     conn.execute("select scheduler.resume_task(%s)", (task["id"],))
     conn.execute("select scheduler.enqueue_now(%s)", (task["id"],))
+
+
+def _connect_tickets(conn: psycopg.Connection[dict[str, Any]], state: stack.State, demo: dict[str, Any],
+                     chat_url: str) -> None:
+    """The demo user's "tickets" integration: the row under the user's RLS, the bearer token sealed by the
+    chat function (only it holds the key), enabled for the demo agent."""
+    user_id = demo["user_id"]
+    integration_id = integrations.upsert_integration(conn, user_id, "tickets", stack.tickets_url(state), "bearer",
+                                                     None, [str(demo["agent_id"])])
+    integrations.call_function(chat_url, stack.user_token(state, str(user_id)),
+                               {"action": "set_credential", "integration_id": str(integration_id),
+                                "credential": state.tickets_token})
 
 
 def _start_worker(state: stack.State, info: dict[str, Any]) -> subprocess.Popen[bytes]:
@@ -142,6 +169,9 @@ def _print_message(m: dict[str, Any]) -> None:
     if m["role"] == "user" and meta.get("source") == "scheduler":
         console.print(f"{when} [yellow]⏰ scheduled prompt[/yellow] ({meta.get('trigger_type')}): {m['content']}")
     elif m["role"] == "assistant":
+        for call in m["tool_calls"] or []:
+            console.print(f"{when} [magenta]🔧 {call.get('name')}[/magenta] {json.dumps(call.get('arguments'))}"
+                          f" → {call.get('status')} in {call.get('duration_ms')} ms", markup=True)
         console.print(f"{when} [green]🤖 {AGENT_NAME}[/green]: {m['content']}")
     else:
         console.print(f"{when} [blue]{m['role']}[/blue]: {m['content']}")
@@ -175,9 +205,11 @@ def run_demo(duration_s: float | None = None) -> int:
 
     with psycopg.connect(stack.database_url(state), autocommit=True, row_factory=dict_row) as conn:
         demo = _ensure_demo_rows(conn, bool(info["llm"]["fake"]))
+        _connect_tickets(conn, state, demo, info["chat_url"])
         worker = _start_worker(state, {**demo, "chat_url": info["chat_url"]})
         _box(f"conversation [bold]{CONVERSATION_TITLE}[/bold] ({demo['conversation_id']})\n"
-             "tasks: every 10 s (interval) and every minute (cron), both posting here;\n"
+             "tasks: every 10 s (interval) and every minute (cron: the tickets updated since yesterday,\n"
+             f"from the tickets MCP server at {stack.tickets_url(state)}), both posting here;\n"
              f"\"{ASKING_TASK}\" runs once in a conversation of its own and asks you a question\n"
              f"worker log: {stack.LOG_DIR / 'demo-worker.log'}   ·   Ctrl-C to stop", "agent-tasks demo")
         standing = conn.execute(
@@ -219,7 +251,7 @@ def run_demo(duration_s: float | None = None) -> int:
                         console.print(f"[bold]answer it:[/bold] agent-tasks conversations reply "
                                       f"{e['conversation_id']} \"Berlin\"", markup=True)
                 msgs = conn.execute(
-                    """select role, content, metadata, created_at from public.chat_messages_v2
+                    """select role, content, metadata, tool_calls, created_at from public.chat_messages_v2
                        where user_id = %s and (%s::timestamptz is null or created_at > %s)
                        order by created_at, id""",
                     (demo["user_id"], seen_messages, seen_messages)).fetchall()

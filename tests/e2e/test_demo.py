@@ -48,6 +48,9 @@ def test_demo__scheduled_runs_arrive_in_the_conversation() -> None:
     assert "scheduled prompt" in out      # the scheduler's user message, printed as it lands
     assert "Demo assistant" in out        # the agent's reply
     assert "succeeded" in out             # an execution status change
+    # the ticket summary called the tickets MCP server and its reply quotes what the server returned
+    assert "🔧 tickets__list_tickets" in out and "→ ok" in out
+    assert "TCK-101" in out and "Checkout page times out for EU customers" in out
 
     state = stack.require_running()
     with psycopg.connect(stack.database_url(state)) as conn:
