@@ -1,4 +1,8 @@
 // The model: an OpenAI-compatible POST {base}/chat/completions, plain or streamed.
+// The client itself is the official `openai` SDK (openai_sdk.ts); this module
+// holds the function's side of the contract: the types, the checks of a
+// completion, the rebuilding of streamed tool calls by index, and the mapping
+// of failures.
 //
 // Failures are mapped to statuses and codes the worker classifies without
 // reading messages: retryable ones (rate limits, 5xx, timeouts, garbage
@@ -6,7 +10,6 @@
 // no retry can fix.
 
 import { ChatError } from "./errors.ts";
-import { SseDecoder } from "./sse.ts";
 
 /** One message of a chat completions request. */
 export interface PromptMessage {
@@ -234,131 +237,4 @@ export interface ModelClientConfig {
   apiKey: string;
   timeoutMs: number;
   fetch?: typeof fetch;
-}
-
-/** The OpenAI-compatible client with the error mapping above. */
-export function createModelClient(config: ModelClientConfig): ModelClient {
-  const url = config.baseUrl.replace(/\/+$/, "") + "/chat/completions";
-  const doFetch = config.fetch ?? fetch;
-
-  return {
-    async complete(request: CompletionRequest, options: CallOptions = {}): Promise<Completion> {
-      const stream = options.onDelta !== undefined;
-      const payload: Record<string, unknown> = { model: request.model, messages: request.messages };
-      if (request.tools && request.tools.length > 0) {
-        payload.tools = request.tools;
-        if (request.toolChoice) payload.tool_choice = request.toolChoice;
-      }
-      if (request.temperature !== undefined) payload.temperature = request.temperature;
-      if (request.maxTokens !== undefined) payload.max_tokens = request.maxTokens;
-      if (stream) {
-        payload.stream = true;
-        payload.stream_options = { include_usage: true };
-      }
-      const timeout = AbortSignal.timeout(config.timeoutMs);
-      const signal = options.signal ? AbortSignal.any([timeout, options.signal]) : timeout;
-
-      // Every failure below is classified by what happened, never by message text.
-      const failure = (err: unknown): ChatError => {
-        if (err instanceof ChatError) return err;
-        if (timeout.aborted) {
-          return new ChatError(504, "model_timeout", `the model did not answer within ${config.timeoutMs} ms`, {
-            retryable: true,
-          });
-        }
-        if (options.signal?.aborted) {
-          return new ChatError(499, "client_closed", "the caller went away", { retryable: true });
-        }
-        return new ChatError(502, "model_unreachable", "the model provider could not be reached", { retryable: true });
-      };
-
-      let response: Response;
-      try {
-        response = await doFetch(url, {
-          method: "POST",
-          headers: {
-            "content-type": "application/json",
-            authorization: `Bearer ${config.apiKey}`,
-            accept: stream ? "text/event-stream" : "application/json",
-          },
-          body: JSON.stringify(payload),
-          signal,
-        });
-      } catch (err) {
-        throw failure(err);
-      }
-
-      try {
-        if (!response.ok) {
-          const text = await response.text().catch(() => "");
-          throw providerStatusError(response.status, providerErrorDetail(text), response.headers.get("retry-after"));
-        }
-        if (!stream) {
-          const text = await response.text();
-          let body: unknown;
-          try {
-            body = JSON.parse(text);
-          } catch {
-            throw badResponse("the body is not JSON");
-          }
-          return parseCompletion(body);
-        }
-        return await readStream(response, options.onDelta!);
-      } catch (err) {
-        // a half-read body must not keep the connection busy
-        await response.body?.cancel().catch(() => {});
-        throw failure(err);
-      }
-    },
-  };
-}
-
-async function readStream(response: Response, onDelta: (content: string) => void): Promise<Completion> {
-  if (!response.body) throw badResponse("empty stream");
-  const contentType = response.headers.get("content-type") ?? "";
-  if (!contentType.includes("text/event-stream")) {
-    // a provider that ignores stream=true and answers in one JSON body
-    const text = await response.text();
-    let body: unknown;
-    try {
-      body = JSON.parse(text);
-    } catch {
-      throw badResponse("the body is neither an event stream nor JSON");
-    }
-    const completion = parseCompletion(body);
-    if (completion.content) onDelta(completion.content);
-    return completion;
-  }
-  const decoder = new SseDecoder();
-  const text = new TextDecoder();
-  const acc = new StreamAccumulator();
-  let done = false;
-  const handle = (data: string) => {
-    if (data === "[DONE]") {
-      done = true;
-      return;
-    }
-    let chunk: unknown;
-    try {
-      chunk = JSON.parse(data);
-    } catch {
-      throw badResponse("a stream event is not JSON");
-    }
-    if (isRecord(chunk) && isRecord(chunk.error)) {
-      throw new ChatError(502, "model_unavailable", `the model failed mid-stream: ${String(chunk.error.message ?? "")}`, {
-        retryable: true,
-      });
-    }
-    const delta = acc.push(chunk);
-    if (delta) onDelta(delta);
-  };
-  for await (const bytes of response.body) {
-    for (const event of decoder.push(text.decode(bytes, { stream: true }))) handle(event.data);
-    if (done) break;
-  }
-  if (!done) {
-    for (const event of decoder.finish()) handle(event.data);
-  }
-  if (!done) throw badResponse("the stream ended before [DONE]");
-  return acc.result();
 }

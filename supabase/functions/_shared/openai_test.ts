@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { ChatError } from "./errors.ts";
 import {
   addUsage,
-  createModelClient,
   parseCompletion,
   providerErrorDetail,
   providerStatusError,
@@ -83,79 +82,4 @@ Deno.test("addUsage__sums_rounds", () => {
   assert.deepEqual(addUsage(null, u), u);
   assert.deepEqual(addUsage(u, null), u);
   assert.deepEqual(addUsage(u, u), { prompt_tokens: 2, completion_tokens: 4, total_tokens: 6 });
-});
-
-function fakeFetch(respond: (init: RequestInit) => Response | Promise<Response>): typeof fetch {
-  return ((_input: string | URL | Request, init?: RequestInit) => Promise.resolve(respond(init ?? {}))) as typeof fetch;
-}
-
-async function failure(promise: Promise<unknown>): Promise<[number, string]> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof ChatError);
-    return [err.status, err.code];
-  }
-  throw new Error("expected a failure");
-}
-
-Deno.test("createModelClient__maps_transport_failures", async () => {
-  const request = { model: "m", messages: [{ role: "user" as const, content: "hi" }] };
-  const refused = createModelClient({
-    baseUrl: "http://x/v1",
-    apiKey: "k",
-    timeoutMs: 1000,
-    fetch: () => Promise.reject(new TypeError("connection refused")),
-  });
-  assert.deepEqual(await failure(refused.complete(request)), [502, "model_unreachable"]);
-
-  const slow = createModelClient({
-    baseUrl: "http://x/v1",
-    apiKey: "k",
-    timeoutMs: 20,
-    fetch: fakeFetch((init) =>
-      new Promise((_, reject) => init.signal?.addEventListener("abort", () => reject(init.signal?.reason)))
-    ),
-  });
-  assert.deepEqual(await failure(slow.complete(request)), [504, "model_timeout"]);
-
-  const garbage = createModelClient({
-    baseUrl: "http://x/v1",
-    apiKey: "k",
-    timeoutMs: 1000,
-    fetch: fakeFetch(() => new Response("not json", { status: 200 })),
-  });
-  assert.deepEqual(await failure(garbage.complete(request)), [502, "model_bad_response"]);
-
-  const rejected = createModelClient({
-    baseUrl: "http://x/v1",
-    apiKey: "k",
-    timeoutMs: 1000,
-    fetch: fakeFetch(() => new Response('{"error":{"message":"bad key"}}', { status: 401 })),
-  });
-  assert.deepEqual(await failure(rejected.complete(request)), [422, "model_request_rejected"]);
-});
-
-Deno.test("createModelClient__streams_deltas", async () => {
-  const sse = [
-    'data: {"choices":[{"delta":{"content":"Hi "}}]}\n\n',
-    'data: {"choices":[{"delta":{"content":"there"},"finish_reason":"stop"}]}\n\n',
-    "data: [DONE]\n\n",
-  ].join("");
-  let sent: Record<string, unknown> = {};
-  const client = createModelClient({
-    baseUrl: "http://x/v1/",
-    apiKey: "k",
-    timeoutMs: 1000,
-    fetch: fakeFetch((init) => {
-      sent = JSON.parse(String(init.body));
-      return new Response(sse, { headers: { "content-type": "text/event-stream" } });
-    }),
-  });
-  const deltas: string[] = [];
-  const result = await client.complete({ model: "m", messages: [] }, { onDelta: (d) => deltas.push(d) });
-  assert.deepEqual(deltas, ["Hi ", "there"]);
-  assert.equal(result.content, "Hi there");
-  assert.equal(result.finishReason, "stop");
-  assert.equal(sent.stream, true);
 });

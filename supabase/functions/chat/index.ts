@@ -11,7 +11,7 @@
 import { ChatError, internalError } from "../_shared/errors.ts";
 import { createServiceRoleTokenCheck, createUserTokenVerifier, type JwtConfig } from "../_shared/jwt.ts";
 import { PlatformEnvError } from "../_shared/keys.ts";
-import { createModelClient } from "../_shared/openai.ts";
+import { createSdkModelClient } from "../_shared/openai_sdk.ts";
 import { encodeEvent } from "../_shared/sse.ts";
 import { type AuthDeps, authenticate, createServiceCredentialCheck, credentialsOf } from "./auth.ts";
 import { type Config, loadConfig } from "./config.ts";
@@ -51,7 +51,7 @@ const deps: TurnDeps = {
   sql,
   config,
   mcp: { sql, keyRing, settings: config.mcp },
-  model: createModelClient({
+  model: createSdkModelClient({
     baseUrl: config.openaiBaseUrl,
     apiKey: config.openaiApiKey,
     timeoutMs: config.modelTimeoutMs,
