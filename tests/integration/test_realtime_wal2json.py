@@ -21,10 +21,10 @@ from tests.conftest import create_agent, create_task, create_user
 pytestmark = pytest.mark.integration
 
 REALTIME_TABLES = {"chat_messages_v2", "conversation_sessions", "agent_tasks", "agent_task_executions",
-                   "notifications"}
+                   "notifications", "user_integrations"}
 
 
-def test_publication__has_the_five_tables(conn: psycopg.Connection[dict[str, Any]]) -> None:
+def test_publication__has_the_six_tables(conn: psycopg.Connection[dict[str, Any]]) -> None:
     rows = conn.execute("select schemaname, tablename from pg_publication_tables"
                         " where pubname = 'supabase_realtime'").fetchall()
     assert {(r["schemaname"], r["tablename"]) for r in rows} == {("public", t) for t in REALTIME_TABLES}
@@ -106,3 +106,23 @@ def test_stream__carries_the_scheduled_message(conn: psycopg.Connection[dict[str
 
     # the slot was consumed: nothing is delivered twice
     assert _changes(conn, slot) == []
+
+
+def test_stream__never_carries_an_integration_credential(conn: psycopg.Connection[dict[str, Any]],
+                                                         slot: str) -> None:
+    uid = create_user(conn)
+    ciphertext = "C1PHERTEXT" + "A" * 40
+    with conn.transaction():
+        conn.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
+                     (json.dumps({"sub": str(uid), "role": "authenticated"}),))
+        integ = conn.execute("insert into public.user_integrations (name, server_url, auth_kind)"
+                             " values ('tickets', 'https://mcp.example.com/mcp', 'bearer') returning id").fetchone()
+        assert integ is not None
+        # what the chat function does after encrypting it
+        conn.execute("select set_config('role', 'service_role', true)")
+        conn.execute("select chat_private.set_integration_credential(%s, 'k1', %s)", (integ["id"], ciphertext))
+    changes = _changes(conn, slot)
+    assert {(c["schema"], c["table"]) for c in changes} == {("public", "user_integrations")}
+    assert [c["action"] for c in changes] == ["I", "U"]
+    assert _columns(changes[1])["has_credential"] is True, "the owner sees that a credential is set, live"
+    assert ciphertext not in json.dumps(changes)
