@@ -84,7 +84,8 @@ def misbehaving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 FUNCTION_ENV = {"CHAT_INTEGRATIONS_KEYS": json.dumps({"k1": KEY_1}), "CHAT_MCP_TIMEOUT_MS": "1500",
-                "CHAT_MCP_RESULT_MAX_CHARS": "5000", "CHAT_MCP_TOOLS_TTL_S": "60"}
+                "CHAT_MCP_RESULT_MAX_CHARS": "5000", "CHAT_MCP_TURN_RESULT_MAX_CHARS": "8000",
+                "CHAT_MCP_TOOLS_TTL_S": "60"}
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +213,21 @@ def test_failing_servers__give_the_model_a_tool_error_and_the_turn_ends_cleanly(
         assert time.monotonic() - started < 20
     gone = db.execute("select status, last_error from public.user_integrations where name = 'gone'").fetchone()
     assert gone is not None and gone["status"] == "error" and gone["last_error"]
+
+
+def test_parallel_calls__share_the_turns_result_budget(
+        chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
+        agent: uuid.UUID, misbehaving: str) -> None:
+    connect(db, chat_function, alice, agent, "flaky", misbehaving)
+    r = turn(chat_function, alice, agent, '[[tool:flaky__big:{"chars": 3000}]]' * 3)
+    assert r.status_code == 200, r.text
+    calls = r.json()["message"]["tool_calls"]
+    assert [c["status"] for c in calls] == ["ok", "ok", "error"], "3,000 + 3,000 fit in 8,000; a third does not"
+    assert [len(c["result"]) for c in calls[:2]] == [3000, 3000]
+    assert "exceed 8000 characters" in calls[2]["result"]["error"]
+    # the model got all three results (tool messages count toward its usage)
+    tool_messages = [m for m in llm.requests()[-1]["messages"] if m["role"] == "tool"]
+    assert len(tool_messages) == 3 and sum(len(m["content"]) for m in tool_messages) > 6000
 
 
 def test_wrong_credential__is_an_error_that_never_shows_the_credential(

@@ -180,22 +180,25 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def parse_tool_directive(text: str) -> tuple[str, str] | None:
-    """[[tool:NAME:JSON_ARGS]] -> (NAME, JSON_ARGS); the JSON may itself contain ']]' or ':'."""
+def parse_tool_directives(text: str) -> list[tuple[str, str]]:
+    """Every [[tool:NAME:JSON_ARGS]] -> [(NAME, JSON_ARGS)], in order (several: parallel calls in one
+    answer); the JSON may itself contain ']]' or ':'."""
+    found: list[tuple[str, str]] = []
     start = text.find(TOOL_PREFIX)
-    if start == -1:
-        return None
-    rest = text[start + len(TOOL_PREFIX):]
-    name, sep, args = rest.partition(":")
-    if not sep or not name:
-        return None
-    try:
-        _, end = json.JSONDecoder().raw_decode(args)
-    except json.JSONDecodeError:
-        end = args.find("]]")
-        if end == -1:
-            return None
-    return name.strip(), args[:end].strip()
+    while start != -1:
+        rest = text[start + len(TOOL_PREFIX):]
+        name, sep, args = rest.partition(":")
+        if not sep or not name:
+            break
+        try:
+            _, end = json.JSONDecoder().raw_decode(args)
+        except json.JSONDecodeError:
+            end = args.find("]]")
+            if end == -1:
+                break
+        found.append((name.strip(), args[:end].strip()))
+        start = text.find(TOOL_PREFIX, start + len(TOOL_PREFIX))
+    return found
 
 
 def status_step(text: str, messages: list[dict[str, Any]]) -> tuple[bool, Any]:
@@ -252,15 +255,21 @@ def decide(messages: list[dict[str, Any]], config: Config, user_text: str) -> An
     """What the fake model answers (failure directives are handled before this)."""
     last = messages[-1] if messages else {}
     if last.get("role") == "tool":
-        return Answer("Done: " + tool_result_text(text_of(last.get("content")))[:TOOL_ECHO_CHARS])
+        # after parallel calls, every result of the last round, in order
+        results: list[str] = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            results.insert(0, tool_result_text(text_of(message.get("content"))))
+        return Answer("Done: " + "\n".join(results)[:TOOL_ECHO_CHARS])
     if "[[empty]]" in user_text:
         return Answer("")
     ask = ASK_RE.search(user_text)
     if ask:
         return Answer(None, [tool_call("request_user_input", json.dumps({"question": ask.group(1)}))])
-    tool = parse_tool_directive(user_text)
-    if tool:
-        return Answer(None, [tool_call(tool[0], tool[1])])
+    tools = parse_tool_directives(user_text)
+    if tools:
+        return Answer(None, [tool_call(name, args) for name, args in tools])
     scripted, step = status_step(user_text, messages)
     if scripted and step is not None:
         return Answer(None, [tool_call("report_task_status", json.dumps(step))])

@@ -40,7 +40,7 @@ export interface Config {
   rateLimit: number;
   rateWindowSeconds: number;
   /** CHAT_MCP_*: timeouts, result cap and tool-list cache of MCP integrations (docs/integrations.md). */
-  mcp: { timeoutMs: number; resultMaxChars: number; toolsTtlS: number };
+  mcp: { timeoutMs: number; resultMaxChars: number; turnResultMaxChars: number; toolsTtlS: number };
 }
 
 function positiveInt(env: (name: string) => string | undefined, name: string, fallback: number): number {
@@ -86,6 +86,7 @@ export function loadConfig(env: (name: string) => string | undefined = (n) => De
     mcp: {
       timeoutMs: positiveInt(env, "CHAT_MCP_TIMEOUT_MS", 15_000),
       resultMaxChars: positiveInt(env, "CHAT_MCP_RESULT_MAX_CHARS", 20_000),
+      turnResultMaxChars: positiveInt(env, "CHAT_MCP_TURN_RESULT_MAX_CHARS", 60_000),
       toolsTtlS: positiveInt(env, "CHAT_MCP_TOOLS_TTL_S", 60),
     },
   };

@@ -29,6 +29,8 @@ export interface McpSettings {
   timeoutMs: number;
   /** CHAT_MCP_RESULT_MAX_CHARS: a larger tool result is refused (the model gets an error). */
   resultMaxChars: number;
+  /** CHAT_MCP_TURN_RESULT_MAX_CHARS: all MCP results of one turn together; past it, calls get an error. */
+  turnResultMaxChars: number;
   /** CHAT_MCP_TOOLS_TTL_S: how long a server's tool list is reused, per user and server. */
   toolsTtlS: number;
 }
@@ -214,6 +216,8 @@ export async function openToolbox(
   }
   const lines = opened.map((o) => `- ${o.row.name}${o.row.description ? `: ${o.row.description}` : ""}`);
   lines.push(...unavailable.map((u) => `- ${u.server}: unavailable in this turn (${u.error})`));
+  // what this turn's results have added to the prompt and the stored reply so far
+  let spent = 0;
   const promptSection = "Connected integrations (their tools are named <integration>__<tool>):\n" + lines.join("\n");
 
   return {
@@ -241,6 +245,12 @@ export async function openToolbox(
             `the tool's result is ${text.length} characters, over the limit of ${deps.settings.resultMaxChars}`,
           );
         }
+        if (spent + text.length > deps.settings.turnResultMaxChars) {
+          return fail(
+            `this turn's tool results would exceed ${deps.settings.turnResultMaxChars} characters; answer with what you have`,
+          );
+        }
+        spent += text.length;
         return res.isError ? { ...base, status: "error", result: { error: text } } : { ...base, status: "ok", result: text };
       } catch (err) {
         return fail(redact(describe(err), secrets));
