@@ -375,3 +375,42 @@ def test_key_rotation__old_rows_work_after_a_new_key_and_reencrypting_moves_them
         assert test.json()["ok"] is True, "moved under the new key, the old one can go"
     finally:
         only_new.stop()
+
+
+def test_cli__add_test_list_remove_acting_as_the_user(
+        chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
+        agent: uuid.UUID, tickets: McpServer, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import cli
+
+    monkeypatch.setenv("WT_TICKETS_TOKEN", tickets.token)
+    common = ["--user", str(alice), "--database-url", chat_function.db_url, "--json"]
+    to_function = ["--chat-url", chat_function.url]
+
+    def run(*args: str) -> tuple[int, Any]:
+        code = cli.main(list(args))
+        out = capsys.readouterr().out.strip()
+        return code, json.loads(out) if out else None
+
+    code, added = run("integrations", "add", "tickets", tickets.url, "--auth", "bearer",
+                      "--credential-env", "WT_TICKETS_TOKEN", "--agent", str(agent), *common, *to_function)
+    assert code == 0 and added["has_credential"] is True
+    code, tested = run("integrations", "test", "tickets", *common, *to_function)
+    assert code == 0 and tested["ok"] is True
+    assert {t["name"] for t in tested["tools"]} == {"list_tickets", "get_ticket", "add_comment"}
+    code, listed = run("integrations", "list", *common)
+    assert code == 0 and [(r["name"], r["status"], r["has_credential"], r["agents"]) for r in listed] == [
+        ("tickets", "ok", True, [str(agent)])]
+    assert tickets.token not in json.dumps(listed)
+    # a refused URL is the database's readable error, exit 1
+    code, error = run("integrations", "add", "meta", "https://169.254.169.254/", *common, *to_function)
+    assert code == 1 and "link-local" in error["error"]["message"]
+    # another user's integration does not exist for them
+    bob = create_user(db)
+    code, error = run("integrations", "remove", "tickets", "--user", str(bob), "--database-url",
+                      chat_function.db_url, "--json")
+    assert code == 1 and "not found" in error["error"]["message"]
+    code, removed = run("integrations", "remove", "tickets", *common)
+    assert code == 0 and removed == {"removed": "tickets"}
+    assert db.execute("select count(*) as n from chat_private.integration_credentials where integration_id = %s",
+                      (added["id"],)).fetchone() == {"n": 0}, "the credential went with it"
