@@ -189,7 +189,8 @@ def add_commands(sub: Any, command: Any, common: Any) -> None:
     user_args(p, function=True)
     p.add_argument("name", help="lower-case name, the prefix of its tools (e.g. tickets)")
     p.add_argument("url", help="the server's URL (https; checked by the database)")
-    p.add_argument("--auth", choices=["none", "bearer", "header"], default="none")
+    p.add_argument("--auth", choices=["none", "bearer", "header"], default="none",
+                   help="how the server authenticates: none, bearer (Authorization: Bearer), header (--header-name)")
     p.add_argument("--header-name", help="the header that carries the credential (--auth header)")
     p.add_argument("--credential-env", metavar="VAR", help="read the credential from this environment variable")
     p.add_argument("--agent", action="append", default=[], help="enable it for this agent (repeatable)")

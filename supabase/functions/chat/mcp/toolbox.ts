@@ -195,6 +195,7 @@ export async function openToolbox(
     }
   }));
   opened.sort((a, b) => a.row.name.localeCompare(b.row.name));
+  unavailable.sort((a, b) => a.server.localeCompare(b.server));
 
   const byName = new Map<string, { o: Opened; tool: string }>();
   const definitions: ToolDefinition[] = [];
