@@ -434,6 +434,8 @@ SETTING_HELP = {
     "poll_interval_s": "polling fallback behind LISTEN/NOTIFY, seconds",
     "tick_interval_s": "own enqueue + rescue tick, seconds",
     "planner_batch_size": "cron tasks planned per pass",
+    "plan_time_budget_s": "CPU time the planner may spend on one cron task (in a child process); a task "
+                          "over it gets status error with a readable last_error",
     "enqueue_batch_size": "executions enqueued per call",
     "shutdown_grace_s": "how long SIGTERM waits for in-flight runs before releasing them",
     "session_grace_s": "a worker whose database session is gone this long has its runs rescued",

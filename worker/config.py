@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     poll_interval_s: float = Field(default=1.0, gt=0)
     tick_interval_s: float = Field(default=1.0, gt=0)
     planner_batch_size: int = Field(default=500, ge=1)
+    plan_time_budget_s: float = Field(default=2.0, gt=0, le=60)
     enqueue_batch_size: int = Field(default=5000, ge=1)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     session_grace_s: float = Field(default=0.5, gt=0, le=60)

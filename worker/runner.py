@@ -15,7 +15,8 @@ any of them fails (Procrastinate's habit):
   liveness) has its runs rescued SESSION_GRACE_S after the tick that first saw
   it gone, by a follow-up pass: rescue on death, not on lease.
 * ``planner``   next_run_at of cron tasks (croniter, worker/planner.py) via
-  tasks_to_plan / apply_plan, woken by NOTIFY agent_tasks_plan.
+  tasks_to_plan / apply_plan, woken by NOTIFY agent_tasks_plan; croniter runs
+  in a child process with PLAN_TIME_BUDGET_S per task (worker/plan_pool.py).
 * ``claim``     claim_executions in batches up to free capacity (WORKER_CONCURRENCY
   overall, WORKER_PER_USER_LIMIT per user across all workers).
 * ``heartbeat`` one call for every in-flight execution each HEARTBEAT_INTERVAL_S;
@@ -51,7 +52,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import psycopg_pool
 
-from worker import planner, templates
+from worker import templates
 from worker.chat_client import (
     ActAs,
     ChatClient,
@@ -64,6 +65,7 @@ from worker.chat_client import (
 from worker.config import Settings
 from worker.db import PostgresQueue
 from worker.log import log_event, setup_logging
+from worker.plan_pool import PlanPool
 from worker.queue import (
     CHANNEL_CANCEL,
     CHANNEL_EXECUTIONS,
@@ -161,6 +163,7 @@ class Worker:
         self._backlog = False
         self._listener_up = asyncio.Event()
         self._plan_failures: dict[uuid.UUID, int] = {}  # task id -> schedule_version that failed
+        self._plan_pool = PlanPool(settings.plan_time_budget_s)
         self._dead_worker_followup: asyncio.Task[None] | None = None
         self._signals = 0
         self.stats = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "timed_out": 0,
@@ -200,6 +203,7 @@ class Worker:
                   per_user_limit=s.worker_per_user_limit, lease_s=s.lease_seconds,
                   chat_url=s.chat_url)
         await self.queue.open()
+        self._plan_pool.start()
         crashed: BaseException | None = None
         loops: list[asyncio.Task[None]] = []
         try:
@@ -234,6 +238,7 @@ class Worker:
             await asyncio.gather(*loops, return_exceptions=True)
             await self.chat.aclose()
             await self.queue.close()
+            self._plan_pool.close()
             loop = asyncio.get_running_loop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
@@ -417,18 +422,17 @@ class Worker:
         now = datetime.now(UTC)
         applied = 0
         again = len(rows) >= self.settings.planner_batch_size
-        for row in rows:
+        todo = [row for row in rows if self._plan_failures.get(row["id"]) != row["schedule_version"]]
+        # croniter runs in a child process with a time budget per task (worker/plan_pool.py)
+        results = await self._plan_pool.plan(todo, now)
+        for row, result in zip(todo, results, strict=True):
             task_id = row["id"]
-            if self._plan_failures.get(task_id) == row["schedule_version"]:
-                continue
-            try:
-                result = planner.plan(row, now)
-            except Exception as exc:  # a bad row must not stop the planner for everyone
+            if isinstance(result, str):  # a bad row must not stop the planner for everyone
                 self._plan_failures[task_id] = row["schedule_version"]
                 log_event(logger, "plan failed", level=logging.ERROR, task_id=task_id,
-                          cron=row.get("cron_expression"), timezone=row.get("timezone"), error=repr(exc))
+                          cron=str(row.get("cron_expression"))[:200], timezone=row.get("timezone"), error=result)
                 # visible to the user and operators: status 'error' with last_error
-                await self.queue.fail_plan(task_id, row["schedule_version"], str(exc) or repr(exc))
+                await self.queue.fail_plan(task_id, row["schedule_version"], result)
                 continue
             ok = await self.queue.apply_plan(task_id, row["schedule_version"], result.next_run_at,
                                              result.complete, result.skipped, result.run)

@@ -1,0 +1,71 @@
+"""The planner's time budget: croniter runs off the event loop and one slow task cannot hold the others."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+from worker import planner
+from worker.plan_pool import PlanPool, budget_message, plan_batch
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+# the expression of finding 1: 100,000 list items in the minute field
+HEAVY = "0-59," * 100_000 + "0 * * * *"
+
+
+def _row(cron: str) -> dict[str, object]:
+    return {"id": uuid.uuid4(), "schedule_version": 1, "cron_expression": cron, "timezone": "UTC",
+            "created_at": NOW, "plan_from": NOW}
+
+
+def test_plan_batch__a_task_over_budget_gets_a_readable_error_and_the_next_is_planned() -> None:
+    started = time.monotonic()
+    results = plan_batch([_row(HEAVY), _row("*/5 * * * *")], NOW, 0.2)
+    elapsed = time.monotonic() - started
+    assert results[0] == budget_message(0.2)
+    assert "PLAN_TIME_BUDGET_S" in str(results[0])
+    assert isinstance(results[1], planner.Plan)
+    assert results[1].next_run_at == NOW  # an occurrence at exactly plan_from counts
+    assert elapsed < 2.0, f"the budget did not stop croniter: {elapsed:.2f} s"
+
+
+def test_plan_batch__an_invalid_row_is_its_own_error() -> None:
+    results = plan_batch([_row("61 * * * *"), _row("0 9 * * *")], NOW, 1.0)
+    assert isinstance(results[0], str) and "invalid cron expression" in results[0]
+    assert isinstance(results[1], planner.Plan)
+
+
+def test_plan_pool__the_event_loop_keeps_running_while_a_heavy_task_is_planned() -> None:
+    """Before: croniter on the loop stalled it ~3 s per such task. Now the loop ticks on."""
+
+    async def scenario() -> tuple[list[planner.Plan | str], float]:
+        pool = PlanPool(budget_s=0.5)
+        try:
+            await pool.plan([_row("* * * * *")], NOW)  # start the child process first
+            worst_gap = 0.0
+            done = asyncio.Event()
+
+            async def ticker() -> None:
+                nonlocal worst_gap
+                last = time.monotonic()
+                while not done.is_set():
+                    await asyncio.sleep(0.01)
+                    now = time.monotonic()
+                    worst_gap = max(worst_gap, now - last)
+                    last = now
+
+            tick = asyncio.create_task(ticker())
+            results = await pool.plan([_row(HEAVY), _row(HEAVY), _row("0 * * * *")], NOW)
+            done.set()
+            await tick
+            return results, worst_gap
+        finally:
+            pool.close()
+
+    results, worst_gap = asyncio.run(scenario())
+    assert results[0] == budget_message(0.5) and results[1] == budget_message(0.5)
+    assert isinstance(results[2], planner.Plan)
+    # pickling the 500 KB expressions is the only work left on the loop
+    assert worst_gap < 0.25, f"the event loop stalled {worst_gap:.2f} s"

@@ -1,0 +1,123 @@
+"""Cron planning off the event loop, with a time budget per task.
+
+croniter is pure Python: one pathological expression (a field listing
+thousands of values) costs seconds of CPU, and on the worker's asyncio loop
+those seconds stall every claim, heartbeat and in-flight run of every tenant.
+So the planner's pass runs in a child process, and each task gets
+``PLAN_TIME_BUDGET_S`` there (an interval timer interrupts croniter's Python
+loop): a task over budget comes back as a readable error, which the worker
+records with ``scheduler.fail_plan`` (status ``error``, ``last_error``), and
+the other tasks of the pass are planned as usual. The database caps the
+expression's length first (``max_cron_expression_chars``); the budget is the
+guard for whatever still gets through.
+
+The child is forked when the worker starts and replaced if it dies or
+overruns the whole pass's budget (a hang outside Python code, which the timer
+cannot interrupt). ``planner.plan`` itself stays a pure function. Tasks are
+planned one after another in the child, so a pass holding N tasks over budget
+delays the plans after them by up to N x PLAN_TIME_BUDGET_S; the database's
+length cap keeps such tasks out in the first place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import signal
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import UTC, datetime
+from typing import Any
+
+from worker import planner
+
+# Slack on top of the per-task budgets for the whole pass (process start, pickling).
+PASS_SLACK_S = 30.0
+
+
+class PlanBudgetExceeded(Exception):
+    """Planning one task took longer than its time budget."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise PlanBudgetExceeded
+
+
+def budget_message(budget_s: float) -> str:
+    """The readable error a task over budget gets (its last_error)."""
+    return (f"planning this cron expression took longer than {budget_s:g} s "
+            "(the planner's time budget per task, PLAN_TIME_BUDGET_S): simplify the expression")
+
+
+def plan_batch(rows: Sequence[Mapping[str, Any]], now: datetime,
+               budget_s: float) -> list[planner.Plan | str]:
+    """Plan each row within `budget_s` seconds of CPU-bound work; a Plan, or the error text.
+
+    Runs in the child process (its main thread, where SIGALRM is delivered).
+    """
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    results: list[planner.Plan | str] = []
+    try:
+        for row in rows:
+            try:
+                signal.setitimer(signal.ITIMER_REAL, budget_s)
+                try:
+                    results.append(planner.plan(row, now))
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except PlanBudgetExceeded:
+                results.append(budget_message(budget_s))
+            except Exception as exc:  # one bad row must not stop the others
+                results.append(str(exc) or repr(exc))
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    return results
+
+
+class PlanPool:
+    """One child process that plans the worker's cron tasks, off its event loop."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            # fork: ~20 ms, where spawn re-imports the package (1.5 s on a busy 2-core machine,
+            # longer than a cron task may wait for its first plan). The child runs only
+            # planner.plan (croniter, zoneinfo): no logging, sockets or event loop of the parent.
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        return self._executor
+
+    def start(self) -> None:
+        """Start the child now (the worker calls this before its loops run), not at the first pass."""
+        self._pool().submit(plan_batch, [], datetime.now(UTC), self.budget_s)
+
+    async def plan(self, rows: Sequence[Mapping[str, Any]], now: datetime) -> list[planner.Plan | str]:
+        """For each row, its Plan or the readable reason it has none (in order)."""
+        if not rows:
+            return []
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool(), plan_batch, [dict(r) for r in rows], now, self.budget_s)
+        try:
+            return await asyncio.wait_for(future, timeout=self.budget_s * len(rows) + PASS_SLACK_S)
+        except (TimeoutError, BrokenProcessPool):
+            self._kill()
+            raise
+
+    def _kill(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # the stuck child is not interrupted by shutdown(); end it (our own child, by its pid)
+        processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
+        for process in list(processes.values()):
+            process.kill()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the child process."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
