@@ -394,6 +394,29 @@ def execution_stats(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     }
 
 
+def create_run_now_task(conn: psycopg.Connection[Any], user_id: uuid.UUID, agent_id: uuid.UUID) -> uuid.UUID:
+    """A manual task runs may overlap in, for "run now" measurements; the operator lifts the per-user
+    run-now rate limit of this database (docs/security.md), which a measurement would otherwise hit."""
+    row = conn.execute("""insert into public.agent_tasks (user_id, agent_id, name, prompt_template,
+                                                        schedule_type, overlap_policy)
+                         values (%s, %s, 'Run now', 'Quick check, please.', 'manual', 'allow')
+                         returning id""", (user_id, agent_id)).fetchone()
+    assert row is not None
+    conn.execute("update scheduler.limits set value = 'null' where name = 'run_now_per_minute'")
+    return uuid.UUID(str(row[0]))
+
+
+def run_now_as_user(api: psycopg.Connection[Any], claims: str, task_id: uuid.UUID) -> uuid.UUID:
+    """`rpc('run_task_now')` the way PostgREST runs it: one transaction, role authenticated, the owner's
+    claims. Returns the execution id."""
+    with api.transaction():
+        api.execute("set local role authenticated")
+        api.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
+        got = api.execute("select public.run_task_now(%s)", (task_id,)).fetchone()
+    assert got is not None
+    return uuid.UUID(str(got[0]))
+
+
 def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.1) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -45,9 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._worker_support import (
     CpuMeter,
+    create_run_now_task,
     create_users_and_agents,
     function_stats,
     machine_load,
+    run_now_as_user,
     start_env,
     summary_ms,
     wait_until,
@@ -150,12 +152,7 @@ def run_now_to_message(repeats: int) -> dict[str, Any]:
     try:
         with env.connect() as conn:
             [(user_id, agent_id)] = create_users_and_agents(conn, 1)
-            row = conn.execute("""insert into public.agent_tasks (user_id, agent_id, name, prompt_template,
-                                                                 schedule_type, overlap_policy)
-                                  values (%s, %s, 'Run now', 'Quick check, please.', 'manual', 'allow')
-                                  returning id""", (user_id, agent_id)).fetchone()
-            assert row is not None
-            task_id = row[0]
+            task_id = create_run_now_task(conn, user_id, agent_id)
         wp = env.spawn_worker("bench-run-now", poll_interval_s=1.0)
         time.sleep(1.0)
         claims = json.dumps({"sub": str(user_id), "role": "authenticated", "aud": "authenticated"})
@@ -169,12 +166,7 @@ def run_now_to_message(repeats: int) -> dict[str, Any]:
             for _ in range(repeats):
                 time.sleep(random.uniform(0.05, 0.2))  # the worker is idle, waiting on LISTEN
                 t0 = time.monotonic()
-                with api.transaction():  # what PostgREST does for rpc('run_task_now')
-                    api.execute("set local role authenticated")
-                    api.execute("select set_config('request.jwt.claims', %s, true)", (claims,))
-                    got = api.execute("select public.run_task_now(%s)", (task_id,)).fetchone()
-                assert got is not None
-                execution_id = got[0]
+                execution_id = run_now_as_user(api, claims, task_id)
                 seen = False
                 while time.monotonic() - t0 < 10.0:
                     if poller.execute(poll, (execution_id,)).fetchone() is not None:

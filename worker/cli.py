@@ -131,6 +131,26 @@ def _user_id(conn: psycopg.Connection[dict[str, Any]], who: str) -> uuid.UUID:
     return uuid.UUID(str(row["id"]))
 
 
+def _as_user(conn: psycopg.Connection[dict[str, Any]], user_id: Any) -> None:
+    """Run the rest of the current transaction as that user, the way PostgREST runs supabase-js calls.
+
+    What the CLI does for a user (create a task, run it now, retry a run) then meets the
+    same RLS, column grants and limits as the user's own client (docs/security.md).
+    """
+    conn.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
+                 (json.dumps({"sub": str(user_id), "role": "authenticated"}),))
+
+
+def _owner(conn: psycopg.Connection[dict[str, Any]], sql: str, target: str, missing: str) -> Any:
+    try:
+        row = conn.execute(sql, (target,)).fetchone()
+    except psycopg.Error as exc:
+        raise _sql_error(exc) from exc
+    if row is None:
+        raise CliError(missing.format(id=target))
+    return row["user_id"]
+
+
 # --- tasks ------------------------------------------------------------------------
 
 
@@ -182,7 +202,7 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         user_id = _user_id(conn, args.user)
         fields: dict[str, Any] = {
-            "user_id": user_id, "agent_id": args.agent, "name": args.name,
+            "agent_id": args.agent, "name": args.name,
             "prompt_template": args.prompt, "timezone": args.timezone,
             "prompt_variables": json.dumps(_variables(args.var)),
             "conversation_mode": "new_per_run" if args.new_per_run else "reuse",
@@ -193,8 +213,10 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
         cols = ", ".join(fields)
         params = ", ".join(f"%({k})s" for k in fields)
         try:
-            row = conn.execute(f"insert into public.agent_tasks ({cols}) values ({params}) returning *",
-                               fields).fetchone()
+            with conn.transaction():
+                _as_user(conn, user_id)  # the user's own limits apply
+                row = conn.execute(f"insert into public.agent_tasks ({cols}) values ({params}) returning *",
+                                   fields).fetchone()
         except psycopg.Error as exc:
             raise _sql_error(exc) from exc
     assert row is not None
@@ -205,12 +227,19 @@ def cmd_tasks_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _row_action(args: argparse.Namespace, key: str, sql: str, done: str, refused: str) -> int:
-    """Run one SQL action on the row named by args.<key>; print its result (or JSON)."""
+def _row_action(args: argparse.Namespace, key: str, sql: str, done: str, refused: str,
+                owner_sql: str | None = None) -> int:
+    """Run one SQL action on the row named by args.<key>; print its result (or JSON).
+
+    With `owner_sql` (the row's user_id), the action runs as that user (`_as_user`).
+    """
     target = getattr(args, key)
     with connect(args) as conn:
         try:
-            row = conn.execute(sql, (target,)).fetchone()
+            with conn.transaction():
+                if owner_sql is not None:
+                    _as_user(conn, _owner(conn, owner_sql, target, refused))
+                row = conn.execute(sql, (target,)).fetchone()
         except psycopg.Error as exc:
             raise _sql_error(exc) from exc
     result = None if row is None else next(iter(row.values()))
@@ -228,8 +257,10 @@ def _task_action(args: argparse.Namespace, sql: str, done: str) -> int:
 
 
 def cmd_tasks_run(args: argparse.Namespace) -> int:
-    return _task_action(args, "select scheduler.enqueue_now(%s, 'manual') as execution_id",
-                        "queued execution [bold]{result}[/bold] for task {id}")
+    # as the task's owner: the rate limit and budgets of run_task_now apply
+    return _row_action(args, "task_id", "select public.run_task_now(%s) as execution_id",
+                       "queued execution [bold]{result}[/bold] for task {id}", "task {id} not found",
+                       owner_sql="select user_id from public.agent_tasks where id = %s")
 
 
 def cmd_tasks_pause(args: argparse.Namespace) -> int:
@@ -381,8 +412,10 @@ def _exec_action(args: argparse.Namespace, sql: str, done: str) -> int:
 
 
 def cmd_executions_retry(args: argparse.Namespace) -> int:
-    return _exec_action(args, "select scheduler.retry_execution(%s) as new_id",
-                        "queued retry [bold]{result}[/bold] of execution {id}")
+    # as the execution's owner: the rate limit and budgets of retry_execution apply
+    return _row_action(args, "execution_id", "select public.retry_execution(%s) as new_id",
+                       "queued retry [bold]{result}[/bold] of execution {id}", "execution {id} not found",
+                       owner_sql="select user_id from public.agent_task_executions where id = %s")
 
 
 def cmd_executions_cancel(args: argparse.Namespace) -> int:

@@ -248,8 +248,12 @@ $$;
 -- Reason why a cron expression is invalid, or NULL. Five fields (minute hour
 -- day-of-month month day-of-week) in the grammar above, or one of the @
 -- aliases (@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly).
+-- Longer than the operator's max_cron_expression_chars (scheduler.limits) is
+-- refused before anything is parsed: parsing and planning cost grows with the
+-- length, and every field written out in full fits well within the default.
+-- stable, not immutable: it reads that limit.
 create or replace function scheduler.cron_error(p_expression text) returns text
-language plpgsql immutable
+language plpgsql stable
 set search_path = ''
 as $$
 declare
@@ -270,6 +274,10 @@ declare
 begin
   if p_expression is null then
     return 'cron expression is required';
+  end if;
+  if char_length(p_expression) > scheduler.limit_int('max_cron_expression_chars') then
+    return format('cron expression is %s characters; the limit is %s (max_cron_expression_chars)',
+                  char_length(p_expression), scheduler.limit_int('max_cron_expression_chars'));
   end if;
   if lower(p_expression) in ('@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly') then
     return null;

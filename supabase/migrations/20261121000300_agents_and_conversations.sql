@@ -20,6 +20,56 @@ create index agents_user_id_idx on public.agents (user_id, created_at desc);
 create trigger agents_set_updated_at before update on public.agents
   for each row execute function scheduler.set_updated_at();
 
+-- The operator's limits on agents (scheduler.limits, docs/security.md):
+-- settings size for every writer; for users (the API roles) also the model
+-- allow-list and the clamps on max_tokens and history_token_budget. Checked
+-- only when the write changes model or settings.
+-- security definer: reads scheduler.limits, which users cannot read.
+create or replace function scheduler.agents_before_write() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_error text;
+  v_models text[];
+  v_max bigint;
+  v_key text;
+  v_limit text;
+begin
+  if tg_op = 'UPDATE' and new.model is not distinct from old.model
+     and new.settings is not distinct from old.settings then
+    return new;
+  end if;
+  v_error := scheduler.json_size_error('settings', new.settings, 'max_agent_settings_bytes');
+  if v_error is not null then
+    raise exception '%', v_error using errcode = '22023';
+  end if;
+  -- security definer: the caller's API role is the `role` setting
+  if current_setting('role', true) not in ('anon', 'authenticated') then
+    return new;
+  end if;
+  v_models := scheduler.allowed_models();
+  if v_models is not null and new.model <> all (v_models)
+     and (tg_op = 'INSERT' or new.model is distinct from old.model) then
+    raise exception 'model % is not allowed here; allowed models: % (allowed_models)',
+      new.model, array_to_string(v_models, ', ') using errcode = '22023';
+  end if;
+  -- the clamps: settings key, limit
+  for v_key, v_limit in values ('max_tokens', 'max_output_tokens'),
+                               ('history_token_budget', 'max_history_token_budget') loop
+    v_max := scheduler.limit_int(v_limit);
+    if jsonb_typeof(new.settings -> v_key) = 'number' and (new.settings ->> v_key)::numeric > v_max then
+      raise exception 'settings.% is %; the limit is % (%)', v_key, new.settings ->> v_key, v_max, v_limit
+        using errcode = '22023';
+    end if;
+  end loop;
+  return new;
+end
+$$;
+create trigger agents_before_write before insert or update on public.agents
+  for each row execute function scheduler.agents_before_write();
+
 -- A conversation between a user and one of their agents. The counters and the
 -- preview are kept by a trigger on chat_messages_v2 so list pages read one row.
 create table public.conversation_sessions (
@@ -86,16 +136,34 @@ create unique index chat_messages_v2_execution_role_key
 
 -- Nobody but the scheduler path writes scheduler messages. The scheduler's
 -- functions run as their owner; the API roles (even service_role, which
--- bypasses RLS) are refused.
+-- bypasses RLS) are refused. `source = 'scheduler'`, `task_id`,
+-- `execution_id` and `trigger_type` are the scheduler's whatever their
+-- spelling: case and every character that is not an ASCII letter or digit
+-- (spaces, underscores, dashes, zero-width characters) are ignored in keys
+-- and in the source's value, so {"Source": "scheduler"}, "scheduler ",
+-- "scheduler\u200b" and "taskId" are refused too (a user's own
+-- {"source": "web"} is not). (security invoker on purpose: inside
+-- the scheduler's security definer functions current_user is their owner.)
 create or replace function scheduler.guard_chat_message() returns trigger
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_key text;
 begin
-  if (new.execution_id is not null or (new.metadata ->> 'source') = 'scheduler')
-     and current_user in ('anon', 'authenticated', 'service_role', 'authenticator') then
-    raise exception 'only the scheduler may write messages with metadata.source = ''scheduler'' or an execution_id'
-      using errcode = '42501';
+  if current_user in ('anon', 'authenticated', 'service_role', 'authenticator') then
+    select k.key into v_key
+    from jsonb_each(case when jsonb_typeof(new.metadata) = 'object' then new.metadata else '{}' end) k
+    where regexp_replace(lower(k.key), '[^a-z0-9]', '', 'g') in ('taskid', 'executionid', 'triggertype')
+       or (regexp_replace(lower(k.key), '[^a-z0-9]', '', 'g') = 'source'
+           and regexp_replace(lower(k.value #>> '{}'), '[^a-z0-9]', '', 'g') = 'scheduler')
+    limit 1;
+    if new.execution_id is not null or v_key is not null then
+      raise exception 'only the scheduler may write messages with metadata.source = ''scheduler'' or an execution_id'
+        using errcode = '42501',
+              detail = format('refused: %s (the scheduler''s keys source = scheduler, task_id, execution_id '
+                              'and trigger_type, in any spelling)', coalesce(quote_literal(v_key), 'execution_id'));
+    end if;
   end if;
   if tg_op = 'UPDATE' and new.conversation_id is distinct from old.conversation_id then
     raise exception 'a message cannot move to another conversation' using errcode = '42501';
@@ -104,11 +172,12 @@ begin
 end
 $$;
 -- The WHEN clauses (evaluated by the executor, as the writing role) call the
--- function only when it has something to refuse, so ordinary messages pay no
--- function call: current_user there is the same role the function would see.
+-- function only when it has something to check: an API role writing an
+-- execution_id or any metadata at all (most messages have none); current_user
+-- there is the same role the function sees.
 create trigger chat_messages_v2_guard before insert or update on public.chat_messages_v2
   for each row
-  when ((new.execution_id is not null or (new.metadata ->> 'source') = 'scheduler')
+  when ((new.execution_id is not null or new.metadata <> '{}'::jsonb)
         and current_user in ('anon', 'authenticated', 'service_role', 'authenticator'))
   execute function scheduler.guard_chat_message();
 create trigger chat_messages_v2_guard_move before update on public.chat_messages_v2
@@ -119,7 +188,7 @@ create trigger chat_messages_v2_guard_move before update on public.chat_messages
 -- scheduler.chat_message_after_insert (migration 20261121000600_client_api.sql:
 -- one AFTER INSERT trigger that also resumes a task waiting for the user).
 
--- A message's user_id is its conversation's owner.
+-- A message's user_id is its conversation's owner; its metadata within the size cap.
 create or replace function scheduler.message_owner() returns trigger
 language plpgsql
 security definer
@@ -127,12 +196,22 @@ set search_path = ''
 as $$
 declare
   v_owner uuid;
+  v_error text;
 begin
+  -- the metadata size cap, for every writer (scheduler.limits)
+  if new.metadata <> '{}'::jsonb then
+    v_error := scheduler.json_size_error('metadata', new.metadata, 'max_message_metadata_bytes');
+    if v_error is not null then
+      raise exception '%', v_error using errcode = '22023';
+    end if;
+  end if;
   select user_id into v_owner from public.conversation_sessions where id = new.conversation_id;
   if v_owner is not null and new.user_id is distinct from v_owner then
     -- security definer: the caller's API role is the `role` setting, not current_user
+    -- the very error RLS gives for a conversation that does not exist, so
+    -- another user's conversation id reveals nothing
     if current_setting('role', true) in ('anon', 'authenticated') then
-      raise exception 'conversation % does not belong to this user', new.conversation_id
+      raise exception 'new row violates row-level security policy for table "chat_messages_v2"'
         using errcode = '42501';
     end if;
     new.user_id := v_owner;

@@ -81,6 +81,10 @@ create table public.agent_tasks (
   overlap_policy text not null default 'skip' check (overlap_policy in ('skip', 'queue', 'allow')),
   misfire_policy text not null default 'run_once' check (misfire_policy in ('run_once', 'skip', 'run_all')),
   misfire_grace_seconds integer not null default 60 check (misfire_grace_seconds between 0 and 86400),
+  -- budgets per UTC day (NULL: none beyond the user's); a task that uses one
+  -- up pauses itself until the next day (scheduler.pause_for_budget)
+  max_runs_per_day integer check (max_runs_per_day > 0),
+  max_tokens_per_day integer check (max_tokens_per_day > 0),
 
   -- state
   status text not null default 'active'
@@ -169,7 +173,10 @@ create table public.agent_task_executions (
   user_message_id uuid,
   assistant_message_id uuid,
   output text,
+  -- what the user sees of a failure (scheduler.public_error); the text the
+  -- worker reported is kept in error_detail, which only operators can read
   error text,
+  error_detail text,
   error_kind text check (error_kind in ('transient', 'permanent', 'timeout', 'cancelled',
                                         'lease_expired', 'worker_lost', 'overlap', 'misfire', 'empty_reply',
                                         'shutdown')),
@@ -245,6 +252,52 @@ alter table public.agent_tasks set (
 );
 create trigger agent_task_executions_set_updated_at before update on public.agent_task_executions
   for each row execute function scheduler.set_updated_at();
+-- tasks paused by a used-up daily budget, resumed by scheduler.resume_after_budget
+create index agent_tasks_budget_paused_idx on public.agent_tasks (id)
+  where status = 'paused' and state ? 'budget_paused_until';
+
+-- What a user may read of a failure. The worker's own failures (kinds
+-- transient, permanent, empty_reply) carry text from the worker's machine
+-- (exception messages, addresses); users see it only when it is one of the
+-- chat function's answers ("chat function <status> <code>: <message>", whose
+-- messages are written for the caller, docs/chat/api.md) other than
+-- internal_error, or a prompt template error; otherwise a stable sentence.
+-- The transitions' own texts (timeouts, cancels, rescues, skips) are ours
+-- and pass unchanged.
+create or replace function scheduler.public_error(p_error text, p_kind text) returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select case
+    when p_error is null or p_kind is null or p_kind not in ('transient', 'permanent', 'empty_reply') then p_error
+    when p_error ~ '^chat function [0-9]{3} [a-z_]+(: |$)'
+         and p_error !~ '^chat function [0-9]{3} internal_error' then p_error
+    when p_error ~ '^prompt template: ' then p_error
+    when p_kind = 'empty_reply' then 'the model returned an empty reply'
+    when p_kind = 'transient' then 'the run failed on a temporary error (details in the operator''s logs)'
+    else 'the run failed (details in the operator''s logs)'
+  end
+$$;
+
+-- Keep the worker's text for operators (error_detail) and show users
+-- scheduler.public_error of it.
+create or replace function scheduler.executions_split_error() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if tg_op = 'UPDATE' and new.error is not distinct from old.error then
+    return new;
+  end if;
+  new.error_detail := new.error;
+  new.error := scheduler.public_error(new.error, new.error_kind);
+  return new;
+end
+$$;
+create trigger agent_task_executions_split_error before insert or update of error on public.agent_task_executions
+  for each row when (new.error is not null)
+  execute function scheduler.executions_split_error();
 
 alter table public.chat_messages_v2
   add constraint chat_messages_v2_execution_fk
@@ -259,7 +312,7 @@ create table public.notifications (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null references auth.users (id) on delete cascade,
   kind text not null check (kind in ('task_failed', 'task_needs_input', 'task_completed', 'task_succeeded',
-                                     'task_changed', 'info')),
+                                     'task_changed', 'task_paused', 'info')),
   title text not null check (char_length(title) <= 200),
   body text check (char_length(body) <= 2000),
   data jsonb not null default '{}'::jsonb,

@@ -487,6 +487,13 @@ begin
     perform scheduler.notify_success(v_report.exec, v_report.content);
   end loop;
 
+  -- a task whose run used up a daily budget pauses itself (task lifecycle)
+  perform scheduler.pause_for_budget(f.exec, v_now)
+  from (select distinct on (x.task_id) x as exec
+        from unnest(v_finished) x
+        join public.agent_tasks t on t.id = x.task_id and t.status = 'active'
+        order by x.task_id) f;
+
   return query select x.id from unnest(v_finished) x;
 end
 $$;

@@ -62,6 +62,7 @@ as $$
       when 'missed' then format('skipped: occurrence missed while no scheduler ran (misfire_policy = %s)',
                                 p_task.misfire_policy)
     end,
+    null,                                                -- error_detail (set from error by a trigger)
     case when p_skip = 'missed' then 'misfire' else p_skip end,  -- error_kind
     null,                                                -- usage
     p_retry_of,
@@ -90,6 +91,50 @@ as $$
                                            else p_now + make_interval(secs => p_task.interval_seconds) end
                end as at) n
 $$;
+-- The operator's budgets on what a user writes into a task (scheduler.limits,
+-- docs/security.md): the shortest interval, the largest max_retries and the
+-- number of active tasks. Checked only for what the write sets or changes
+-- (p_old NULL on insert), so a lowered limit never blocks an unrelated edit.
+-- Raises 22023 naming the limit.
+create or replace function scheduler.check_task_budgets(p_new public.agent_tasks, p_old public.agent_tasks)
+returns void
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_max bigint;
+  v_count bigint;
+begin
+  v_max := scheduler.limit_int('min_interval_seconds');
+  -- (under 1 s is the column's CHECK, which says so itself)
+  if p_new.schedule_type = 'interval' and p_new.interval_seconds between 1 and v_max - 1
+     and (p_old is null or p_new.interval_seconds is distinct from p_old.interval_seconds
+          or p_new.schedule_type is distinct from p_old.schedule_type) then
+    raise exception 'interval_seconds is %; the shortest interval allowed is % s (min_interval_seconds)',
+      p_new.interval_seconds, v_max using errcode = '22023';
+  end if;
+  v_max := scheduler.limit_int('max_retries');
+  if p_new.max_retries > v_max and (p_old is null or p_new.max_retries is distinct from p_old.max_retries) then
+    raise exception 'max_retries is %; the limit is % (max_retries)', p_new.max_retries, v_max
+      using errcode = '22023';
+  end if;
+  -- live tasks: active or waiting for the user (whose reply makes it active
+  -- again without counting it twice)
+  v_max := scheduler.limit_int('max_active_tasks_per_user');
+  if p_new.status = 'active' and (p_old is null or p_old.status not in ('active', 'waiting_input'))
+     and v_max is not null then
+    select count(*) into v_count from public.agent_tasks t
+    where t.user_id = p_new.user_id and t.status in ('active', 'waiting_input') and t.id <> p_new.id;
+    if v_count >= v_max then
+      raise exception 'you have % active tasks; the limit is % (max_active_tasks_per_user): pause or delete one first',
+        v_count, v_max using errcode = '22023';
+    end if;
+  end if;
+end
+$$;
+
 -- Write-time checks and schedule bookkeeping for agent_tasks.
 -- security definer: calls the private validators; it reads nothing the
 -- writer could not read and changes only the row being written.
@@ -126,7 +171,10 @@ begin
   end if;
   if tg_op = 'INSERT' or new.prompt_template is distinct from old.prompt_template
      or new.prompt_variables is distinct from old.prompt_variables then
-    v_error := scheduler.template_error(new.prompt_template, new.prompt_variables);
+    -- the size cap first: every writer meets it (scheduler.limits)
+    v_error := coalesce(
+      scheduler.json_size_error('prompt_variables', new.prompt_variables, 'max_prompt_variables_bytes'),
+      scheduler.template_error(new.prompt_template, new.prompt_variables));
     if v_error is not null then
       raise exception '%', v_error using errcode = '22023';
     end if;
@@ -156,6 +204,7 @@ begin
        and not (new.status in ('active', 'paused') and old.status in ('active', 'paused', 'waiting_input', 'error', 'completed')) then
       raise exception 'status can be changed to active or paused only (from %)', old.status using errcode = '22023';
     end if;
+    perform scheduler.check_task_budgets(new, case when tg_op = 'UPDATE' then old end);
   end if;
 
   if new.status <> 'active' then
@@ -458,10 +507,16 @@ declare
   v_now timestamptz := coalesce(p_now, clock_timestamp());
   v_task public.agent_tasks;
   v_id uuid;
+  v_budget text;
 begin
   select * into v_task from public.agent_tasks where id = p_task_id;
   if not found then
     raise exception 'task % not found', p_task_id using errcode = 'P0002';
+  end if;
+  -- a run nobody scheduled may not start a budget that is used up
+  v_budget := scheduler.budget_error(v_task.user_id, p_task_id, v_now);
+  if v_budget is not null then
+    raise exception '%', v_budget using errcode = 'PT429';
   end if;
   insert into public.agent_task_executions
   select x.* from scheduler.new_execution(v_task, p_trigger_type, v_now, coalesce(p_now, now()), v_now,

@@ -67,6 +67,63 @@ begin
 end
 $$;
 
+-- A task whose run used up a daily budget (scheduler.budget_error: the
+-- user's tokens, the task's tokens or runs) pauses itself (called by
+-- scheduler.finish_executions for each active task of a batch): its queued
+-- scheduled runs are cancelled, last_error says which limit, the user is
+-- notified (task_paused), and state.budget_paused_until (the next 00:00 UTC)
+-- lets scheduler.resume_after_budget resume it then; resume_task resumes it
+-- at once.
+create or replace function scheduler.pause_for_budget(p_exec public.agent_task_executions, p_now timestamptz)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_error text := scheduler.budget_error(p_exec.user_id, p_exec.task_id, p_now);
+  v_task public.agent_tasks;
+begin
+  if v_error is null then
+    return false;
+  end if;
+  perform scheduler.pause_task(p_exec.task_id);
+  update public.agent_tasks t set
+    last_error = v_error,
+    state = t.state || jsonb_build_object(
+      'budget_paused_until', (scheduler.usage_day(p_now) + 1)::timestamp at time zone 'UTC')
+  where t.id = p_exec.task_id
+  returning * into v_task;
+  perform scheduler.notify_user(p_exec, 'task_paused',
+    format('Scheduled task "%s" paused until tomorrow', v_task.name), v_error);
+  return true;
+end
+$$;
+
+-- Resume the tasks pause_for_budget paused, once their budget day is over
+-- (pg_cron, every minute). Returns how many resumed.
+create or replace function scheduler.resume_after_budget(p_now timestamptz default null) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer := 0;
+  v_id uuid;
+begin
+  for v_id in
+    select t.id from public.agent_tasks t
+    where t.status = 'paused' and t.state ? 'budget_paused_until'
+      and (t.state ->> 'budget_paused_until')::timestamptz <= coalesce(p_now, now())
+    order by t.id
+  loop
+    perform scheduler.resume_task(v_id);
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
+end
+$$;
+
 -- What the agent reported on a succeeded run (report_task_status, read from
 -- the stored reply by finish_executions; p_args NULL when it reported
 -- nothing):
@@ -192,7 +249,8 @@ as $$
 declare
   v_task public.agent_tasks;
 begin
-  update public.agent_tasks set status = 'paused' where id = p_task_id returning * into v_task;
+  update public.agent_tasks set status = 'paused', state = state - 'budget_paused_until'
+  where id = p_task_id returning * into v_task;
   if not found then
     raise exception 'task % not found', p_task_id using errcode = 'P0002';
   end if;
@@ -216,6 +274,7 @@ begin
   update public.agent_tasks set
     status = 'active',
     state = state - 'pending_question' - 'waiting_conversation_id' - 'waiting_execution_id' - 'complete_after_reply'
+                  - 'budget_paused_until'
   where id = p_task_id and status <> 'active'
   returning * into v_task;
   if not found then

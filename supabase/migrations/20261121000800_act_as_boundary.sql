@@ -2,8 +2,9 @@
 -- beyond the user's RLS, callable by service_role only. The act-as check
 -- (does a worker's context belong together?) is chat_private.act_as_context;
 -- the assistant's reply is written once per execution by
--- record_assistant_reply (through save_reply); user calls are rate limited
--- per user.
+-- record_assistant_reply (through save_reply), which also counts the usage
+-- the model reported toward the budgets; user calls are rate limited per
+-- user; turn_check applies the operator's limits to every turn.
 
 -- The act-as check, the database's half (the function's HTTP-level half is
 -- in supabase/functions): does a service call's context belong together?
@@ -114,6 +115,10 @@ begin
   on conflict (execution_id, role) where execution_id is not null and role in ('user', 'assistant')
   do nothing
   returning id into v_id;
+  if v_id is not null then
+    -- the budgets count what the model reported for this reply, once
+    perform scheduler.count_usage(p_user_id, p_execution_id, p_metadata -> 'usage');
+  end if;
   if v_id is null then
     select m.id into v_id from public.chat_messages_v2 m
     where m.execution_id = p_execution_id and m.role = 'assistant';
@@ -169,19 +174,23 @@ $$;
 comment on function chat_private.save_reply(uuid, uuid, text, jsonb, jsonb, uuid, text[]) is
   'tx2 of a turn (service_role): the assistant''s reply stored once through record_assistant_reply, as stored.';
 
--- Per-user rate limit for user calls, in Postgres so it holds across function
--- instances: a fixed window per user.
+-- Per-user rate limits, in Postgres so they hold across function instances:
+-- a fixed window per user and action ('chat': the chat function's user
+-- calls; 'run_now' and 'retry': the client API, scheduler.action_rate_check).
 create table chat_private.rate_limits (
-  user_id uuid primary key references auth.users (id) on delete cascade,
+  user_id uuid not null references auth.users (id) on delete cascade,
+  action text not null default 'chat',
   window_started_at timestamptz not null,
-  hits integer not null
+  hits integer not null,
+  primary key (user_id, action)
 );
 alter table chat_private.rate_limits enable row level security;
-comment on table chat_private.rate_limits is 'Fixed-window request counters of the chat function, per user.';
+comment on table chat_private.rate_limits is 'Fixed-window request counters per user and action (chat turns, run now, retry).';
 
 -- Count one request. Returns 0 when allowed, else the seconds to wait.
 create or replace function chat_private.rate_limit_hit(
-  p_user_id uuid, p_limit integer, p_window_seconds integer, p_now timestamptz default null
+  p_user_id uuid, p_limit integer, p_window_seconds integer, p_now timestamptz default null,
+  p_action text default 'chat'
 ) returns integer
 language plpgsql
 security definer
@@ -191,9 +200,14 @@ declare
   v_now timestamptz := coalesce(p_now, clock_timestamp());
   v_row chat_private.rate_limits;
 begin
-  insert into chat_private.rate_limits as r (user_id, window_started_at, hits)
-  values (p_user_id, v_now, 1)
-  on conflict (user_id) do update set
+  -- a valid token of a user who does not exist (never did, or was deleted)
+  -- is an invalid credential: 28000, which the function answers with 401
+  if not exists (select 1 from auth.users u where u.id = p_user_id) then
+    raise exception 'unknown user' using errcode = '28000';
+  end if;
+  insert into chat_private.rate_limits as r (user_id, action, window_started_at, hits)
+  values (p_user_id, p_action, v_now, 1)
+  on conflict (user_id, action) do update set
     window_started_at = case when r.window_started_at <= v_now - make_interval(secs => p_window_seconds)
                              then v_now else r.window_started_at end,
     hits = case when r.window_started_at <= v_now - make_interval(secs => p_window_seconds)
@@ -207,11 +221,40 @@ begin
 end
 $$;
 
+-- The operator's limits on a turn, before the model is called (user and
+-- act-as turns alike): the user's daily token budget (scheduler.budget_error;
+-- SQLSTATE PT429, answered 429 budget_exhausted) and the model allow-list for
+-- the agent's model (PT422, answered 422 model_not_allowed), so an agent
+-- written before the operator narrowed the list is refused too.
+create or replace function chat_private.turn_check(p_user_id uuid, p_agent_id uuid) returns boolean
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_error text := scheduler.budget_error(p_user_id, null);
+  v_models text[] := scheduler.allowed_models();
+  v_model text;
+begin
+  if v_error is not null then
+    raise exception '%', v_error using errcode = 'PT429';
+  end if;
+  select a.model into v_model from public.agents a where a.id = p_agent_id and a.user_id = p_user_id;
+  if v_model is not null and v_models is not null and v_model <> all (v_models) then
+    raise exception 'model % is not allowed (allowed_models: %)', v_model, array_to_string(v_models, ', ')
+      using errcode = 'PT422';
+  end if;
+  return true;
+end
+$$;
+
 revoke execute on all functions in schema chat_private from public, anon, authenticated;
 grant execute on function
   chat_private.act_as_context(uuid, uuid, uuid),
   chat_private.check_act_as(uuid, uuid, uuid),
   chat_private.record_assistant_reply(uuid, uuid, text, jsonb, jsonb, uuid),
   chat_private.save_reply(uuid, uuid, text, jsonb, jsonb, uuid, text[]),
-  chat_private.rate_limit_hit(uuid, integer, integer, timestamptz)
+  chat_private.rate_limit_hit(uuid, integer, integer, timestamptz, text),
+  chat_private.turn_check(uuid, uuid)
 to service_role;

@@ -2,7 +2,10 @@
 -- with `supabase.rpc(...)`. Each checks that the caller owns the row; they
 -- answer "not found" for other users' rows so ids cannot be probed.
 -- security definer: executions are written only through the queue's guarded
--- transitions, never by a client directly.
+-- transitions, never by a client directly. run_task_now and retry_execution
+-- are rate limited per user (scheduler.action_rate_check, SQLSTATE PT429:
+-- PostgREST answers 429) and refused when a budget is used up
+-- (scheduler.enqueue_now).
 
 create or replace function scheduler.owned_task(p_task_id uuid) returns public.agent_tasks
 language plpgsql
@@ -54,6 +57,7 @@ set search_path = ''
 as $$
 begin
   perform scheduler.owned_task(p_task_id);
+  perform scheduler.action_rate_check('run_now');
   return scheduler.enqueue_now(p_task_id, 'manual');
 end
 $$;
@@ -105,6 +109,7 @@ set search_path = ''
 as $$
 begin
   perform scheduler.owned_execution(p_execution_id);
+  perform scheduler.action_rate_check('retry');
   return scheduler.retry_execution(p_execution_id);
 end
 $$;

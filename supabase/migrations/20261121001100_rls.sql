@@ -71,12 +71,14 @@ grant select, delete on public.agent_tasks to authenticated;
 grant insert (agent_id, name, description, prompt_template, prompt_variables, schedule_type,
               cron_expression, interval_seconds, run_at, timezone, starts_at, ends_at, max_runs,
               conversation_mode, conversation_id, priority, max_retries, timeout_seconds,
-              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on, system_addon)
+              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on, system_addon,
+              max_runs_per_day, max_tokens_per_day)
   on public.agent_tasks to authenticated;
 grant update (name, description, prompt_template, prompt_variables, schedule_type,
               cron_expression, interval_seconds, run_at, timezone, starts_at, ends_at, max_runs,
               conversation_mode, conversation_id, priority, max_retries, timeout_seconds,
-              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on, system_addon)
+              overlap_policy, misfire_policy, misfire_grace_seconds, status, notify_on, system_addon,
+              max_runs_per_day, max_tokens_per_day)
   on public.agent_tasks to authenticated;
 
 create policy "Users can see their own tasks" on public.agent_tasks
@@ -91,8 +93,17 @@ create policy "Users can update their own tasks" on public.agent_tasks
 create policy "Users can delete their own tasks" on public.agent_tasks
   for delete to authenticated using (user_id = (select auth.uid()));
 
--- agent_task_executions: read-only for users (run, cancel, retry go through rpc)
-grant select on public.agent_task_executions to authenticated;
+-- agent_task_executions: read-only for users (run, cancel, retry go through
+-- rpc), every column but worker_id (which machine ran it) and error_detail
+-- (the worker's own error text; users read error, scheduler.public_error of
+-- it): those are the operator's. Clients name their columns (supabase-js
+-- `select('id, status, …')`); `select *` is refused for the two hidden ones.
+grant select (id, task_id, user_id, agent_id, trigger_type, status, scheduled_for, run_after, attempt,
+              max_attempts, priority, timeout_seconds, exclusive, lease_expires_at, heartbeat_at,
+              started_at, finished_at, duration_ms, conversation_id, resolved_prompt, user_message_id,
+              assistant_message_id, output, error, error_kind, usage, retry_of, cancel_requested_at,
+              created_at, updated_at)
+  on public.agent_task_executions to authenticated;
 create policy "Users can see executions of their own tasks" on public.agent_task_executions
   for select to authenticated using (user_id = (select auth.uid()));
 

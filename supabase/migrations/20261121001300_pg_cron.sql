@@ -20,6 +20,7 @@ begin
   create extension if not exists pg_cron with schema pg_catalog;
   perform cron.schedule('agent-tasks-enqueue-due', '* * * * *', 'select scheduler.enqueue_due()');
   perform cron.schedule('agent-tasks-rescue-expired', '* * * * *', 'select scheduler.rescue_expired()');
+  perform cron.schedule('agent-tasks-resume-after-budget', '* * * * *', 'select scheduler.resume_after_budget()');
   perform cron.schedule('agent-tasks-purge', '17 3 * * *',
     $job$select scheduler.purge_history('30 days');
          delete from cron.job_run_details where end_time < now() - interval '7 days'$job$);

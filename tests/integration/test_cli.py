@@ -54,6 +54,43 @@ def test_tasks_create__bad_cron_is_refused_with_the_reason(capsys: pytest.Captur
     assert conn.execute("select count(*) as n from agent_tasks").fetchone() == {"n": 0}
 
 
+def test_tasks_create__acts_for_the_user_and_meets_their_limits(capsys: pytest.CaptureFixture[str],
+                                                                conn: psycopg.Connection[Any], db_url: str) -> None:
+    """Finding 3 through the CLI: an interval of 1 s and max_retries = 20 are refused, naming the limit."""
+    uid = create_user(conn)
+    agent = create_agent(conn, uid)
+    base = ["tasks", "create", "--database-url", db_url, "--user", str(uid), "--agent", str(agent),
+            "--name", "x", "--prompt", "p"]
+    assert cli.main([*base, "--every", "1"]) == cli.EXIT_REFUSED
+    assert "min_interval_seconds" in capsys.readouterr().err
+    assert cli.main([*base, "--every", "60", "--max-retries", "20"]) == cli.EXIT_REFUSED
+    assert "(max_retries)" in capsys.readouterr().err
+    assert conn.execute("select count(*) as n from agent_tasks").fetchone() == {"n": 0}
+    assert cli.main([*base, "--every", "60"]) == cli.EXIT_OK
+    assert conn.execute("select user_id from agent_tasks").fetchone() == {"user_id": uid}
+
+
+def test_tasks_run_and_executions_retry__meet_the_users_rate_limits(capsys: pytest.CaptureFixture[str],
+                                                                    conn: psycopg.Connection[Any],
+                                                                    db_url: str) -> None:
+    """Finding 3 through the CLI: run now and retry count toward the user's per-minute limits."""
+    conn.execute("update scheduler.limits set value = '1' where name in ('run_now_per_minute', 'retry_per_minute')")
+    uid = create_user(conn)
+    agent = create_agent(conn, uid)
+    task = create_task(conn, uid, agent)
+    code, out, _ = run_cli(capsys, db_url, "tasks", "run", str(task))
+    assert code == cli.EXIT_OK
+    execution = str(out["result"])
+    assert cli.main(["tasks", "run", str(task), "--database-url", db_url]) == cli.EXIT_REFUSED
+    assert "run_now_per_minute" in capsys.readouterr().err
+    conn.execute("select scheduler.cancel_execution(%s)", (execution,))
+    code, _, _ = run_cli(capsys, db_url, "executions", "retry", execution)
+    assert code == cli.EXIT_OK
+    assert cli.main(["executions", "retry", execution, "--database-url", db_url]) == cli.EXIT_REFUSED
+    assert "retry_per_minute" in capsys.readouterr().err
+    assert conn.execute("select count(*) as n from agent_task_executions").fetchone() == {"n": 2}
+
+
 def test_tasks_run_pause_resume__move_the_task(capsys: pytest.CaptureFixture[str], conn: psycopg.Connection[Any],
                                                db_url: str) -> None:
     uid = create_user(conn)

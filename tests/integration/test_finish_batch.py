@@ -31,10 +31,11 @@ def test_finish_executions__applies_mixed_outcomes_like_single_finishes(conn: ps
     for _ in range(3):
         conn.execute("select scheduler.enqueue_now(%s)", (task,))
     a, b, c = _claim(conn, 3)
+    # a failure as the worker reports the chat function's answer: users may read it as it is
+    rejected = "chat function 422 model_request_rejected: the model provider rejected the request (HTTP 401)"
     applied = _finish(conn, "w1", [
         {"id": a["id"], "attempt": a["attempt"], "status": "succeeded", "output": "ok"},
-        {"id": b["id"], "attempt": b["attempt"], "status": "failed", "error": "model rejected",
-         "error_kind": "permanent"},
+        {"id": b["id"], "attempt": b["attempt"], "status": "failed", "error": rejected, "error_kind": "permanent"},
         {"id": c["id"], "attempt": c["attempt"], "status": "needs_input", "output": "Which team?"},
     ])
     assert applied == [str(a["id"]), str(b["id"]), str(c["id"])]
@@ -43,7 +44,7 @@ def test_finish_executions__applies_mixed_outcomes_like_single_finishes(conn: ps
     assert statuses == {str(a["id"]): "succeeded", str(b["id"]): "failed", str(c["id"]): "needs_input"}
     t = conn.execute("select success_count, failure_count, status, last_error from agent_tasks where id = %s",
                      (task,)).fetchone()
-    assert t == {"success_count": 1, "failure_count": 1, "status": "waiting_input", "last_error": "model rejected"}
+    assert t == {"success_count": 1, "failure_count": 1, "status": "waiting_input", "last_error": rejected}
     kinds = sorted(r["kind"] for r in conn.execute("select kind from notifications").fetchall())
     assert kinds == ["task_failed", "task_needs_input"]
 

@@ -69,6 +69,7 @@ def test_pg_cron__jobs_live_in_the_main_database(stack_state: stack.State) -> No
     assert jobs == {
         "agent-tasks-enqueue-due": ("* * * * *", stack.MAIN_DB, True),
         "agent-tasks-rescue-expired": ("* * * * *", stack.MAIN_DB, True),
+        "agent-tasks-resume-after-budget": ("* * * * *", stack.MAIN_DB, True),
         "agent-tasks-purge": ("17 3 * * *", stack.MAIN_DB, True),
     }
 

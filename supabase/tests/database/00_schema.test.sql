@@ -162,7 +162,7 @@ select has_function('chat_private', 'check_act_as', array['uuid', 'uuid', 'uuid'
 select has_function('chat_private', 'record_assistant_reply',
   array['uuid', 'uuid', 'text', 'jsonb', 'jsonb', 'uuid'], 'chat_private.record_assistant_reply exists');
 select has_function('chat_private', 'rate_limit_hit',
-  array['uuid', 'integer', 'integer', 'timestamp with time zone'], 'chat_private.rate_limit_hit exists');
+  array['uuid', 'integer', 'integer', 'timestamp with time zone', 'text'], 'chat_private.rate_limit_hit exists');
 
 select is_empty(
   $$select p.oid::regprocedure::text from pg_proc p

@@ -202,11 +202,11 @@ select is(scheduler.requeue_later('e1000000-0000-0000-0000-000000000001', 'w1', 
 select is(scheduler.requeue_later('e1000000-0000-0000-0000-000000000001', 'w2', 1, 'HTTP 503', 'transient', null, '2030-01-02 09:30Z'),
   'queued', 'a transient error with attempts left re-queues the execution');
 select results_eq(
-  $$select status, run_after, worker_id, lease_expires_at, attempt, error, error_kind, finished_at
+  $$select status, run_after, worker_id, lease_expires_at, attempt, error_detail, error_kind, finished_at
     from public.agent_task_executions where id = 'e1000000-0000-0000-0000-000000000001'$$,
   $$values ('queued'::text, '2030-01-02 09:30:05Z'::timestamptz, null::text, null::timestamptz, 1, 'HTTP 503'::text,
             'transient'::text, null::timestamptz)$$,
-  'the re-queued execution waits out its backoff, keeps its attempt count and its error');
+  'the re-queued execution waits out its backoff, keeps its attempt count and its error (for operators)');
 select is_empty($$select id from scheduler.claim_executions('w3', 5, 30, null, '2030-01-02 09:30:04Z')$$,
   'a re-queued execution is not claimed before its backoff ends');
 select results_eq($$select id, attempt from scheduler.claim_executions('w3', 1, 30, null, '2030-01-02 09:30:05Z')$$,
@@ -214,16 +214,20 @@ select results_eq($$select id, attempt from scheduler.claim_executions('w3', 1, 
 select is(scheduler.requeue_later('e1000000-0000-0000-0000-000000000005', 'w1', 1, 'still broken', 'transient', null, '2030-01-02 09:31Z'),
   'failed', 'requeue_later on the last attempt fails the execution');
 select results_eq(
-  $$select status, error, finished_at from public.agent_task_executions where id = 'e1000000-0000-0000-0000-000000000005'$$,
-  $$values ('failed'::text, 'still broken'::text, '2030-01-02 09:31Z'::timestamptz)$$,
-  'the failed execution records the error and its end');
+  $$select status, error_detail, error, finished_at from public.agent_task_executions
+    where id = 'e1000000-0000-0000-0000-000000000005'$$,
+  $$values ('failed'::text, 'still broken'::text,
+            'the run failed on a temporary error (details in the operator''s logs)'::text,
+            '2030-01-02 09:31Z'::timestamptz)$$,
+  'the failed execution records the error for operators, a stable sentence for its user, and its end');
 select results_eq(
   $$select kind, data ->> 'execution_id' from public.notifications where user_id = tests.get_user_id('alice')$$,
   $$values ('task_failed'::text, 'e1000000-0000-0000-0000-000000000005'::text)$$,
   'the final failure notifies the task''s owner');
 select results_eq(
   $$select failure_count, last_error from public.agent_tasks where id = 'd1000000-0000-0000-0000-000000000010'$$,
-  $$values (1, 'still broken'::text)$$, 'the task counts the failure and keeps the last error');
+  $$values (1, 'the run failed on a temporary error (details in the operator''s logs)'::text)$$,
+  'the task counts the failure and keeps the last error as its user may read it');
 
 -- =========================================================================
 -- rescue_expired
