@@ -74,25 +74,40 @@ function badResponse(detail: string): ChatError {
   });
 }
 
-/** Map a provider's non-2xx status to our error. */
+/**
+ * The provider's own words go to the function's log only: an error body can
+ * quote the request, the account or the masked tail of the key (OpenAI's 401
+ * does). The caller gets the status and a stable code.
+ */
+function logProviderDetail(what: string, detail: string): void {
+  if (detail) console.error(`chat: model provider ${what}: ${detail.slice(0, MAX_ERROR_DETAIL)}`);
+}
+
+/** A provider's error event in the middle of a stream (its message is logged, never returned). */
+export function providerStreamError(detail: string): ChatError {
+  logProviderDetail("failed mid-stream", detail);
+  return new ChatError(502, "model_unavailable", "the model failed mid-stream", { retryable: true });
+}
+
+/** Map a provider's non-2xx status to our error (its body is logged, never returned). */
 export function providerStatusError(status: number, detail: string, retryAfter: string | null = null): ChatError {
-  const suffix = detail ? `: ${detail.slice(0, MAX_ERROR_DETAIL)}` : "";
+  logProviderDetail(`answered HTTP ${status}`, detail);
   if (status === 429) {
     const headers: Record<string, string> = retryAfter && /^\d+$/.test(retryAfter) ? { "Retry-After": retryAfter } : {};
-    return new ChatError(503, "model_rate_limited", `the model provider is rate limiting${suffix}`, {
+    return new ChatError(503, "model_rate_limited", "the model provider is rate limiting", {
       retryable: true,
       headers,
     });
   }
   if (status === 408) {
-    return new ChatError(504, "model_timeout", `the model provider timed out${suffix}`, { retryable: true });
+    return new ChatError(504, "model_timeout", "the model provider timed out", { retryable: true });
   }
   if (status >= 500 || status === 409) {
-    return new ChatError(502, "model_unavailable", `the model provider failed (HTTP ${status})${suffix}`, {
+    return new ChatError(502, "model_unavailable", `the model provider failed (HTTP ${status})`, {
       retryable: true,
     });
   }
-  return new ChatError(422, "model_request_rejected", `the model provider rejected the request (HTTP ${status})${suffix}`, {
+  return new ChatError(422, "model_request_rejected", `the model provider rejected the request (HTTP ${status})`, {
     retryable: false,
   });
 }

@@ -16,6 +16,7 @@ import {
   type ModelClientConfig,
   parseCompletion,
   providerStatusError,
+  providerStreamError,
   StreamAccumulator,
 } from "./openai.ts";
 
@@ -71,9 +72,7 @@ export function createSdkModelClient(config: ModelClientConfig): ModelClient {
         if (err instanceof OpenAI.APIError) {
           if (err.status === undefined) {
             // an error event in the middle of a stream
-            return new ChatError(502, "model_unavailable", `the model failed mid-stream: ${errorMessage(err)}`, {
-              retryable: true,
-            });
+            return providerStreamError(errorMessage(err));
           }
           return providerStatusError(err.status, errorMessage(err), err.headers?.get("retry-after") ?? null);
         }

@@ -25,6 +25,14 @@ Deno.test("providerStatusError__maps_provider_statuses_for_the_worker", () => {
   assert.equal(providerErrorDetail("plain"), "plain");
 });
 
+Deno.test("providerStatusError__never_returns_the_providers_body", () => {
+  const secret = "Incorrect API key provided: sk-proj-****************************abcd";
+  for (const status of [400, 401, 404, 429, 500, 503]) {
+    const err = providerStatusError(status, secret);
+    assert.ok(!JSON.stringify(err.toBody()).includes("abcd"), `HTTP ${status} leaks the provider's body`);
+  }
+});
+
 Deno.test("parseCompletion__reads_content_tool_calls_and_usage", () => {
   const c = parseCompletion({
     model: "m",

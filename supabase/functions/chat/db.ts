@@ -86,7 +86,9 @@ async function statements(sql: Sql, text: string): Promise<Record<string, unknow
 /**
  * tx1 of a user turn, one round trip (one implicit transaction):
  *   1. count the request (rate_limit_hit runs as the connection's role; its
- *      verdict is kept in a transaction-local setting), then become the user;
+ *      verdict is kept in a transaction-local setting) and apply the
+ *      operator's limits (turn_check raises: limits.ts maps it), then become
+ *      the user;
  *   2. under RLS, chat_turn.user_turn_begin: load agent and conversation
  *      (started when none is given; its title comes from the first message,
  *      set by a trigger) and history, and insert the message only if nothing
@@ -111,6 +113,7 @@ export async function startUserTurn(sql: Sql, args: {
       select set_config('chat.rate_wait',
                chat_private.rate_limit_hit(${lit.uuid(args.userId)}, ${lit.int(args.rateLimit)},
                                            ${lit.int(args.rateWindowS)})::text, true),
+             chat_private.turn_check(${lit.uuid(args.userId)}, ${lit.uuid(args.agentId)}),
              set_config('role', 'authenticated', true),
              set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
       select * from chat_turn.user_turn_begin(current_setting('chat.rate_wait')::integer,
@@ -192,7 +195,8 @@ export async function startActAsTurn(sql: Sql, args: {
     lit.sqlText`
       select set_config('role', 'service_role', true);
       select set_config('chat.act_as', chat_private.check_act_as(${lit.uuid(args.userId)},
-               ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}), true) as verdict;
+               ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}), true) as verdict,
+             chat_private.turn_check(${lit.uuid(args.userId)}, ${lit.uuid(args.agentId)});
       select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
       select * from chat_turn.act_as_turn_begin(current_setting('chat.act_as') = 'ok',
         ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}, ${lit.uuid(args.executionId)},

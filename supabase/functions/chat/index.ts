@@ -16,7 +16,8 @@ import { encodeEvent } from "../_shared/sse.ts";
 import { type AuthDeps, authenticate, createServiceCredentialCheck, credentialsOf } from "./auth.ts";
 import { type Config, loadConfig } from "./config.ts";
 import { createPool } from "./db.ts";
-import { MAX_BODY_BYTES, parseActAsBody, parseJson, parseUserBody } from "./request.ts";
+import { limitRefusal } from "./limits.ts";
+import { MAX_BODY_BYTES, parseActAsBody, parseJson, parseUserBody, readBodyText } from "./request.ts";
 import { actAsTurn, type TurnDeps, type TurnEvent, type TurnResult, userTurn } from "./turn.ts";
 import { KeyRingError, loadKeyRing } from "./mcp/crypto.ts";
 import { handleIntegrations, INTEGRATION_PATHS } from "./mcp/endpoint.ts";
@@ -85,23 +86,17 @@ function errorResponse(err: ChatError): Response {
   return json(err.status, err.toBody(), err.headers);
 }
 
-/** Known refusals pass through; anything else is logged and becomes a bare 500. */
+/** Known refusals pass through (the database's limits too); anything else is logged and becomes a bare 500. */
 function asChatError(err: unknown): ChatError {
   if (err instanceof ChatError) return err;
+  const refusal = limitRefusal(err);
+  if (refusal) return refusal;
   console.error("chat: unexpected error:", err instanceof Error ? (err.stack ?? err.message) : err);
   return internalError();
 }
 
 async function readBody(req: Request): Promise<unknown> {
-  const declared = Number(req.headers.get("content-length") ?? "0");
-  if (declared > MAX_BODY_BYTES) {
-    throw new ChatError(413, "body_too_large", `the request body must be at most ${MAX_BODY_BYTES} bytes`);
-  }
-  const text = await req.text();
-  if (text.length > MAX_BODY_BYTES) {
-    throw new ChatError(413, "body_too_large", `the request body must be at most ${MAX_BODY_BYTES} bytes`);
-  }
-  return parseJson(text);
+  return parseJson(await readBodyText(req, MAX_BODY_BYTES));
 }
 
 type Run = (onEvent?: (event: TurnEvent) => void) => Promise<TurnResult>;
@@ -238,7 +233,8 @@ async function handle(req: Request): Promise<Response> {
 
 const server = Deno.serve({
   port: config.port,
-  hostname: Deno.env.get("HOST") ?? "0.0.0.0",
+  // loopback unless told otherwise: the hosted platform routes to the function itself
+  hostname: Deno.env.get("HOST") ?? "127.0.0.1",
   onListen: ({ hostname, port }) => console.log(`chat function listening on http://${hostname}:${port}`),
 }, handle);
 

@@ -44,6 +44,42 @@ export function charLength(text: string): number {
   return n;
 }
 
+function bodyTooLarge(maxBytes: number): ChatError {
+  return new ChatError(413, "body_too_large", `the request body must be at most ${maxBytes} bytes`);
+}
+
+/**
+ * The body as text, read as a stream and abandoned as soon as it passes
+ * `maxBytes` bytes, whatever Content-Length says (or whether it says anything:
+ * a chunked body has none). A declared length over the limit is refused
+ * before anything is read.
+ */
+export async function readBodyText(req: Request, maxBytes: number = MAX_BODY_BYTES): Promise<string> {
+  const declared = Number(req.headers.get("content-length") ?? "0");
+  if (declared > maxBytes) throw bodyTooLarge(maxBytes);
+  if (req.body === null) return "";
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > maxBytes) {
+      await reader.cancel().catch(() => {});
+      throw bodyTooLarge(maxBytes);
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return new TextDecoder().decode(bytes);
+}
+
 export function parseJson(text: string): unknown {
   try {
     return JSON.parse(text);

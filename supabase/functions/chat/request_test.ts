@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
 import { ChatError } from "../_shared/errors.ts";
-import { charLength, MAX_MESSAGE_CHARS, parseActAsBody, parseJson, parseUserBody } from "./request.ts";
+import {
+  charLength,
+  MAX_MESSAGE_CHARS,
+  parseActAsBody,
+  parseJson,
+  parseUserBody,
+  readBodyText,
+} from "./request.ts";
 
 const ID = "22222222-2222-4222-8222-222222222222";
 
@@ -77,4 +84,44 @@ Deno.test("parseActAsBody__requires_a_complete_context", () => {
     "context.execution_id",
   ]);
   assert.deepEqual(refusal(() => parseActAsBody({ context, message: "hi" })), [400, "invalid_body", "message"]);
+});
+
+/** A chunked body (no Content-Length) that would go on forever; counts the chunks pulled. */
+function endlessBody(chunk: Uint8Array): { req: Request; pulled: () => number } {
+  let pulled = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      pulled++;
+      controller.enqueue(chunk);
+    },
+  });
+  return { req: new Request("http://x/chat", { method: "POST", body }), pulled: () => pulled };
+}
+
+Deno.test("readBodyText__stops_reading_a_chunked_body_at_the_byte_limit", async () => {
+  const { req, pulled } = endlessBody(new Uint8Array(64 * 1024));
+  assert.equal(req.headers.get("content-length"), null);
+  await assert.rejects(readBodyText(req, 256 * 1024), (err: unknown) => {
+    assert.ok(err instanceof ChatError);
+    assert.equal(err.status, 413);
+    assert.equal(err.code, "body_too_large");
+    return true;
+  });
+  // 256 KiB in 64 KiB chunks: the fifth chunk passes the limit and reading stops there
+  assert.ok(pulled() <= 6, `read ${pulled()} chunks of an endless body`);
+});
+
+Deno.test("readBodyText__counts_bytes_not_characters", async () => {
+  const text = "\u20ac".repeat(100); // 100 characters, 300 bytes of UTF-8
+  const ok = new Request("http://x/chat", { method: "POST", body: text });
+  assert.equal(await readBodyText(ok, 300), text);
+  const over = new Request("http://x/chat", { method: "POST", body: text });
+  await assert.rejects(readBodyText(over, 299), (err: unknown) => err instanceof ChatError && err.status === 413);
+});
+
+Deno.test("readBodyText__refuses_a_declared_length_over_the_limit_before_reading", async () => {
+  const { req, pulled } = endlessBody(new Uint8Array(16));
+  const declared = new Request(req, { headers: { "content-length": String(10 ** 9) } });
+  await assert.rejects(readBodyText(declared, 1024), (err: unknown) => err instanceof ChatError && err.status === 413);
+  assert.ok(pulled() <= 1);
 });

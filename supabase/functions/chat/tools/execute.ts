@@ -33,7 +33,8 @@ function taskJson(tx: Tx) {
 
 // SQLSTATE classes whose messages are meant for the writer of the data
 // (our migrations raise readable messages with these codes).
-const USER_FACING = /^(22|23|P0002|42501|55000)/;
+// PT4xx: the operator's rate limits and budgets (scheduler.limits), whose messages name the limit
+const USER_FACING = /^(22|23|P0002|42501|55000|PT4)/;
 
 function dbErrorMessage(err: unknown): string | null {
   if (err && typeof err === "object" && "code" in err && typeof (err as { code: unknown }).code === "string") {
