@@ -225,10 +225,11 @@ $$;
 -- act-as turns alike): the user's daily token budget (scheduler.budget_error;
 -- SQLSTATE PT429, answered 429 budget_exhausted) and the model allow-list for
 -- the agent's model (PT422, answered 422 model_not_allowed), so an agent
--- written before the operator narrowed the list is refused too.
+-- written before the operator narrowed the list is refused too. The clamps
+-- on max_tokens and history_token_budget are left in transaction-local
+-- settings for chat_turn.clamped_settings, which runs as the user.
 create or replace function chat_private.turn_check(p_user_id uuid, p_agent_id uuid) returns boolean
 language plpgsql
-stable
 security definer
 set search_path = ''
 as $$
@@ -245,6 +246,10 @@ begin
     raise exception 'model % is not allowed (allowed_models: %)', v_model, array_to_string(v_models, ', ')
       using errcode = 'PT422';
   end if;
+  perform set_config('chat.limit_max_tokens',
+                     coalesce(scheduler.limit_int('max_output_tokens')::text, ''), true),
+          set_config('chat.limit_history_token_budget',
+                     coalesce(scheduler.limit_int('max_history_token_budget')::text, ''), true);
   return true;
 end
 $$;

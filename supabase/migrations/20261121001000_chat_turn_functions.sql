@@ -38,6 +38,34 @@ revoke all on schema chat_turn from public;
 grant usage on schema chat_turn to authenticated, service_role;
 alter default privileges in schema chat_turn revoke execute on functions from public;
 
+-- The agent's settings as the turn uses them: max_tokens and
+-- history_token_budget clamped to the operator's max_output_tokens and
+-- max_history_token_budget (scheduler.limits), which chat_private.turn_check
+-- left in transaction-local settings earlier in the same transaction (users
+-- cannot read scheduler.limits). The write trigger refuses larger values
+-- from users; this holds for agents written before a limit was lowered, or
+-- by the operator.
+create or replace function chat_turn.clamped_settings(p_settings jsonb) returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_settings jsonb := p_settings;
+  v_key text;
+  v_max numeric;
+begin
+  foreach v_key in array array['max_tokens', 'history_token_budget'] loop
+    v_max := nullif(current_setting('chat.limit_' || v_key, true), '')::numeric;
+    if v_max is not null and jsonb_typeof(v_settings -> v_key) = 'number'
+       and (v_settings ->> v_key)::numeric > v_max then
+      v_settings := jsonb_set(v_settings, array[v_key], to_jsonb(v_max));
+    end if;
+  end loop;
+  return v_settings;
+end
+$$;
+
 -- tx1 of a user's turn, under the user's RLS (security invoker: the caller
 -- has already become role authenticated with the user's claims; every read
 -- and write below is one the user may make through supabase-js). p_rate_wait
@@ -88,7 +116,7 @@ begin
     return;
   end if;
   agent := json_build_object('id', v_agent.id, 'system_prompt', v_agent.system_prompt,
-                             'model', v_agent.model, 'settings', v_agent.settings);
+                             'model', v_agent.model, 'settings', chat_turn.clamped_settings(v_agent.settings));
   if v_conversation_id is null then
     insert into public.conversation_sessions (agent_id) values (p_agent_id)
     returning id into v_conversation_id;
@@ -171,7 +199,8 @@ begin
   from public.agents a where a.id = p_agent_id;
   if found then
     agent := json_build_object('id', v_agent.id, 'system_prompt', v_agent.system_prompt,
-                               'model', v_agent.model, 'settings', v_agent.settings);
+                               'model', v_agent.model,
+                               'settings', chat_turn.clamped_settings(v_agent.settings));
   end if;
   select c.id, c.agent_id into v_conversation from public.conversation_sessions c
   where c.id = p_conversation_id and c.deleted_at is null;
@@ -220,6 +249,7 @@ comment on function chat_turn.act_as_turn_begin(boolean, uuid, uuid, uuid, uuid,
 
 revoke execute on all functions in schema chat_turn from public, anon;
 grant execute on function
+  chat_turn.clamped_settings(jsonb),
   chat_turn.user_turn_begin(integer, uuid, uuid, text, integer, integer),
   chat_turn.act_as_turn_begin(boolean, uuid, uuid, uuid, uuid, integer, integer)
 to authenticated, service_role;

@@ -4,7 +4,7 @@
 -- nothing (docs/security.md).
 begin;
 \ir helpers/personas.psql
-select plan(52);
+select plan(53);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -108,8 +108,16 @@ update public.agents set model = 'o1-pro' where id = 'a2000000-0000-0000-0000-00
 select throws_ok($$select chat_private.turn_check(tests.get_user_id('bob'), 'a2000000-0000-0000-0000-000000000002')$$,
   'PT422', null, 'a turn of an agent whose model is off the list is refused (an agent written before the list changed)');
 update scheduler.limits set value = 'null' where name = 'allowed_models';
+update public.agents set settings = '{"max_tokens": 1000000, "history_token_budget": 500}'
+  where id = 'a2000000-0000-0000-0000-000000000002';  -- the operator's own write
 select ok(chat_private.turn_check(tests.get_user_id('bob'), 'a2000000-0000-0000-0000-000000000002'),
   'allowed_models = null allows any model');
+select tests.authenticate_as('bob');
+select is((select (chat_turn.user_turn_begin(0, 'a2000000-0000-0000-0000-000000000002', null, 'hi', 30, 200)).agent::jsonb
+           -> 'settings'),
+  '{"max_tokens": 4096, "history_token_budget": 500}'::jsonb,
+  'the turn clamps max_tokens to max_output_tokens, whoever wrote the agent');
+select tests.clear_authentication();
 
 -- =========================================================================
 -- Rate limits on run_task_now and retry_execution
