@@ -374,6 +374,11 @@ begin
   if p_timezone is null then
     return 'timezone is required';
   end if;
+  -- IANA names are short; a long one is neither looked up nor echoed back
+  if char_length(p_timezone) > 64 then
+    return format('unknown time zone (%s characters): use an IANA name such as ''Europe/Berlin'' or ''UTC''',
+                  char_length(p_timezone));
+  end if;
   if exists (select 1 from scheduler.timezones where name = p_timezone) then
     return null;
   end if;
@@ -406,6 +411,11 @@ declare
   v_key text;
   v_unknown text[] := array[]::text[];
 begin
+  -- the column's own cap, checked first: validate_schedule takes any size, and
+  -- the scan below is linear in it (a 1 MB template cost 2.5 s of CPU)
+  if char_length(p_template) > 10000 then
+    return format('prompt template is %s characters; at most 10000 are allowed', char_length(p_template));
+  end if;
   if p_variables is null or jsonb_typeof(p_variables) <> 'object' then
     return 'prompt_variables must be a JSON object of strings';
   end if;

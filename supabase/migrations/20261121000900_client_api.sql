@@ -116,7 +116,9 @@ $$;
 comment on function public.retry_execution(uuid) is 'Re-run one of your finished executions; returns the new execution id.';
 
 -- Check a schedule before saving it (for forms). Returns {} when valid, else
--- {field: reason} for cron_expression, timezone and prompt_template.
+-- {field: reason} for cron_expression, timezone, prompt_template and
+-- prompt_variables. Every input is held to its column's size cap before it
+-- is parsed, so the check costs little whatever a caller sends.
 -- security definer: calls the private validators; reads no table.
 create or replace function public.validate_schedule(
   p_schedule_type text,
@@ -136,7 +138,11 @@ as $$
                           then 'schedule_type must be cron, interval, once or manual' end,
     'cron_expression', case when p_schedule_type = 'cron' then scheduler.cron_error(p_cron_expression) end,
     'timezone', scheduler.timezone_error(p_timezone),
+    'prompt_variables', scheduler.json_size_error('prompt_variables', p_prompt_variables,
+                                                  'max_prompt_variables_bytes'),
     'prompt_template', case when p_prompt_template is not null
+                             and scheduler.json_size_error('prompt_variables', p_prompt_variables,
+                                                           'max_prompt_variables_bytes') is null
                             then scheduler.template_error(p_prompt_template, coalesce(p_prompt_variables, '{}'::jsonb))
                        end))
 $$;
