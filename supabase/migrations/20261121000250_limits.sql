@@ -30,7 +30,6 @@ comment on table scheduler.limits is
 alter table scheduler.limits enable row level security;
 revoke all on scheduler.limits from public, anon, authenticated;
 grant select, update on scheduler.limits to service_role;
-grant select on scheduler.limits to task_worker;
 
 insert into scheduler.limits (name, value, description) values
   ('max_cron_expression_chars', '256',
@@ -102,6 +101,7 @@ comment on table scheduler.token_usage is
   'Model tokens per UTC day, user and task, as the model reported them (usage.total_tokens of each stored reply).';
 alter table scheduler.token_usage enable row level security;
 revoke all on scheduler.token_usage from public, anon, authenticated;
+grant select on scheduler.token_usage to service_role;
 create index token_usage_day_idx on scheduler.token_usage (day);
 
 -- The UTC day a moment counts toward, and the moment that day ends.
@@ -236,4 +236,4 @@ grant execute on function
   scheduler.allowed_models(),
   scheduler.budget_error(uuid, uuid, timestamptz),
   scheduler.tokens_used(uuid, uuid, timestamptz)
-to task_worker, service_role;
+to service_role;
