@@ -29,6 +29,11 @@ def _limit(db: psycopg.Connection[Any], name: str, value: Any) -> None:
     db.execute("update scheduler.limits set value = %s::jsonb where name = %s", (json.dumps(value), name))
 
 
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def _turn(chat_function: ChatFunction, user: uuid.UUID, agent: uuid.UUID, message: str,
           conversation: str | None = None) -> Any:
     body: dict[str, Any] = {"agent_id": str(agent), "message": message}
@@ -43,6 +48,7 @@ def test_body__a_chunked_body_is_refused_at_the_byte_limit_without_reading_it_al
     url = urlsplit(chat_function.url)
     chunk = b"a" * (64 * 1024)
     sent = 0
+    rss_before = _rss_bytes(chat_function.proc.pid)
     with socket.create_connection((url.hostname, url.port), timeout=30) as sock:
         sock.sendall((f"POST {url.path} HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\n"
                       f"Authorization: Bearer {chat_function.user_token(alice)}\r\n"
@@ -76,6 +82,8 @@ def test_body__a_chunked_body_is_refused_at_the_byte_limit_without_reading_it_al
     assert json.loads(body)["error"]["code"] == "body_too_large"
     # 256 KB is the limit; what the kernel's socket buffers took besides is a few MiB at most
     assert sent < 32 * MIB, f"the function read {sent / MIB:.0f} MiB of a body it refuses at 256 KB"
+    grown = _rss_bytes(chat_function.proc.pid) - rss_before
+    assert grown < 48 * MIB, f"the function grew by {grown / MIB:.0f} MiB"
 
 
 def test_auth__a_valid_token_of_a_user_who_does_not_exist_is_401(chat_function: ChatFunction,
