@@ -165,7 +165,8 @@ def _tool_result(chat_function: ChatFunction, user: uuid.UUID, agent: uuid.UUID,
 
 def test_budget__the_agents_tools_meet_the_same_limits(chat_function: ChatFunction, llm: FakeLLM,
                                                         db: psycopg.Connection[Any]) -> None:
-    """Finding 3, through the chat tools: an interval of 1 s and a burst of run-now calls."""
+    """Finding 3, through the chat tools: an interval of 1 s, a burst of run-now calls, the active-task cap
+    and a task's max_runs_per_day."""
     user = create_user(db)
     agent = create_agent(db, user)
     call, conversation = _tool_result(chat_function, user, agent, "create_schedule",
@@ -185,5 +186,15 @@ def test_budget__the_agents_tools_meet_the_same_limits(chat_function: ChatFuncti
         queued = db.execute("select count(*) as n from public.agent_task_executions where task_id = %s",
                             (task,)).fetchone()
         assert queued == {"n": 2}
+        _limit(db, "max_active_tasks_per_user", 2)  # the hourly task and `task` are active
+        call, _ = _tool_result(chat_function, user, agent, "create_schedule",
+                               {"name": "third", "prompt": "p", "interval_seconds": 3600}, conversation)
+        assert call["status"] == "error" and "max_active_tasks_per_user" in json.dumps(call["result"])
+        db.execute("update public.agent_tasks set max_runs_per_day = 2 where id = %s", (task,))
+        _limit(db, "run_now_per_minute", 10)
+        call, _ = _tool_result(chat_function, user, agent, "run_schedule_now", {"schedule_id": str(task)},
+                               conversation)
+        assert call["status"] == "error" and "max_runs_per_day is 2" in json.dumps(call["result"])
     finally:
         _limit(db, "run_now_per_minute", 10)
+        _limit(db, "max_active_tasks_per_user", 100)

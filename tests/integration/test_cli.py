@@ -91,6 +91,21 @@ def test_tasks_run_and_executions_retry__meet_the_users_rate_limits(capsys: pyte
     assert conn.execute("select count(*) as n from agent_task_executions").fetchone() == {"n": 2}
 
 
+def test_tasks_cli__meets_the_active_task_cap_and_the_daily_budgets(capsys: pytest.CaptureFixture[str],
+                                                                   conn: psycopg.Connection[Any],
+                                                                   db_url: str) -> None:
+    conn.execute("update scheduler.limits set value = '1' where name = 'max_active_tasks_per_user'")
+    uid = create_user(conn)
+    agent = create_agent(conn, uid)
+    task = create_task(conn, uid, agent)
+    assert cli.main(["tasks", "create", "--database-url", db_url, "--user", str(uid), "--agent", str(agent),
+                     "--name", "second", "--prompt", "p"]) == cli.EXIT_REFUSED
+    assert "(max_active_tasks_per_user)" in capsys.readouterr().err
+    conn.execute("select scheduler.count_usage(%s, null, '{\"total_tokens\": 2000000}')", (uid,))
+    assert cli.main(["tasks", "run", str(task), "--database-url", db_url]) == cli.EXIT_REFUSED
+    assert "(max_tokens_per_user_per_day)" in capsys.readouterr().err
+
+
 def test_tasks_run_pause_resume__move_the_task(capsys: pytest.CaptureFixture[str], conn: psycopg.Connection[Any],
                                                db_url: str) -> None:
     uid = create_user(conn)
