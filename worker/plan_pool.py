@@ -22,7 +22,10 @@ length cap keeps such tasks out in the first place.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import multiprocessing
+import os
 import signal
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +37,7 @@ from worker import planner
 
 # Slack on top of the per-task budgets for the whole pass (process start, pickling).
 PASS_SLACK_S = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class PlanBudgetExceeded(Exception):
@@ -42,6 +46,25 @@ class PlanBudgetExceeded(Exception):
 
 def _on_alarm(signum: int, frame: Any) -> None:
     raise PlanBudgetExceeded
+
+
+def _child_init(parent_pid: int) -> None:
+    """The child's first act: forget the worker's signal plumbing, and die with the worker.
+
+    Forked, it inherits the event loop's signal wakeup fd (a signal here would
+    reach the worker's loop as if the worker got it: Ctrl-C would count twice)
+    and nothing would end it if the worker were SIGKILLed (an orphan per kill).
+    """
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides; it ends the pool on shutdown
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's own EOF handling is what is left
+        pass
+    if os.getppid() != parent_pid:  # the worker died before prctl took effect
+        os._exit(0)
 
 
 def budget_message(budget_s: float) -> str:
@@ -87,7 +110,8 @@ class PlanPool:
             # fork: ~20 ms, where spawn re-imports the package (1.5 s on a busy 2-core machine,
             # longer than a cron task may wait for its first plan). The child runs only
             # planner.plan (croniter, zoneinfo): no logging, sockets or event loop of the parent.
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                                                 initializer=_child_init, initargs=(os.getpid(),))
         return self._executor
 
     def start(self) -> None:

@@ -69,3 +69,33 @@ def test_plan_pool__the_event_loop_keeps_running_while_a_heavy_task_is_planned()
     assert isinstance(results[2], planner.Plan)
     # pickling the 500 KB expressions is the only work left on the loop
     assert worst_gap < 0.25, f"the event loop stalled {worst_gap:.2f} s"
+
+
+def test_plan_pool__the_child_dies_with_the_worker() -> None:
+    """A SIGKILLed worker (the chaos tests kill them every 2 s) must not leave its planner child behind."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import os, signal, time\n"
+        "from worker.plan_pool import PlanPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = PlanPool(1.0)\n"
+        "    pool.start()\n"
+        "    time.sleep(0.3)\n"
+        "    kids = open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split()\n"
+        "    print(' '.join(kids), flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=60)
+    children = [int(pid) for pid in proc.stdout.split()]
+    assert children, proc.stderr
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in children):
+        time.sleep(0.05)
+    left = [pid for pid in children if os.path.exists(f"/proc/{pid}")
+            and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    assert left == [], f"planner children outlived their worker: {left}"
