@@ -75,7 +75,12 @@ create table public.agent_tasks (
   conversation_id uuid,
 
   -- execution settings
+  -- orders runs within this user's own work only (never ahead of other users)
   priority smallint not null default 0 check (priority between -100 and 100),
+  -- the operator's global class: a higher class is claimed before a lower one
+  -- across all users (fair sharing applies within a class). Not writable by
+  -- users (no column grant); copied onto each execution when it is queued.
+  priority_class smallint not null default 0 check (priority_class between -10 and 10),
   max_retries smallint not null default 3 check (max_retries between 0 and 20),
   timeout_seconds integer not null default 300 check (timeout_seconds between 1 and 3600),
   overlap_policy text not null default 'skip' check (overlap_policy in ('skip', 'queue', 'allow')),
@@ -158,6 +163,10 @@ create table public.agent_task_executions (
   attempt integer not null default 0 check (attempt >= 0),
   max_attempts integer not null default 4 check (max_attempts >= 1),
   priority smallint not null default 0,
+  -- the task's priority_class and the fair-share position among users, both
+  -- set when the row is queued (scheduler.assign_turn, queue transitions)
+  priority_class smallint not null default 0,
+  turn bigint not null default 0,
   timeout_seconds integer not null default 300,
   -- overlap_policy of the task is skip or queue: never two running at once
   exclusive boolean not null default true,
@@ -209,9 +218,17 @@ end
 $$;
 comment on table public.agent_task_executions is
   'Executions of agent tasks: the queue (queued, running) and the history (every terminal state).';
--- the claim: queued rows by priority, then occurrence
+-- the claim's fair order: queued rows by operator class, then turn (whose
+-- turn among users; docs/state-machine.md "Fair sharing")
 create index agent_task_executions_claim_idx
-  on public.agent_task_executions (priority desc, scheduled_for, run_after) where status = 'queued';
+  on public.agent_task_executions (priority_class desc, turn, run_after) where status = 'queued';
+-- the claim's pick within one user's work: that user's own priority order
+create index agent_task_executions_user_queue_idx
+  on public.agent_task_executions (user_id, priority_class desc, priority desc, scheduled_for, run_after)
+  where status = 'queued';
+-- a new run's turn: its user's last queued turn
+create index agent_task_executions_user_turn_idx
+  on public.agent_task_executions (user_id, turn desc) where status = 'queued';
 -- the rescuer: running rows by lease
 create index agent_task_executions_lease_idx
   on public.agent_task_executions (lease_expires_at) where status = 'running';

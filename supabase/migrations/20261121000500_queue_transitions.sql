@@ -29,14 +29,52 @@ create table scheduler.workers (
 alter table scheduler.workers enable row level security;
 comment on table scheduler.workers is 'Workers that heartbeat; rows older than a few leases are removed by the rescuer.';
 
+-- Fair sharing across users. Every queued execution gets a turn when it is
+-- inserted (scheduler.assign_turn, below): one past its user's last queued
+-- turn, but never behind the head of its class (the lowest turn still
+-- queued there). The claim hands out slots in (priority_class desc, turn)
+-- order, so users take turns one run each, round-robin, however much one of
+-- them has queued and whatever priority they set; a user who queues after a
+-- quiet spell starts at the head, not behind someone's backlog. A task's
+-- priority orders only its owner's work: a user's slot goes to that user's
+-- most urgent run. priority_class is the operator's (agent_tasks, no user
+-- grant, copied by scheduler.new_execution): a higher class is served
+-- before any lower one. Turns are read from
+-- committed rows without a lock, so two runs of one user queued in the same
+-- instant can share a turn (one extra slot, once). docs/state-machine.md
+-- ("Fair sharing").
+create or replace function scheduler.assign_turn() returns trigger
+language plpgsql
+-- security definer: the head of the queue is every user's rows, whoever
+-- inserts (RLS would show an invoker only their own)
+security definer
+set search_path = ''
+as $$
+begin
+  new.turn := greatest(
+    (select e.turn + 1 from public.agent_task_executions e
+     where e.user_id = new.user_id and e.status = 'queued'
+     order by e.turn desc limit 1),
+    (select e.turn from public.agent_task_executions e
+     where e.status = 'queued' and e.priority_class = new.priority_class
+     order by e.priority_class desc, e.turn limit 1),
+    0);
+  return new;
+end
+$$;
+create trigger agent_task_executions_assign_turn before insert on public.agent_task_executions
+  for each row when (new.status = 'queued') execute function scheduler.assign_turn();
+
 -- claim_executions: take up to p_limit claimable executions for a worker.
--- FOR UPDATE SKIP LOCKED in a CTE, priority first, then occurrence. Sets the
--- lease and worker_id and increments attempt. Executions of a task whose
--- overlap_policy is skip or queue (exclusive) never run two at a time, and
--- p_per_user_limit caps how many executions of one user run at once across
--- all workers, so one user cannot starve the others. Both caps are checked
--- against committed rows: two workers claiming in the same instant can each
--- pass them once (documented in docs/state-machine.md).
+-- Two index walks, both FOR UPDATE SKIP LOCKED and both stopping after the
+-- batch: the next p_limit turns in fair order give each user its slots
+-- (above), then each user's slots go to that user's own runs by priority,
+-- then occurrence. Sets the lease and worker_id and increments attempt.
+-- Executions of a task whose overlap_policy is skip or queue (exclusive)
+-- never run two at a time, and p_per_user_limit caps how many executions of
+-- one user run at once across all workers. Both caps are checked against
+-- committed rows: two workers claiming in the same instant can each pass
+-- them once (documented in docs/state-machine.md).
 create or replace function scheduler.claim_executions(
   p_worker_id text,
   p_limit integer,
@@ -61,10 +99,10 @@ set plan_cache_mode = force_generic_plan
 -- generic plan cannot see the LIMIT, so with a deep queue (or statistics
 -- taken during a burst) it chose a bitmap scan that read and sorted every
 -- queued row (49 ms at 60,000 queued). With sorts and bitmap scans disabled
--- the ordered index scan is the only plan left for the candidates; the
--- sorts below (a few dozen rows) still run. jit off: the disabled paths'
--- cost would cross jit_above_cost and compile for ~0.5 s per session.
--- docs/state-machine.md ("The claim's plan"); bench/bench_queue.py --history.
+-- the ordered index scans are the only plans left for the walks; the sorts
+-- below (a few dozen rows) still run. jit off: the disabled paths' cost
+-- would cross jit_above_cost and compile for ~0.5 s per session.
+-- docs/state-machine.md ("The claim's plan"); bench/bench_claim_depth.py.
 set enable_sort = off
 set enable_bitmapscan = off
 set jit = off
@@ -77,37 +115,61 @@ begin
   end if;
   return query
   with capped as (
-    -- users already at the cap: their backlog must not fill the candidate
-    -- window and starve everyone queued behind it
+    -- users already at the cap take no slot: their backlog must not take
+    -- the batch's slots and hold back everyone queued behind it
     select e.user_id
     from public.agent_task_executions e
     where p_per_user_limit is not null and e.status = 'running'
     group by e.user_id
     having count(*) >= p_per_user_limit
   ),
-  candidates as (
-    select e.id, e.user_id, e.task_id, e.exclusive, e.priority, e.scheduled_for
+  turns as (
+    -- the next turns in fair order, locked so that a concurrent claim walks
+    -- past them to the following turns. A turn that cannot run now (its user
+    -- at the cap, its exclusive task running) is walked past, not counted:
+    -- a slot given to it would stay empty, again at every claim
+    select e.user_id
     from public.agent_task_executions e
     where e.status = 'queued' and e.run_after <= v_now
       and (p_per_user_limit is null or e.user_id not in (select c.user_id from capped c))
       and (not e.exclusive or not exists (
              select 1 from public.agent_task_executions r
              where r.task_id = e.task_id and r.status = 'running'))
-    order by e.priority desc, e.scheduled_for
-    limit case when p_per_user_limit is null then p_limit else p_limit * 4 end
+    order by e.priority_class desc, e.turn
+    limit p_limit
     for update skip locked
+  ),
+  slots as (
+    select t.user_id, count(*)::integer as n from turns t group by t.user_id
+  ),
+  candidates as (
+    -- each user's slots go to that user's most urgent runs
+    select p.*
+    from slots s
+    cross join lateral (
+      select e.id, e.user_id, e.task_id, e.exclusive, e.priority_class, e.priority, e.scheduled_for
+      from public.agent_task_executions e
+      where e.user_id = s.user_id and e.status = 'queued' and e.run_after <= v_now
+        and (not e.exclusive or not exists (
+               select 1 from public.agent_task_executions r
+               where r.task_id = e.task_id and r.status = 'running'))
+      order by e.priority_class desc, e.priority desc, e.scheduled_for
+      limit s.n
+      for update skip locked
+    ) p
   ),
   ranked as (
     select c.*,
            row_number() over (partition by c.task_id order by c.scheduled_for) as task_rank,
-           row_number() over (partition by c.user_id order by c.priority desc, c.scheduled_for) as user_rank
+           row_number() over (partition by c.user_id
+                              order by c.priority_class desc, c.priority desc, c.scheduled_for) as user_rank
     from candidates c
   ),
   running as (
     select e.user_id, count(*)::integer as n
     from public.agent_task_executions e
     where p_per_user_limit is not null and e.status = 'running'
-      and e.user_id in (select c.user_id from candidates c)
+      and e.user_id in (select s.user_id from slots s)
     group by e.user_id
   ),
   picked as (
@@ -116,8 +178,6 @@ begin
     left join running u on u.user_id = r.user_id
     where (not r.exclusive or r.task_rank = 1)
       and (p_per_user_limit is null or r.user_rank + coalesce(u.n, 0) <= p_per_user_limit)
-    order by r.priority desc, r.scheduled_for
-    limit p_limit
   ),
   claimed as (
     update public.agent_task_executions e set
@@ -139,7 +199,7 @@ begin
          t.conversation_id, t.state
   from claimed c
   join public.agent_tasks t on t.id = c.task_id
-  order by c.priority desc, c.scheduled_for;
+  order by c.priority_class desc, c.priority desc, c.scheduled_for;
 end
 $$;
 

@@ -10,7 +10,7 @@
 --   into the queue and of next_run_at.
 
 -- The execution row of one run of a task, built here and nowhere else: its
--- attempts (max_retries + 1), priority, timeout and exclusivity
+-- attempts (max_retries + 1), priority, priority_class, timeout and exclusivity
 -- (overlap_policy skip or queue) come from the task, and a skipped
 -- occurrence gets its reason. p_skip is NULL for a queued run, or why the
 -- occurrence is recorded as skipped: 'overlap' (the previous run is still
@@ -48,6 +48,8 @@ as $$
     0,                                                   -- attempt
     p_task.max_retries + 1,                              -- max_attempts
     p_task.priority,
+    p_task.priority_class,
+    0,                                                   -- turn: scheduler.assign_turn on insert
     p_task.timeout_seconds,
     p_task.overlap_policy <> 'allow',                    -- exclusive
     null, null, null, null,                              -- worker_id, lease_expires_at, heartbeat_at, started_at

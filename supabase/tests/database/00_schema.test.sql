@@ -101,7 +101,7 @@ select policies_are('public', 'notifications',
 
 -- Indexes of the hot queries ---------------------------------------------------
 select has_index('public', 'agent_task_executions', 'agent_task_executions_claim_idx',
-  array['priority', 'scheduled_for', 'run_after'], 'the claim scans queued executions by priority then occurrence');
+  array['priority_class', 'turn', 'run_after'], 'the claim scans queued executions by operator class then fair turn');
 select has_index('public', 'agent_task_executions', 'agent_task_executions_lease_idx',
   array['lease_expires_at'], 'the rescuer scans running executions by lease');
 select has_index('public', 'agent_task_executions', 'agent_task_executions_active_task_idx',
