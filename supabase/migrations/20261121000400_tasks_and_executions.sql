@@ -237,11 +237,11 @@ create index agent_task_executions_active_task_idx
   on public.agent_task_executions (task_id) where status in ('queued', 'running');
 create index agent_task_executions_running_user_idx
   on public.agent_task_executions (user_id) where status = 'running';
--- history pages
+-- history pages (public.list_executions): keyset on (created_at, id)
 create index agent_task_executions_task_history_idx
-  on public.agent_task_executions (task_id, created_at desc);
+  on public.agent_task_executions (task_id, created_at desc, id desc);
 create index agent_task_executions_user_history_idx
-  on public.agent_task_executions (user_id, created_at desc);
+  on public.agent_task_executions (user_id, created_at desc, id desc);
 create index agent_task_executions_conversation_idx
   on public.agent_task_executions (conversation_id) where conversation_id is not null;
 -- retry_of is set null when its execution is purged: find those by index

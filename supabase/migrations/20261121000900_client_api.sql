@@ -149,9 +149,54 @@ $$;
 comment on function public.validate_schedule(text, text, text, text, jsonb) is
   'Validate a schedule before saving: {} when valid, else {field: reason}.';
 
--- Conversations for list pages, most recent first, with a keyset cursor.
--- Pass the last row's next_cursor to get the following page. security
--- invoker: RLS decides which rows the caller sees.
+-- Keyset pages. Every list below is newest first on a plain (timestamp, id)
+-- pair that an index holds in that order after its owner column, and takes
+-- the last row's next_cursor ("<timestamp>|<id>") to continue: the page is
+-- a row comparison `(at, id) < (cursor)`, an index condition (also under
+-- RLS: plain columns, leakproof operators), so page 5,000 costs what page 1
+-- costs (bench/bench_pages.py). No cursor: start above every row, so one
+-- keyset form serves every page (never `p_cursor is null or …`, which the
+-- cached plan can only filter). Page sizes are 1 … 100.
+create or replace function public.page_cursor_position(
+  p_cursor text, p_limit integer, out at timestamptz, out id uuid
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if p_limit is null or p_limit < 1 or p_limit > 100 then
+    raise exception 'p_limit must be between 1 and 100' using errcode = '22023';
+  end if;
+  at := 'infinity'::timestamptz;
+  id := 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid;
+  if p_cursor is not null then
+    begin
+      at := split_part(p_cursor, '|', 1)::timestamptz;
+      id := split_part(p_cursor, '|', 2)::uuid;
+    exception when others then
+      raise exception 'invalid cursor %: pass next_cursor from the previous page', p_cursor
+        using errcode = '22023';
+    end;
+  end if;
+end
+$$;
+comment on function public.page_cursor_position(text, integer) is
+  'The position a keyset page cursor stands for (internal to the list functions; checks the page size too).';
+
+-- The next_cursor of a row at (p_at, p_id).
+create or replace function public.page_cursor(p_at timestamptz, p_id uuid) returns text
+language sql
+immutable
+set search_path = ''
+as $$
+  select to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '|' || p_id::text
+$$;
+comment on function public.page_cursor(timestamptz, uuid) is
+  'The keyset cursor of a row (internal to the list functions).';
+
+-- Conversations for list pages, most recent first. security invoker: RLS
+-- decides which rows the caller sees.
 create or replace function public.list_conversations(
   p_agent_id uuid default null,
   p_limit integer default 20,
@@ -166,36 +211,19 @@ stable
 set search_path = ''
 as $$
 declare
-  -- no cursor: start above every row, so one keyset form serves every page
-  v_after_at timestamptz := 'infinity'::timestamptz;
-  v_after_id uuid := 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid;
+  v_after record;
 begin
-  if p_limit is null or p_limit < 1 or p_limit > 100 then
-    raise exception 'p_limit must be between 1 and 100' using errcode = '22023';
-  end if;
-  if p_cursor is not null then
-    begin
-      v_after_at := split_part(p_cursor, '|', 1)::timestamptz;
-      v_after_id := split_part(p_cursor, '|', 2)::uuid;
-    exception when others then
-      raise exception 'invalid cursor %: pass next_cursor from the previous page', p_cursor
-        using errcode = '22023';
-    end;
-  end if;
+  v_after := public.page_cursor_position(p_cursor, p_limit);
   return query
     select c.id, c.agent_id, c.title, c.archived_at, c.last_message_at, c.message_count,
-           c.last_message_preview, c.created_at,
-           to_char(c.activity_at at time zone 'UTC',
-                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '|' || c.id::text
+           c.last_message_preview, c.created_at, public.page_cursor(c.activity_at, c.id)
     from public.conversation_sessions c
     where c.deleted_at is null
       and (p_include_archived or c.archived_at is null)
       and (p_agent_id is null or c.agent_id = p_agent_id)
-      -- the row comparison alone (never `p_cursor is null or …`, which the
-      -- cached plan can only filter) on a plain column: an index condition
-      -- on conversation_sessions_user_recent_idx, after user_id from RLS, so
-      -- page 5,000 costs what page 1 costs (bench/bench_pages.py)
-      and (c.activity_at, c.id) < (v_after_at, v_after_id)
+      -- an index condition on conversation_sessions_user_recent_idx, after
+      -- user_id from RLS
+      and (c.activity_at, c.id) < (v_after.at, v_after.id)
     order by c.activity_at desc, c.id desc
     limit p_limit;
 end
@@ -203,3 +231,85 @@ $$;
 comment on function public.list_conversations(uuid, integer, text, boolean) is
   'Your conversations, most recent first, with message_count and last_message_preview; keyset pagination via next_cursor.';
 
+
+-- A conversation's messages for history pages, newest first (reverse a page
+-- to show it). security invoker: RLS decides which rows the caller sees, so
+-- a conversation that is not yours pages exactly like one that does not
+-- exist (no rows).
+create or replace function public.list_messages(
+  p_conversation_id uuid,
+  p_limit integer default 50,
+  p_cursor text default null
+) returns table (
+  id uuid, conversation_id uuid, role text, content text, metadata jsonb, tool_calls jsonb,
+  execution_id uuid, created_at timestamptz, next_cursor text
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_after record;
+begin
+  v_after := public.page_cursor_position(p_cursor, p_limit);
+  return query
+    select m.id, m.conversation_id, m.role, m.content, m.metadata, m.tool_calls, m.execution_id,
+           m.created_at, public.page_cursor(m.created_at, m.id)
+    from public.chat_messages_v2 m
+    -- an index condition on chat_messages_v2_conversation_idx, walked backwards
+    where m.conversation_id = p_conversation_id
+      and (m.created_at, m.id) < (v_after.at, v_after.id)
+    order by m.created_at desc, m.id desc
+    limit p_limit;
+end
+$$;
+comment on function public.list_messages(uuid, integer, text) is
+  'Messages of one of your conversations, newest first; keyset pagination via next_cursor.';
+
+-- Run history pages, newest first: one task's executions, or all of yours
+-- when p_task_id is NULL. Internal fields (worker, error text) are not
+-- listed; error_kind says what kind of failure it was. security invoker: RLS
+-- decides which rows the caller sees.
+create or replace function public.list_executions(
+  p_task_id uuid default null,
+  p_limit integer default 20,
+  p_cursor text default null
+) returns table (
+  id uuid, task_id uuid, trigger_type text, status text, scheduled_for timestamptz,
+  started_at timestamptz, finished_at timestamptz, duration_ms integer, attempt integer,
+  error_kind text, conversation_id uuid, created_at timestamptz, next_cursor text
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_after record;
+begin
+  v_after := public.page_cursor_position(p_cursor, p_limit);
+  -- two statements (never `p_task_id is null or …`, which the cached plan
+  -- can only filter): each is an index condition on its own index,
+  -- task_history_idx, or user_history_idx after RLS's user_id
+  if p_task_id is not null then
+    return query
+      select e.id, e.task_id, e.trigger_type, e.status, e.scheduled_for, e.started_at, e.finished_at,
+             e.duration_ms, e.attempt, e.error_kind, e.conversation_id, e.created_at,
+             public.page_cursor(e.created_at, e.id)
+      from public.agent_task_executions e
+      where e.task_id = p_task_id and (e.created_at, e.id) < (v_after.at, v_after.id)
+      order by e.created_at desc, e.id desc
+      limit p_limit;
+  else
+    return query
+      select e.id, e.task_id, e.trigger_type, e.status, e.scheduled_for, e.started_at, e.finished_at,
+             e.duration_ms, e.attempt, e.error_kind, e.conversation_id, e.created_at,
+             public.page_cursor(e.created_at, e.id)
+      from public.agent_task_executions e
+      where (e.created_at, e.id) < (v_after.at, v_after.id)
+      order by e.created_at desc, e.id desc
+      limit p_limit;
+  end if;
+end
+$$;
+comment on function public.list_executions(uuid, integer, text) is
+  'Run history of one of your tasks (or of all of them), newest first; keyset pagination via next_cursor.';

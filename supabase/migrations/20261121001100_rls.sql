@@ -129,6 +129,10 @@ grant execute on function
   public.cancel_execution(uuid),
   public.retry_execution(uuid),
   public.list_conversations(uuid, integer, text, boolean),
+  public.list_messages(uuid, integer, text),
+  public.list_executions(uuid, integer, text),
+  public.page_cursor_position(text, integer),
+  public.page_cursor(timestamptz, uuid),
   public.validate_schedule(text, text, text, text, jsonb)
 to authenticated, service_role;
 grant execute on function

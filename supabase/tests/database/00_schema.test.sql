@@ -107,7 +107,7 @@ select has_index('public', 'agent_task_executions', 'agent_task_executions_lease
 select has_index('public', 'agent_task_executions', 'agent_task_executions_active_task_idx',
   array['task_id'], 'overlap checks find a task''s active executions by index');
 select has_index('public', 'agent_task_executions', 'agent_task_executions_task_history_idx',
-  array['task_id', 'created_at'], 'a task''s history is read by index');
+  array['task_id', 'created_at', 'id'], 'a task''s history is read by index, keyset on (created_at, id)');
 select index_is_unique('public', 'agent_task_executions', 'agent_task_executions_occurrence_key',
   'one scheduled occurrence is unique per (task_id, scheduled_for)');
 select has_index('public', 'agent_tasks', 'agent_tasks_due_idx', array['next_run_at'],
