@@ -139,8 +139,11 @@ comment on table public.agent_tasks is
   'A scheduled agent job: prompt template + schedule (cron | interval | once | manual) + conversation rule.';
 -- the due scan: active tasks by next_run_at
 create index agent_tasks_due_idx on public.agent_tasks (next_run_at) where status = 'active';
--- the planner: active cron tasks waiting for their next occurrence
-create index agent_tasks_to_plan_idx on public.agent_tasks (updated_at)
+-- the planner: active cron tasks waiting for their next occurrence, oldest
+-- plan first. On plan_from, not updated_at: a finish writes only unindexed
+-- columns of its task (counters, last_run_at, updated_at), so that update is
+-- HOT (no index entries; with fillfactor 90 below there is room on the page)
+create index agent_tasks_to_plan_idx on public.agent_tasks (plan_from)
   where status = 'active' and next_run_at is null and schedule_type = 'cron';
 create index agent_tasks_user_idx on public.agent_tasks (user_id, created_at desc);
 create index agent_tasks_agent_idx on public.agent_tasks (agent_id, user_id);
@@ -263,6 +266,7 @@ alter table public.agent_task_executions set (
   autovacuum_analyze_scale_factor = 0.02
 );
 alter table public.agent_tasks set (
+  fillfactor = 90,
   autovacuum_vacuum_scale_factor = 0.01,
   autovacuum_vacuum_threshold = 1000,
   autovacuum_analyze_scale_factor = 0.02

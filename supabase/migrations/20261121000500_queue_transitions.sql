@@ -436,6 +436,14 @@ set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
+  -- the fence compares status with this variable, a parameter of the
+  -- generic plan: with the literal, the planner could prove the partial
+  -- indexes on running rows (running_user_idx, lease_idx) usable and chose
+  -- to walk every running row of every worker (and their dead entries until
+  -- vacuum) for each finish; by parameter it can only look the batch's ids
+  -- up in the primary key (bench/bench_queue.py)
+  v_running text := 'running';
+  v_ids uuid[];
   v_bad text;
   v_finished public.agent_task_executions[];
   v_mixed_tasks uuid[];
@@ -452,11 +460,11 @@ begin
   if found then
     raise exception 'finish_executions: % is not a finishing status', v_bad using errcode = '22023';
   end if;
+  v_ids := array(select (x ->> 'id')::uuid from jsonb_array_elements(p_results) x);
   -- lock the batch's rows in id order first (the one lock order of heartbeat,
   -- start and rescue), so concurrent batches and heartbeats cannot deadlock
   perform 1 from public.agent_task_executions e
-  where e.id in (select (x ->> 'id')::uuid from jsonb_array_elements(p_results) x)
-    and e.worker_id = p_worker_id and e.status = 'running'
+  where e.id = any (v_ids) and e.worker_id = p_worker_id and e.status = v_running
   order by e.id
   for no key update;
 
@@ -481,7 +489,7 @@ begin
       usage = coalesce(i.usage, e.usage),
       lease_expires_at = null
     from input i
-    where e.id = i.id and e.status = 'running'
+    where e.id = any (v_ids) and e.id = i.id and e.status = v_running
       and e.worker_id = p_worker_id and e.attempt = i.attempt
     returning e as exec, i.ord
   )

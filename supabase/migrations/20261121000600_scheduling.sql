@@ -411,7 +411,7 @@ as $$
          t.misfire_grace_seconds, t.plan_from
   from public.agent_tasks t
   where t.status = 'active' and t.next_run_at is null and t.schedule_type = 'cron'
-  order by t.updated_at
+  order by t.plan_from
   limit p_limit
 $$;
 
