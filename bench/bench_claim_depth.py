@@ -9,9 +9,10 @@ rolled back, so the depth stays put; client wall time → p50 / p99, each
 measured --rounds times (median of the rounds, min and max of their p50).
 
 Each depth is measured twice in the same run: with the function as shipped
-(ordered walk of the claim index pinned: enable_sort/enable_bitmapscan/jit
-off) and with those three settings reset on the function (the plan the
-planner picks on its own, as before), in alternating order.
+(ordered walks of the claim indexes pinned: enable_sort, enable_bitmapscan,
+enable_hashjoin, enable_mergejoin and jit off) and with those settings reset
+on the function (the plan the planner picks on its own, as before), in
+alternating order.
 
 Prints one JSON object. Not a test: figures are noisy on a shared machine.
 
@@ -42,7 +43,7 @@ from bench_queue import insert_queued, seed_ours  # noqa: E402
 from worker import stack  # noqa: E402
 
 CLAIM = "scheduler.claim_executions(text, integer, integer, integer, timestamptz)"
-PINNED = ("enable_sort", "enable_bitmapscan", "jit")
+PINNED = ("enable_sort", "enable_bitmapscan", "enable_hashjoin", "enable_mergejoin", "jit")
 TASKS = 1000
 GOAL_SPREAD = 0.20
 WARMUP = 10
@@ -140,7 +141,7 @@ def main() -> int:
             "seed_s": round(seed_s, 1),
             "notes": ("claim_executions(worker, 10, 30, per_user_limit 8) over 1,000 users' tasks,"
                       " one session per measurement, rolled back after each call; client wall"
-                      " time; 'unpinned' resets enable_sort, enable_bitmapscan and jit on the"
+                      " time; 'unpinned' resets " + ", ".join(PINNED) + " on the"
                       " function (the planner's own choice, as before). No finish, no worker."
                       " The local cluster runs with fsync off; 2-core machine shared with other"
                       " work, so figures are noisy."),

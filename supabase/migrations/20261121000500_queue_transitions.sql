@@ -100,11 +100,17 @@ set plan_cache_mode = force_generic_plan
 -- taken during a burst) it chose a bitmap scan that read and sorted every
 -- queued row (49 ms at 60,000 queued). With sorts and bitmap scans disabled
 -- the ordered index scans are the only plans left for the walks; the sorts
--- below (a few dozen rows) still run. jit off: the disabled paths' cost
--- would cross jit_above_cost and compile for ~0.5 s per session.
+-- below (a few dozen rows) still run. Hash and merge joins off: the generic
+-- plan cannot see how few rows each user's slots take either (the lateral
+-- pick's LIMIT), estimated thousands, and hashed the whole executions table
+-- to update ten rows; nested loops over the batch with primary-key lookups
+-- are the only plan left. jit off: the disabled paths' cost would cross
+-- jit_above_cost and compile for ~0.5 s per session.
 -- docs/state-machine.md ("The claim's plan"); bench/bench_claim_depth.py.
 set enable_sort = off
 set enable_bitmapscan = off
+set enable_hashjoin = off
+set enable_mergejoin = off
 set jit = off
 as $$
 declare

@@ -8,9 +8,9 @@ select plan(10);
 
 select ok(
   (select proconfig @> array['plan_cache_mode=force_generic_plan', 'enable_sort=off',
-                             'enable_bitmapscan=off', 'jit=off']
+                             'enable_bitmapscan=off', 'enable_hashjoin=off', 'enable_mergejoin=off', 'jit=off']
    from pg_proc where oid = 'scheduler.claim_executions(text,integer,integer,integer,timestamptz)'::regprocedure),
-  'claim_executions: one generic plan, ordered index walk only, no jit');
+  'claim_executions: one generic plan, ordered index walks and nested loops only, no jit');
 
 select ok(
   (select proconfig @> array['jit=off']
