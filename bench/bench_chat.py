@@ -14,11 +14,18 @@ concurrent callers for a fixed time each. Prints one JSON object:
     {"concurrency_1": {"rps", "p50_ms", "p99_ms", "n", "errors"},
      "concurrency_32": {...}, "goals": {...}}
 
+--deep-messages N (default 100,000; 0 skips it) adds one more phase: one
+caller whose conversation already holds N messages (inserted in bulk, not
+timed) keeps that conversation for every turn, so each turn reads its history
+window from the end of a deep conversation; reported as "deep_history" beside
+the one-caller figures of a fresh conversation.
+
 Goals on a 2-core machine: p50 < 15 ms at 1 caller, >= 400 turns/s at 32.
 The client, Deno, Postgres and the fake share those cores, so the figures
 are a floor for the function itself. Not a test: figures are noisy.
 
     python bench/bench_chat.py [--seconds 10] [--warmup 2] [--concurrency 1,32] [--functions]
+                               [--deep-messages 100000]
 
 --functions turns on track_functions in the bench database and adds, per
 level, each SQL function's calls and total / self ms per turn
@@ -107,8 +114,11 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 
 async def caller(session: aiohttp.ClientSession, url: str, headers: dict[str, str], agent_id: str,
-                 stop_at: float, record_after: float, latencies: list[float], errors: list[str]) -> None:
-    conversation_id: str | None = None
+                 stop_at: float, record_after: float, latencies: list[float], errors: list[str],
+                 keep_conversation: str | None = None) -> None:
+    """Turns until stop_at; a new conversation every NEW_CONVERSATION_EVERY turns,
+    or always keep_conversation when given."""
+    conversation_id: str | None = keep_conversation
     turns = 0
     while time.monotonic() < stop_at:
         body: dict[str, Any] = {"agent_id": agent_id, "message": f"How is my plan going? (turn {turns})"}
@@ -130,12 +140,13 @@ async def caller(session: aiohttp.ClientSession, url: str, headers: dict[str, st
         if started >= record_after:
             latencies.append(elapsed_ms)
         turns += 1
-        conversation_id = None if turns % NEW_CONVERSATION_EVERY == 0 else data["conversation_id"]
+        if keep_conversation is None:
+            conversation_id = None if turns % NEW_CONVERSATION_EVERY == 0 else data["conversation_id"]
 
 
 async def measure(url: str, identities: list[tuple[dict[str, str], str]], concurrency: int,
                   seconds: float, warmup: float, pids: dict[str, list[int]], db_url: str,
-                  db_name: str) -> dict[str, Any]:
+                  db_name: str, keep_conversation: str | None = None) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
     # The load generator shares the 2 cores with what it measures: aiohttp (C
@@ -155,7 +166,8 @@ async def measure(url: str, identities: list[tuple[dict[str, str], str]], concur
             cpu_before.update({name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()})
 
         await asyncio.gather(snapshot_after_warmup(), *(
-            caller(clients[i], url, identities[i][0], identities[i][1], stop_at, record_after, latencies, errors)
+            caller(clients[i], url, identities[i][0], identities[i][1], stop_at, record_after, latencies, errors,
+                   keep_conversation)
             for i in range(concurrency)))
         # turns that started in the window; the window ends when the last one returns
         window_s = max(time.monotonic() - record_after, 1e-9)
@@ -180,6 +192,27 @@ async def measure(url: str, identities: list[tuple[dict[str, str], str]], concur
     }
 
 
+def deep_conversation(conn: psycopg.Connection[Any], user: uuid.UUID, agent: uuid.UUID, n: int) -> str:
+    """A conversation of `user` with `agent` holding n messages, user and
+    assistant in turn, one second apart and all in the past. Inserted with
+    triggers off (each would update the conversation's counters, one row n
+    times); the counters are then set once, as the trigger would have."""
+    row = conn.execute("insert into public.conversation_sessions (user_id, agent_id, title)"
+                       " values (%s, %s, 'Deep') returning id", (user, agent)).fetchone()
+    assert row is not None
+    conn.execute("set session_replication_role = replica")
+    conn.execute(
+        "insert into public.chat_messages_v2 (conversation_id, user_id, role, content, created_at)"
+        " select %s, %s, case when g %% 2 = 1 then 'user' else 'assistant' end,"
+        "        'Earlier message ' || g, now() - make_interval(secs => %s - g + 60)"
+        " from generate_series(1, %s) g", (row[0], user, n, n))
+    conn.execute("set session_replication_role = origin")
+    conn.execute("update public.conversation_sessions c set message_count = %s,"
+                 " last_message_at = now() - interval '60 seconds' where c.id = %s", (n, row[0]))
+    conn.execute("vacuum analyze public.chat_messages_v2")
+    return str(row[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -187,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,32", help="comma-separated caller counts")
     parser.add_argument("--functions", action="store_true",
                         help="track_functions = all in the bench database; add the SQL functions' time per turn")
+    parser.add_argument("--deep-messages", type=int, default=100_000,
+                        help="messages already in the deep-history caller's conversation (0: no such phase)")
     args = parser.parse_args(argv)
     seconds = min(args.seconds, MAX_SECONDS)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
@@ -225,6 +260,18 @@ def main(argv: list[str] | None = None) -> int:
                 result = results[f"concurrency_{level}"]
                 result["sql_functions_ms_per_turn"] = function_deltas(before, function_times(db_url),
                                                                       max(result["n"], 1))
+        if args.deep_messages > 0:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                user = create_user(conn)
+                agent = create_agent(conn, user, system_prompt="You are a helpful planning assistant.")
+                conversation = deep_conversation(conn, user, agent, args.deep_messages)
+            pids = {"chat_function": [fn.proc.pid], "fake_llm": [llm_proc.pid], "client": [os.getpid()],
+                    "postgres": []}
+            results["deep_history"] = {
+                "messages_in_conversation": args.deep_messages,
+                **asyncio.run(measure(fn.url, [(fn.user_headers(user), str(agent))], 1, seconds, args.warmup,
+                                      pids, db_url, db_name, keep_conversation=conversation)),
+            }
         results["goals"] = {
             "p50_ms_at_1": GOAL_P50_MS_AT_1, "rps_at_32": GOAL_RPS_AT_32,
             "met": {

@@ -64,12 +64,16 @@ def seed(conn: psycopg.Connection[Any], n: int) -> dict[str, Any]:
             " select %(u)s, a.id, 'c ' || g, now() - make_interval(secs => g), 1,"
             "        now() - make_interval(secs => g + 1)"
             " from public.agents a cross join generate_series(1, %(n)s) g where a.user_id = %(u)s", args)
+        # triggers off for the messages: each would update its conversation's
+        # counters (one row, N times), which is not what this bench measures
+        conn.execute("set session_replication_role = replica")
         conn.execute(
             "insert into public.chat_messages_v2 (conversation_id, user_id, role, content, created_at)"
             " select c.id, %(u)s, case when g %% 2 = 0 then 'user' else 'assistant' end, 'message ' || g,"
             "        now() - interval '1 day' + make_interval(secs => g)"
             " from (select id from public.conversation_sessions where user_id = %(u)s"
             "       order by activity_at desc, id desc limit 1) c cross join generate_series(1, %(n)s) g", args)
+        conn.execute("set session_replication_role = origin")
         conn.execute(
             "insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type, status,"
             " scheduled_for, run_after, attempt, worker_id, started_at, finished_at, duration_ms, created_at)"
