@@ -18,8 +18,9 @@ manual tasks) for each size in --sizes (default 10,000, 100,000 and
   autovacuum may do in a burst; no manual vacuum anywhere after seeding;
 - idle_after: the idle pass again after the bursts (dead rows present, the
   burst's statistics in place), goal p99 < 3 ms;
-- idle_after_unpinned: the same with the function's `jit = off` reset: the
-  planner's own choice, as before, to show the cliff the setting removes.
+- idle_after_unpinned: the same with the function's `jit = off` and
+  `enable_bitmapscan = off` reset: the planner's own choice, as before, to
+  show the cliffs the settings remove.
 
 Times are wall-clock on the client (one local TCP connection). Prints one
 JSON object. Not a test: figures are noisy on a shared machine.
@@ -166,6 +167,7 @@ def run_size(state: stack.State, tasks: int, args: argparse.Namespace) -> dict[s
                                                     * 2 // args.due))
             idle_after = bench_idle(conn, args.idle_calls)
             conn.execute(f"alter function {ENQUEUE_DUE} reset jit")
+            conn.execute(f"alter function {ENQUEUE_DUE} reset enable_bitmapscan")
             idle_after_unpinned = bench_idle(conn, args.idle_calls)
     finally:
         stack.drop_database(state, name)
@@ -209,7 +211,7 @@ def main() -> int:
                 " interval, half cron) due in the same second, one enqueue_due() call,"
                 f" {args.due_rounds} rounds, the first analysed while due. idle_after = the idle"
                 " pass after the bursts; idle_after_unpinned = the same with the function's jit"
-                " setting reset (the planner's own choice)."
+                " and enable_bitmapscan settings reset (the planner's own choice)."
                 " The local cluster runs with fsync off; 2-core machine shared"
                 " with other work, so figures are noisy."),
         },
