@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="custom template variable (repeatable)")
     p.add_argument("--conversation", help="run in this conversation (reuse)")
     p.add_argument("--new-per-run", action="store_true", help="a new conversation for every run")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first among your own runs (default 0)")
     p.add_argument("--max-retries", type=int, default=3, help="retries after a transient failure (default 3)")
     p.add_argument("--timeout", type=int, default=300, help="seconds a run may take (default 300)")
     p.add_argument("--overlap", choices=["skip", "queue", "allow"], default="skip",
