@@ -452,6 +452,15 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 
 # --- worker, stack, demo ----------------------------------------------------------------------
 
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from worker.console.serve import serve, settings_from_args
+
+    settings = settings_from_args(args)
+    print(f"console on http://{args.host}:{args.port}/", flush=True)
+    serve(settings, args.host, args.port)
+    return EXIT_OK
+
 # What each worker setting means (`agent-tasks worker --help` lists them with their defaults;
 # a unit test keeps this in step with worker.config.Settings).
 SETTING_HELP = {
@@ -711,6 +720,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-url", help="the chat function; defaults to CHAT_URL, then the local stack's")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the reply (default 120)")
     p.set_defaults(func=cmd_conversations_reply)
+
+    p = command(sub, "console", "serve the web console (conversations, chat, schedules, runs, operator pages)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--database-url", help="a role that may `set role authenticated` (the project's postgres"
+                   " user); defaults to DATABASE_URL, then the local stack")
+    p.add_argument("--chat-url", help="the chat function; defaults to CHAT_URL, SUPABASE_URL/functions/v1/chat,"
+                   " then the local stack's")
+    p.add_argument("--operator-token", help="enables the operator pages; defaults to CONSOLE_OPERATOR_TOKEN")
+    p.set_defaults(func=cmd_console)
 
     queue = command(sub, "queue", "queue figures").add_subparsers(dest="queue_command", required=True,
                                                                   metavar="ACTION")
