@@ -8,7 +8,8 @@ a conversation of its own, whose first run asks the user a question
 (`agent-tasks conversations reply CONVERSATION "..."` answers it and resumes
 the task). The minute task summarises the tickets updated since yesterday
 through the stack's tickets MCP server (worker/mcp_tickets.py), connected as
-the demo user's integration; it also runs once at start. Then it prints the demo user's messages and the executions'
+the demo user's integration; it also runs once at start. It serves the web
+console (`agent-tasks console`) and prints its URL. Then it prints the demo user's messages and the executions'
 status changes as they happen, until Ctrl-C.
 """
 
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from worker import integrations, stack
+from worker.console.serve import spawn_local as spawn_local_console
 from worker.errors import CliError
 
 DEMO_EMAIL = "demo@agent-tasks.local"
@@ -189,6 +191,14 @@ def _print_execution(e: dict[str, Any]) -> None:
                   f"{detail}[/dim]")
 
 
+def _stop_child(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run_demo(duration_s: float | None = None) -> int:
     """Run the demo until Ctrl-C (or for duration_s seconds). Returns an exit code."""
     console.print("[bold]Starting the local stack[/bold] (Postgres + pg_cron, chat function under Deno)...")
@@ -207,7 +217,9 @@ def run_demo(duration_s: float | None = None) -> int:
         demo = _ensure_demo_rows(conn, bool(info["llm"]["fake"]))
         _connect_tickets(conn, state, demo, info["chat_url"])
         worker = _start_worker(state, {**demo, "chat_url": info["chat_url"]})
-        _box(f"conversation [bold]{CONVERSATION_TITLE}[/bold] ({demo['conversation_id']})\n"
+        web, web_url = spawn_local_console(stack.LOG_DIR / "demo-console.log")
+        _box(f"web console: [bold]{web_url}[/bold] (\"Sign in as the demo user\")\n"
+             f"conversation [bold]{CONVERSATION_TITLE}[/bold] ({demo['conversation_id']})\n"
              "tasks: every 10 s (interval) and every minute (cron: the tickets updated since yesterday,\n"
              f"from the tickets MCP server at {stack.tickets_url(state)}), both posting here;\n"
              f"\"{ASKING_TASK}\" runs once in a conversation of its own and asks you a question\n"
@@ -262,7 +274,9 @@ def run_demo(duration_s: float | None = None) -> int:
                     _print_message(m)
                 time.sleep(POLL_S)
         finally:
-            console.print("[dim]stopping the worker (the stack keeps running: `make down` stops it)[/dim]")
+            console.print("[dim]stopping the worker and the console (the stack keeps running: `make down`"
+                          " stops it)[/dim]")
+            _stop_child(web)
             try:
                 os.killpg(worker.pid, signal.SIGTERM)
                 worker.wait(timeout=30)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -51,6 +53,11 @@ def test_demo__scheduled_runs_arrive_in_the_conversation() -> None:
     # the ticket summary called the tickets MCP server and its reply quotes what the server returned
     assert "🔧 tickets__list_tickets" in out and "→ ok" in out
     assert "TCK-101" in out and "Checkout page times out for EU customers" in out
+    # the web console's URL is printed; the demo stops its console when it ends
+    web = re.search(r"web console: (http://127\.0\.0\.1:\d+/)", out)
+    assert web is not None, out[-3000:]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(web.group(1), timeout=2)
 
     state = stack.require_running()
     with psycopg.connect(stack.database_url(state)) as conn:
