@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the project needs on a fresh Debian machine (idempotent):
-# Postgres 15 with pg_cron, pgTAP and wal2json (apt-get, as root), then this
+# Postgres 15 with pg_cron, pgTAP and wal2json, Chromium for the browser tests (apt-get, as root), then this
 # checkout's own Python environment in .venv/ (git-ignored): the package,
 # editable, with the exact versions of uv.lock and the dev tools (Deno comes
 # from PyPI too). uv itself is pinned and kept in .tools/ (git-ignored).
@@ -17,6 +17,8 @@ need_apt=()
 [ -f /usr/share/postgresql/15/extension/pgtap.control ] || need_apt+=(postgresql-15-pgtap)
 [ -f /usr/lib/postgresql/15/lib/wal2json.so ] || need_apt+=(postgresql-15-wal2json)
 command -v pg_prove >/dev/null || need_apt+=(libtap-parser-sourcehandler-pgtap-perl)
+# the console's browser tests drive Debian's Chromium with Playwright (its own browser download is not used)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need_apt[*]}; run: sudo apt-get install -y ${need_apt[*]}" >&2

@@ -1,0 +1,112 @@
+"""The console's HTTP answers that a browser journey does not show: refusals, headers, operator access."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import httpx
+import jwt
+import pytest
+
+from tests.browser.conftest import Console
+from worker import stack
+from worker.console.auth import OPERATOR_COOKIE, USER_COOKIE
+
+pytestmark = pytest.mark.e2e
+
+
+def _client(console: Console, token: str | None = None, **cookies: str) -> httpx.Client:
+    jar = dict(cookies)
+    if token:
+        jar[USER_COOKIE] = token
+    return httpx.Client(base_url=console.url, cookies=jar, timeout=30, headers={"origin": console.url})
+
+
+def test_sign_in__refuses_bad_expired_and_non_user_tokens(console: Console, stack_state: stack.State) -> None:
+    now = int(time.time())
+    base = {"aud": "authenticated", "sub": str(console.alice.id), "iat": now, "exp": now + 600}
+    tokens = {
+        "not a token": "nonsense",
+        "expired": stack.sign_token(stack_state, {**base, "role": "authenticated", "exp": now - 10}),
+        "anon key": stack.api_keys(stack_state)["anon_key"],
+        "service role": stack.api_keys(stack_state)["service_role_key"],
+        "wrong key": jwt.encode({**base, "role": "authenticated"}, "x" * 32, algorithm="HS256"),
+        "wrong audience": stack.sign_token(stack_state, {**base, "role": "authenticated", "aud": "other"}),
+    }
+    with _client(console) as client:
+        for what, token in tokens.items():
+            r = client.post("/login", data={"access_token": token})
+            assert r.status_code == 401, what
+            assert USER_COOKIE not in r.cookies, what
+            assert "expired" in r.text if what == "expired" else True
+    # a cookie holding such a token signs nobody in either
+    for token in tokens.values():
+        with _client(console, token) as client:
+            r = client.get("/tasks", follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/login"
+    with _client(console) as client:
+        r = client.get("/api/cron", params={"expr": "* * * * *"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "not_signed_in"
+        # demo sign-in exists on the local stack only (this console was given a database URL)
+        assert client.post("/login/demo").status_code == 404
+
+
+def test_pages__security_headers_and_cross_origin_posts(console: Console) -> None:
+    with _client(console, console.alice.token) as client:
+        r = client.get("/conversations")
+        assert r.status_code == 200
+        assert "script-src 'self'" in r.headers["content-security-policy"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        r = client.post("/conversations", data={"agent_id": str(console.alice.agent_id)},
+                        headers={"origin": "https://evil.example"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin"
+        assert client.get("/static/console.js").status_code == 200
+        assert client.get("/static/../pages.py").status_code == 404
+
+
+def test_send__bad_input_is_refused_with_a_json_code(console: Console) -> None:
+    with _client(console, console.alice.token) as client:
+        r = client.post("/conversations", data={"agent_id": str(console.alice.agent_id)}, follow_redirects=False)
+        conv = r.headers["location"].rsplit("/", 1)[1]
+        cases = [({"message": "x" * 10_001}, 413, "message_too_long"), ({"message": "  "}, 400, "invalid_body"),
+                 ({"text": "hi"}, 400, "invalid_body")]
+        for body, status, code in cases:
+            r = client.post(f"/c/{conv}/send", json=body)
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code)
+        r = client.post(f"/c/{conv}/send", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400
+        # another user's conversation, and one that does not exist: the same answer
+        with _client(console, console.bob.token) as bob:
+            assert bob.post(f"/c/{conv}/send", json={"message": "hi"}).status_code == 404
+            assert bob.post(f"/c/{uuid.uuid4()}/send", json={"message": "hi"}).status_code == 404
+            assert bob.post("/c/not-a-uuid/rename", data={"title": "x"}).status_code == 404
+        r = client.post(f"/c/{conv}/rename", data={"title": "t" * 201})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_title")
+        # the model failing before it answers: the chat function's status and code come through
+        r = client.post(f"/c/{conv}/send", json={"message": "[[fail:503]] hello"})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "model_unavailable"
+
+
+def test_operator__needs_the_operator_token_never_a_users(console: Console) -> None:
+    with _client(console, console.alice.token) as client:
+        r = client.get("/operator", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/operator/login"
+        r = client.post("/operator/login", data={"operator_token": console.alice.token})
+        assert r.status_code == 401
+        r = client.post(f"/operator/runs/{uuid.uuid4()}/retry")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "operator_only"
+    with _client(console, **{OPERATOR_COOKIE: "wrong"}) as client:
+        assert client.get("/operator", follow_redirects=False).status_code == 303
+    with _client(console) as client:
+        r = client.post("/operator/login", data={"operator_token": console.operator_token}, follow_redirects=False)
+        assert r.status_code == 303 and OPERATOR_COOKIE in r.cookies
+        client.cookies.set(OPERATOR_COOKIE, console.operator_token)
+        page = client.get("/operator")
+        assert page.status_code == 200
+        assert "console-worker" in page.text  # the module's worker, with its in-flight count
+        for section in ("queue-stats", "workers", "running", "failed", "cron-jobs"):
+            assert f'id="{section}"' in page.text
+        assert "pg_cron does not run in this database" in page.text  # a test copy, not cron.database_name
+        # a user page is not an operator's: the operator cookie signs no user in
+        assert client.get("/tasks", follow_redirects=False).status_code == 303
