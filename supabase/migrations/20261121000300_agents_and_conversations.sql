@@ -122,8 +122,11 @@ create table public.chat_messages_v2 (
   constraint chat_messages_v2_user_content_length
     check (role <> 'user' or char_length(content) <= 10000),
   constraint chat_messages_v2_content_length check (char_length(content) <= 200000),
+  -- a scheduled prompt names its run in metadata, where the name outlives the run:
+  -- deleting the task or purging history sets the execution_id column null
+  -- (the foreign key below), and the message keeps its badge
   constraint chat_messages_v2_scheduler_metadata
-    check ((metadata ->> 'source') is distinct from 'scheduler' or execution_id is not null)
+    check ((metadata ->> 'source') is distinct from 'scheduler' or (metadata ->> 'execution_id') is not null)
 );
 comment on table public.chat_messages_v2 is 'Messages of a conversation; execution_id is set only by scheduled runs.';
 -- history by conversation, oldest first
