@@ -45,14 +45,14 @@ def _create_task(console: Console, person: Person, **fields: Any) -> uuid.UUID:
 
 
 def _wait_run(console: Console, task_id: Any) -> None:
-    """Wait for the task's run to succeed (the worker runs it); the test then checks the page showed it."""
+    """Wait for the task's newest run to succeed (the worker runs it); the test then checks the page showed it."""
     with console.db() as conn:
         def done() -> bool:
-            rows = conn.execute("select status, error from public.agent_task_executions where task_id = %s",
-                                (task_id,)).fetchall()
-            if any(r["status"] in ("failed", "timed_out", "cancelled") for r in rows):
-                raise AssertionError(f"the run did not succeed: {rows}\n{console.log.read_text()[-2000:]}")
-            return any(r["status"] == "succeeded" for r in rows)
+            row = conn.execute("select status, error from public.agent_task_executions where task_id = %s"
+                               " order by created_at desc limit 1", (task_id,)).fetchone()
+            if row is not None and row["status"] in ("failed", "timed_out", "cancelled"):
+                raise AssertionError(f"the run did not succeed: {row}\n{console.log.read_text()[-2000:]}")
+            return row is not None and row["status"] == "succeeded"
         wait_for(done, 20, what=f"task {task_id} to run")
 
 
@@ -363,4 +363,78 @@ def test_hostile_content__is_shown_as_text_and_never_runs(browser: Browser, cons
                               " and role = 'user' order by created_at limit 1", (conv_id,)).fetchone()
     assert stored == {"content": hostile}
     assert json.dumps(hostile)  # the payload really contained markup
+    context.close()
+
+
+def test_schedules__every_type_toggle_edit_cancel_retry_delete_and_the_shortcut(browser: Browser,
+                                                                                console: Console) -> None:
+    context = signed_in(browser, console, console.alice)
+    page = context.new_page()
+    page.on("dialog", lambda d: d.accept())
+    # Alt+Shift+N opens a new conversation from any conversation page
+    page.goto("/conversations")
+    before = page.url
+    page.keyboard.press("Alt+Shift+KeyN")
+    page.wait_for_url(re.compile(r"/c/[0-9a-f-]{36}$"))
+    assert page.url != before
+    # an interval schedule and a one-off one, through the form
+    page.goto("/tasks/new")
+    page.fill("#name", "Every ten minutes")
+    page.check("input[name=schedule_type][value=interval]")
+    expect(page.locator("#interval_seconds")).to_be_visible()
+    expect(page.locator("#cron_expression")).to_be_hidden()
+    page.fill("#interval_seconds", "600")
+    page.fill("#prompt_template", "Check {{NOW}} for {{TEAM}}")
+    page.fill("#prompt_variables", "TEAM=platform")
+    page.select_option("#conversation_mode", "new_per_run")
+    page.click("#save-task")
+    page.wait_for_url("**/tasks?saved=*")
+    page.goto("/tasks/new")
+    page.fill("#name", "Once at new year")
+    page.check("input[name=schedule_type][value=once]")
+    page.fill("#run_at", "2031-01-01T09:30")
+    page.fill("#timezone", "Europe/Berlin")
+    page.fill("#prompt_template", "Happy new year, {{UNKNOWN}}")
+    page.click("#save-task")
+    expect(page.locator("#error-prompt_template")).to_contain_text("UNKNOWN")  # the database's refusal
+    page.fill("#prompt_template", "Happy new year")
+    page.click("#save-task")
+    page.wait_for_url("**/tasks?saved=*")
+    with console.db() as conn:
+        rows = {r["name"]: r for r in conn.execute(
+            "select name, schedule_type, interval_seconds, run_at, timezone, prompt_variables, conversation_mode"
+            " from public.agent_tasks where user_id = %s", (console.alice.id,)).fetchall()}
+    assert rows["Every ten minutes"]["interval_seconds"] == 600
+    assert rows["Every ten minutes"]["prompt_variables"] == {"TEAM": "platform"}
+    assert rows["Every ten minutes"]["conversation_mode"] == "new_per_run"
+    assert rows["Once at new year"]["run_at"].isoformat() == "2031-01-01T08:30:00+00:00"
+    # the enabled toggle pauses and resumes; Edit keeps the type and changes the name
+    row = page.locator("tr.task", has_text="Once at new year")
+    row.locator("button.toggle").click()
+    expect(page.locator("tr.task", has_text="Once at new year").locator(".status")).to_have_text("paused")
+    page.locator("tr.task", has_text="Once at new year").locator("button.toggle").click()
+    expect(page.locator("tr.task", has_text="Once at new year").locator(".status")).to_have_text("active")
+    page.locator("tr.task", has_text="Once at new year").locator("text=Edit").click()
+    expect(page.locator("#run_at")).to_have_value("2031-01-01T09:30")
+    page.fill("#name", "Once at new year (edited)")
+    page.click("#save-task")
+    expect(page.locator("tr.task", has_text="Once at new year (edited)")).to_have_count(1)
+    # cancel a running run, retry it, then delete the schedule after the confirmation
+    slow = _create_task(console, console.alice, name="Slow one", prompt_template="[[sleep:2500]] slowly")
+    page.goto("/tasks")
+    page.locator("tr.task", has_text="Slow one").locator("button.run-now").click()
+    page.wait_for_url(f"**/tasks/{slow}/runs")
+    expect(page.locator("tr.run .status.running")).to_have_count(1, timeout=10_000)
+    page.locator("tr.run").first.locator("button.danger").click()
+    expect(page.locator("tr.run .status.cancelled")).to_have_count(1)
+    page.locator("tr.run", has_text="cancelled").locator("text=Retry").click()
+    expect(page.locator("tr.run")).to_have_count(2)
+    expect(page.locator("tr.run").first).to_contain_text("retry")
+    _wait_run(console, slow)
+    expect(page.locator("tr.run .status.succeeded")).to_have_count(1)
+    page.goto("/tasks")
+    page.locator("tr.task", has_text="Slow one").locator("button.danger").click()
+    expect(page.locator("tr.task", has_text="Slow one")).to_have_count(0)
+    with console.db() as conn:
+        assert conn.execute("select 1 from public.agent_tasks where id = %s", (slow,)).fetchone() is None
     context.close()

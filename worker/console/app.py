@@ -85,6 +85,9 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _refused(request: Request, exc: Exception) -> Response:
+    """A database refusal: the readable reason, as a page for a browser's form, else as JSON."""
+    if "text/html" in request.headers.get("accept", ""):
+        return pages.page(request, "refused.html", pages.current_user(request), status=409, message=str(exc))
     return pages.error_json(409, "refused", str(exc))
 
 
