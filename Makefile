@@ -1,6 +1,6 @@
 # One entry point. `make demo` and `make test` are the README's two commands.
 # Everything runs from this checkout's own environment, .venv/ (scripts/setup.sh).
-.PHONY: setup up down status reset demo test test-db test-deno test-py lint bench
+.PHONY: setup up down status reset demo test test-db test-deno test-py test-browser lint bench
 
 BIN := .venv/bin
 
@@ -33,6 +33,9 @@ test-deno: setup
 
 test-py: setup
 	@bash scripts/test.sh py
+
+test-browser: setup
+	@bash scripts/test.sh browser
 
 lint: setup
 	@bash scripts/test.sh lint

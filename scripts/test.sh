@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test of the project, in stages: lint, db (pgTAP), deno, py (pytest).
+# Every test of the project, in stages: lint, db (pgTAP), deno, py (pytest), browser (the web
+# console in Chromium: its own pytest run, Playwright's sync API and asyncio tests kept apart).
 # `scripts/test.sh` runs them all; `scripts/test.sh STAGE...` runs some.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 unset PYTHONPATH
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint db deno py)
+[ ${#stages[@]} -gt 0 ] || stages=(lint db deno py browser)
 
 run_lint() {
   echo "== lint: ruff, mypy"
@@ -49,7 +50,13 @@ run_deno() {
 run_py() {
   echo "== py: pytest (unit, integration, end to end)"
   python -m worker stack up --db-only >/dev/null
-  python -m pytest -q -p no:cacheprovider tests
+  python -m pytest -q -p no:cacheprovider tests --ignore=tests/browser
+}
+
+run_browser() {
+  echo "== browser: the web console in Debian's Chromium (Playwright), screenshots in tests/browser/artifacts/"
+  python -m worker stack up --db-only >/dev/null
+  python -m pytest -q -p no:cacheprovider tests/browser
 }
 
 for s in "${stages[@]}"; do "run_$s"; done

@@ -117,8 +117,10 @@ def console(stack_state: stack.State, console_db_url: str, fake_llm: FakeLLM,
         chat.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """Chromium for this package only: Playwright's sync API keeps an event loop in the main thread
+    while it runs, which asyncio tests elsewhere must not inherit."""
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
         yield b

@@ -58,7 +58,6 @@ def routes() -> list[Route | Mount]:
         r("/c/{id}/unarchive", pages.conversation_archive, methods=["POST"]),
         r("/c/{id}/delete", pages.conversation_delete, methods=["POST"]),
         r("/c/{id}/send", pages.conversation_send, methods=["POST"]),
-        r("/m/{id}", pages.message_fragment, methods=["GET"]),
         r("/tasks", pages.tasks, methods=["GET"]),
         r("/tasks/new", pages.task_new, methods=["GET"]),
         r("/tasks/new", pages.task_save, methods=["POST"]),

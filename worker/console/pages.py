@@ -426,18 +426,6 @@ async def conversation_send(request: Request, user: User) -> Response:
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-@signed_in
-async def message_fragment(request: Request, user: User) -> Response:
-    mid = path_uuid(request)
-    async with as_user(pool(request), user) as conn:
-        row = await (await conn.execute(
-            MESSAGE_SQL.format(where="m.id = %s", order="asc").replace("m.conversation_id = %s and ", ""),
-            (mid, 1))).fetchone()
-    if row is None:
-        raise NotFound
-    return page(request, "_messages.html", user, messages=[row], older=None, conv={"id": row["id"]})
-
-
 # --- schedules ----------------------------------------------------------------------
 
 
