@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from worker.retry import ErrorKind, is_retryable_status, parse_retry_after
+from worker.retry import GATEWAY_STATUSES, ErrorKind, is_retryable_status, parse_retry_after
 
 ERROR_TEXT_MAX_CHARS = 500
 KEEPALIVE_S = 30.0
@@ -74,6 +74,10 @@ class ChatTransient:
     retry_after_s: float | None = None
     status: int | None = None
     timed_out: bool = False
+    # the chat function or the network to it did not answer (connection refused
+    # or reset, a gateway's 502/503/504, a connect timeout): an infrastructure
+    # outage, not a failure of the model or the run (worker.breaker)
+    unreachable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,10 @@ def classify_response(status: int, body: bytes, headers: Mapping[str, str] | Non
         msg = body[:200].decode(errors="replace").strip()
     text = _clip(f"chat function {status}{f' {code}' if code else ''}: {msg}".rstrip(": "))
     retry_after = parse_retry_after(headers.get("retry-after")) if headers is not None else None
+    if status in GATEWAY_STATUSES and code is None:
+        # no error body of the function's own: a gateway answered for a function it could not reach
+        return ChatTransient(error=text, kind=ErrorKind.UNREACHABLE, retry_after_s=retry_after, status=status,
+                             unreachable=True)
     if is_retryable_status(status, retryable):
         kind = ErrorKind.EMPTY_REPLY if code == "empty_reply" else ErrorKind.TRANSIENT
         return ChatTransient(error=text, kind=kind, retry_after_s=retry_after, status=status)
@@ -190,9 +198,18 @@ class ChatClient:
                                            allow_redirects=False) as response:
                 body = await response.read()
                 return classify_response(response.status, body, response.headers)
+        except aiohttp.ConnectionTimeoutError as exc:  # no connection within connect_timeout_s
+            return ChatTransient(error=_clip(f"chat function unreachable: connect timed out ({exc})"),
+                                 kind=ErrorKind.UNREACHABLE, unreachable=True)
         except TimeoutError as exc:  # incl. aiohttp.ServerTimeoutError and its total timeout
             return ChatTransient(error=_clip(f"chat function timed out ({type(exc).__name__})"),
                                  timed_out=True)
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+            # refused, reset or closed before an answer: the function (or the way to it) is down.
+            # Safe to give the attempt back: a turn the function had begun is stored under
+            # the execution_id and the next attempt takes it up without a second model call.
+            return ChatTransient(error=_clip(f"chat function unreachable: {type(exc).__name__}: {exc}"),
+                                 kind=ErrorKind.UNREACHABLE, unreachable=True)
         except (aiohttp.ClientError, OSError) as exc:
             return ChatTransient(error=_clip(f"chat function unreachable: {type(exc).__name__}: {exc}"))
 

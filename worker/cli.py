@@ -430,7 +430,9 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     with connect(args) as conn:
         rows = conn.execute("select * from scheduler.queue_stats()").fetchall()
         workers = conn.execute(
-            "select id, hostname, pid, concurrency, in_flight, last_seen_at from scheduler.workers"
+            "select id, hostname, pid, concurrency, in_flight, last_seen_at,"
+            " case when chat_circuit_open_since is null then 'closed' else 'open' end as chat_circuit,"
+            " chat_circuit_open_since, chat_circuit_reason from scheduler.workers"
             " order by started_at").fetchall()
         lag = conn.execute(
             """select extract(epoch from (now() - min(run_after)))::float as oldest_ready_s
@@ -444,7 +446,12 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
         }, indent=2))
         return EXIT_OK
     emit(rows, ["status", "count", "oldest", "next_run_after"], False, "queue")
-    emit(workers, ["id", "hostname", "pid", "concurrency", "in_flight", "last_seen_at"], False, "workers")
+    emit(workers, ["id", "hostname", "pid", "concurrency", "in_flight", "last_seen_at", "chat_circuit"], False,
+         "workers")
+    for w in workers:
+        if w["chat_circuit_open_since"] is not None:  # the worker stopped claiming: say why
+            console.print(f"worker {w['id']}: chat function unreachable since {w['chat_circuit_open_since']}"
+                          f" ({w['chat_circuit_reason']}); it claims nothing until it answers")
     if lag and lag["oldest_ready_s"] is not None:
         console.print(f"oldest claimable execution has waited {lag['oldest_ready_s']:.1f} s")
     return EXIT_OK

@@ -61,7 +61,8 @@ _START_MANY: Final = (
     " from scheduler.start_executions(%s, %s)")
 _FINISH_MANY: Final = "select id from scheduler.finish_executions(%s, %s)"
 DEADLOCK_RETRIES: Final = 3
-_REQUEUE_LATER: Final = "select scheduler.requeue_later(%s, %s, %s, %s, %s, %s)"
+_REQUEUE_LATER: Final = "select scheduler.requeue_later(%s, %s, %s, %s, %s, %s, p_spend_attempt => %s)"
+_REPORT_CIRCUIT: Final = "select scheduler.report_chat_circuit(%s, %s, %s)"
 _RELEASE: Final = "select scheduler.release_executions(%s, %s::uuid[])"
 _REGISTER: Final = "select scheduler.register_worker(%s, %s, %s, %s)"
 _UNREGISTER: Final = "select scheduler.unregister_worker(%s)"
@@ -247,11 +248,14 @@ class PostgresQueue:
         raise AssertionError("unreachable")
 
     async def requeue_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
-                            error_kind: str, delay_seconds: float) -> str | None:
-        """'queued' (attempts left), 'failed' (none left) or None (fenced)."""
+                            error_kind: str, delay_seconds: float, spend_attempt: bool = True) -> str | None:
+        """'queued' (attempts left, or the attempt given back), 'failed' (none left) or None (fenced)."""
         result = await self._scalar(
-            _REQUEUE_LATER, (execution_id, worker_id, attempt, error, error_kind, delay_seconds))
+            _REQUEUE_LATER, (execution_id, worker_id, attempt, error, error_kind, delay_seconds, spend_attempt))
         return None if result is None else str(result)
+
+    async def report_chat_circuit(self, worker_id: str, is_open: bool, reason: str | None) -> None:
+        await self._scalar(_REPORT_CIRCUIT, (worker_id, is_open, reason))
 
     async def release(self, worker_id: str, ids: Sequence[uuid.UUID]) -> int:
         if not ids:

@@ -168,8 +168,13 @@ class WorkerQueue(Protocol):
         ...
 
     async def requeue_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
-                            error_kind: str, delay_seconds: float) -> str | None:
-        """'queued' (attempts left), 'failed' (none left) or None (fenced)."""
+                            error_kind: str, delay_seconds: float, spend_attempt: bool = True) -> str | None:
+        """'queued' (attempts left, or `spend_attempt` False: the attempt is given back),
+        'failed' (none left) or None (fenced)."""
+        ...
+
+    async def report_chat_circuit(self, worker_id: str, is_open: bool, reason: str | None) -> None:
+        """The worker's circuit breaker on the chat function opened or closed (queue stats)."""
         ...
 
     async def release(self, worker_id: str, ids: Sequence[uuid.UUID]) -> int: ...

@@ -16,6 +16,9 @@ from collections.abc import Callable
 
 # HTTP statuses of the chat function that a retry may cure.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Statuses a gateway in front of the chat function answers while the function
+# is down; from the function itself they carry its JSON error body.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 # Statuses that will answer the same way however often we ask.
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 413, 422})
 
@@ -27,6 +30,8 @@ class ErrorKind(enum.StrEnum):
     PERMANENT = "permanent"
     TIMEOUT = "timeout"
     EMPTY_REPLY = "empty_reply"
+    # the chat function (or the network to it) did not answer: no attempt spent
+    UNREACHABLE = "unreachable"
 
 
 def backoff_ceiling_s(attempt: int, base_s: float, cap_s: float) -> float:

@@ -53,6 +53,7 @@ import psycopg
 import psycopg_pool
 
 from worker import templates
+from worker.breaker import CircuitBreaker
 from worker.chat_client import (
     ActAs,
     ChatClient,
@@ -154,6 +155,8 @@ class Worker:
             connect_timeout_s=settings.http_connect_timeout_s,
         )
         self.inflight: dict[uuid.UUID, InFlight] = {}
+        # stops claiming while the chat function is unreachable (worker.breaker)
+        self.breaker = CircuitBreaker()
         self._claim_wake = asyncio.Event()
         self._plan_wake = asyncio.Event()
         self._idle = asyncio.Event()  # set when nothing is in flight
@@ -165,6 +168,7 @@ class Worker:
         self._plan_failures: dict[uuid.UUID, int] = {}  # task id -> schedule_version that failed
         self._plan_pool = PlanPool(settings.plan_time_budget_s)
         self._dead_worker_followup: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._signals = 0
         self.stats = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "timed_out": 0,
                       "needs_input": 0, "abandoned": 0, "released": 0}
@@ -461,9 +465,13 @@ class Worker:
             if self._backlog and free < max(2, s.worker_concurrency // 8):
                 await asyncio.sleep(self.claim_coalesce_s)
                 free = s.worker_concurrency - len(self.inflight)
+            free = self.breaker.claim_limit(free)
+            if free <= 0:
+                continue  # the chat function is unreachable: claim again when the breaker lets a probe by
 
             async def claim(free: int = free) -> None:
                 claimed = await self.queue.claim(self.worker_id, free, s.lease_seconds, s.per_user_limit)
+                self.breaker.probe_claimed(len(claimed))
                 self._backlog = len(claimed) >= free
                 for execution in claimed:
                     self._spawn(execution)
@@ -598,6 +606,12 @@ class Worker:
                                error_kind=ErrorKind.TIMEOUT)
             return
 
+        if isinstance(result, ChatTransient) and result.unreachable:
+            self._chat_unreachable(result.error)
+            # not the run's fault: the attempt is given back, the run waits out the breaker
+            await self._retry(entry, result.error, result.kind, self.breaker.reopen_in_s(), spend_attempt=False)
+            return
+        self._chat_answered()
         if isinstance(result, ChatOk):
             await self._finish(entry, ExecutionStatus.SUCCEEDED, output=result.content[:OUTPUT_MAX_CHARS],
                                assistant_message_id=result.message_id, usage=result.usage)
@@ -626,13 +640,38 @@ class Worker:
                   duration_ms=self._duration_ms(entry), error_kind=error_kind.value if error_kind else None,
                   error=error, **entry.log_fields)
 
-    async def _retry(self, entry: InFlight, error: str, kind: ErrorKind, retry_after_s: float | None) -> None:
+    def _chat_unreachable(self, error: str) -> None:
+        if self.breaker.record_unreachable(error):
+            log_event(logger, "chat circuit open", level=logging.WARNING, state=self.breaker.state,
+                      claims_again_in_s=round(self.breaker.reopen_in_s(), 3), error=error)
+            self._report_circuit(True, error)
+
+    def _chat_answered(self) -> None:
+        if self.breaker.record_answer():
+            log_event(logger, "chat circuit closed", state=self.breaker.state)
+            self._report_circuit(False, None)
+            self._claim_wake.set()
+
+    def _report_circuit(self, is_open: bool, reason: str | None) -> None:
+        """Tell scheduler.workers (queue stats), in the background: the runs do not wait on it."""
+        async def report() -> None:
+            await self._survive("circuit", lambda: self.queue.report_chat_circuit(self.worker_id, is_open, reason))
+
+        task = asyncio.create_task(report(), name="report-circuit")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retry(self, entry: InFlight, error: str, kind: ErrorKind, retry_after_s: float | None,
+                     *, spend_attempt: bool = True) -> None:
         ex = entry.execution
         s = self.settings
-        delay = backoff_delay_s(ex.attempt, s.retry_base_s, s.retry_cap_s, retry_after_s, min_s=s.retry_min_s)
+        # spend_attempt=False (the function was unreachable): the attempt number is not raised, so
+        # the backoff stays at the first step; never shorter than the breaker's cooldown
+        delay = backoff_delay_s(ex.attempt if spend_attempt else 1, s.retry_base_s, s.retry_cap_s,
+                                retry_after_s, min_s=s.retry_min_s)
         entry.finishing = True
         outcome = await self._persist("requeue_later", lambda: self.queue.requeue_later(
-            ex.id, self.worker_id, ex.attempt, error, kind.value, delay), entry.log_fields)
+            ex.id, self.worker_id, ex.attempt, error, kind.value, delay, spend_attempt), entry.log_fields)
         if outcome == ExecutionStatus.QUEUED:
             self.stats["retried"] += 1
         elif outcome == ExecutionStatus.FAILED:

@@ -110,6 +110,7 @@ class InMemoryQueue:
         self.start_batches: list[int] = []
         self.releases: list[list[uuid.UUID]] = []
         self.requeues: list[tuple[uuid.UUID, str, float]] = []
+        self.circuit_reports: list[tuple[bool, str | None]] = []
         self.heartbeats = 0
         self.finish_gate: asyncio.Event | None = None
         # fail_writes["finish"] = n: the next n finish calls (likewise start, requeue_later,
@@ -296,19 +297,24 @@ class InMemoryQueue:
         return applied
 
     async def requeue_later(self, execution_id: uuid.UUID, worker_id: str, attempt: int, error: str,
-                            error_kind: str, delay_seconds: float) -> str | None:
+                            error_kind: str, delay_seconds: float, spend_attempt: bool = True) -> str | None:
         self._blip("requeue_later")
         e = self._fenced(execution_id, worker_id, attempt)
         if e is None:
             return None
         self.requeues.append((execution_id, error_kind, delay_seconds))
         e.error, e.error_kind, e.worker_id = error, error_kind, None
-        if e.attempt < e.max_attempts:
+        if not spend_attempt:
+            e.attempt -= 1
+        if e.attempt < e.max_attempts or not spend_attempt:
             e.status = ExecutionStatus.QUEUED
             e.run_after = datetime.now(UTC) + timedelta(seconds=delay_seconds)
         else:
             e.status = ExecutionStatus.FAILED
         return str(e.status)
+
+    async def report_chat_circuit(self, worker_id: str, is_open: bool, reason: str | None) -> None:
+        self.circuit_reports.append((is_open, reason))
 
     async def release(self, worker_id: str, ids: Sequence[uuid.UUID]) -> int:
         self._blip("release")

@@ -191,7 +191,7 @@ create table public.agent_task_executions (
   error_detail text,
   error_kind text check (error_kind in ('transient', 'permanent', 'timeout', 'cancelled',
                                         'lease_expired', 'worker_lost', 'overlap', 'misfire', 'empty_reply',
-                                        'shutdown')),
+                                        'shutdown', 'unreachable')),
   usage jsonb,
   retry_of uuid references public.agent_task_executions (id) on delete set null,
   cancel_requested_at timestamptz,

@@ -24,7 +24,11 @@ create table scheduler.workers (
   backend_pid integer,
   backend_start timestamptz,
   -- when a rescuer first saw the attached session gone (null: alive or never attached)
-  session_lost_at timestamptz
+  session_lost_at timestamptz,
+  -- the worker's circuit breaker on the chat function: open since (null:
+  -- closed, the worker claims), and why (scheduler.report_chat_circuit)
+  chat_circuit_open_since timestamptz,
+  chat_circuit_reason text check (length(chat_circuit_reason) <= 500)
 );
 alter table scheduler.workers enable row level security;
 comment on table scheduler.workers is 'Workers that heartbeat; rows older than a few leases are removed by the rescuer.';
@@ -608,6 +612,10 @@ $$;
 -- failed. Fenced like finish. Returns the new status, or NULL when the fence
 -- dropped the write. (A new row for a finished execution is
 -- scheduler.retry_execution, in scheduling.)
+-- p_spend_attempt = false: the run never reached the chat function (it was
+-- unreachable: an infrastructure outage, not the run's fault), so the attempt
+-- is given back and the run is always requeued; the worker's circuit breaker
+-- and run_after keep such runs from spinning.
 create or replace function scheduler.requeue_later(
   p_execution_id uuid,
   p_worker_id text,
@@ -615,7 +623,8 @@ create or replace function scheduler.requeue_later(
   p_error text,
   p_error_kind text default 'transient',
   p_delay_seconds double precision default null,
-  p_now timestamptz default null
+  p_now timestamptz default null,
+  p_spend_attempt boolean default true
 ) returns text
 language plpgsql
 security definer
@@ -632,9 +641,10 @@ begin
   if not found then
     return null;
   end if;
-  if v_exec.attempt < v_exec.max_attempts then
+  if v_exec.attempt < v_exec.max_attempts or not p_spend_attempt then
     update public.agent_task_executions e set
       status = 'queued',
+      attempt = case when p_spend_attempt then e.attempt else e.attempt - 1 end,
       run_after = v_now + make_interval(secs => coalesce(p_delay_seconds,
                                                          least(600, 5 * power(2, v_exec.attempt - 1)))),
       worker_id = null,
@@ -912,6 +922,21 @@ begin
 end
 $$;
 
+-- report_chat_circuit: a worker tells that its circuit breaker on the chat
+-- function opened (it stops claiming: the function or the network is
+-- unreachable) or closed again; shown by `agent-tasks queue stats`.
+create or replace function scheduler.report_chat_circuit(p_worker_id text, p_open boolean, p_reason text)
+returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  update scheduler.workers w set
+    chat_circuit_open_since = case when p_open then coalesce(w.chat_circuit_open_since, now()) end,
+    chat_circuit_reason = case when p_open then left(p_reason, 500) end
+  where w.id = p_worker_id
+$$;
+
 -- Queue figures for operators and the CLI.
 create or replace function scheduler.queue_stats()
 returns table (status text, count bigint, oldest timestamptz, next_run_after timestamptz)
@@ -935,7 +960,8 @@ grant execute on function
   scheduler.start_executions(text, jsonb, timestamptz),
   scheduler.finish_execution(uuid, text, integer, text, text, text, text, uuid, jsonb, timestamptz),
   scheduler.finish_executions(text, jsonb, timestamptz),
-  scheduler.requeue_later(uuid, text, integer, text, text, double precision, timestamptz),
+  scheduler.requeue_later(uuid, text, integer, text, text, double precision, timestamptz, boolean),
+  scheduler.report_chat_circuit(text, boolean, text),
   scheduler.release_executions(text, uuid[], timestamptz),
   scheduler.rescue_expired(timestamptz),
   scheduler.attach_worker_session(text),

@@ -116,3 +116,16 @@ async def test_contract__release_gives_the_attempt_back(make: Make, db_url: str)
         assert await queue.release("w1", [a.id, b.id]) == 2
         reclaimed = await queue.claim("w1", 2, 30, None)
         assert sorted(c.attempt for c in reclaimed) == [1, 1]
+
+
+@QUEUES
+async def test_contract__requeue_without_spending_gives_the_last_attempt_back(make: Make, db_url: str) -> None:
+    # the chat function was unreachable: not the run's fault, even on its last attempt
+    async with make(db_url) as (queue, add):
+        (last,) = await add(1, True)
+        (claimed,) = await queue.claim("w1", 1, 30, None)
+        assert await queue.requeue_later(last, "w1", 1, "unreachable", "unreachable", 0,
+                                         spend_attempt=False) == "queued"
+        (again,) = await queue.claim("w1", 1, 30, None)
+        assert again.id == last and again.attempt == 1, "the same attempt number again"
+        assert await queue.requeue_later(last, "w1", 1, "HTTP 503", "transient", 0) == "failed"

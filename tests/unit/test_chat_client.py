@@ -142,6 +142,7 @@ async def test_reply__connection_refused_is_transient() -> None:
     finally:
         await client.aclose()
     assert isinstance(r, ChatTransient) and not r.timed_out and "unreachable" in r.error
+    assert r.unreachable and r.kind is ErrorKind.UNREACHABLE
 
 
 async def test_reply__server_closing_the_connection_is_transient(server: Server) -> None:
@@ -157,3 +158,4 @@ async def test_reply__server_closing_the_connection_is_transient(server: Server)
     finally:
         await client.aclose()
     assert isinstance(r, ChatTransient) and not r.timed_out and "unreachable" in r.error
+    assert r.unreachable

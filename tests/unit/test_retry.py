@@ -151,3 +151,17 @@ def test_classify__retry_after_header() -> None:
 def test_classify__non_json_error_body() -> None:
     r = classify_response(502, b"Bad Gateway")
     assert isinstance(r, ChatTransient) and "Bad Gateway" in r.error
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_classify__gateway_status_without_the_functions_body_is_unreachable(status: int) -> None:
+    r = classify_response(status, b"<html>upstream connect error</html>")
+    assert isinstance(r, ChatTransient) and r.unreachable and r.kind is ErrorKind.UNREACHABLE
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_classify__the_functions_own_5xx_is_a_failure_of_the_run_not_an_outage(status: int) -> None:
+    r = classify_response(status, err_body("model_unavailable", True))
+    assert isinstance(r, ChatTransient) and not r.unreachable and r.kind is ErrorKind.TRANSIENT
+    r = classify_response(500, b"Internal Server Error")
+    assert isinstance(r, ChatTransient) and not r.unreachable

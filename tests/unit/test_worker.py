@@ -365,3 +365,40 @@ async def test_finish_batcher__an_error_reaches_every_caller_of_the_batch() -> N
     for task in (first, second):
         with pytest.raises(ConnectionError, match="database gone"):
             await task
+
+
+# --- the chat function unreachable ----------------------------------------------------------
+
+
+async def test_outage__unreachable_function_spends_no_attempt_and_opens_the_breaker() -> None:
+    queue = InMemoryQueue()
+    ids = queue.add(4, max_attempts=1)  # one attempt each: any attempt spent would fail them
+
+    class Outage(GatedChat):
+        def __init__(self) -> None:
+            super().__init__(open_all=True)
+            self.down = True
+
+        async def reply(self, act_as: ActAs, timeout_s: float) -> ChatResult:
+            if self.down:
+                self.calls.append(act_as.execution_id)
+                return ChatTransient(error="chat function unreachable: refused", kind=ErrorKind.UNREACHABLE,
+                                     unreachable=True)
+            return await super().reply(act_as, timeout_s)
+
+    chat = Outage()
+    worker = Worker(settings(retry_min_s=0.0, retry_base_s=0.0), chat=chat, queue=queue)
+    worker.breaker.cooldown_min_s = worker.breaker._cooldown_s = 0.2
+    async with running(worker):
+        await until(lambda: queue.circuit_reports[:1] == [(True, "chat function unreachable: refused")],
+                    "the breaker to open and be reported")
+        calls_when_open = len(chat.calls)
+        await asyncio.sleep(0.1)
+        assert len(chat.calls) == calls_when_open, "no claim while the breaker is open"
+        assert all(s == "queued" for s in statuses(queue, ids)), statuses(queue, ids)
+        assert all(queue.executions[i].attempt == 0 for i in ids), "no attempt spent"
+        assert {kind for _, kind, _ in queue.requeues} == {"unreachable"}
+        chat.down = False
+        await until(lambda: all(s == "succeeded" for s in statuses(queue, ids)), "all four to succeed")
+    assert queue.circuit_reports[-1] == (False, None)
+    assert worker.stats["failed"] == 0

@@ -143,7 +143,7 @@ select has_function('scheduler', 'finish_execution',
   array['uuid', 'text', 'integer', 'text', 'text', 'text', 'text', 'uuid', 'jsonb', 'timestamp with time zone'],
   'scheduler.finish_execution exists');
 select has_function('scheduler', 'requeue_later',
-  array['uuid', 'text', 'integer', 'text', 'text', 'double precision', 'timestamp with time zone'],
+  array['uuid', 'text', 'integer', 'text', 'text', 'double precision', 'timestamp with time zone', 'boolean'],
   'scheduler.requeue_later exists');
 select has_function('scheduler', 'release_executions', array['text', 'uuid[]', 'timestamp with time zone'],
   'scheduler.release_executions exists');
