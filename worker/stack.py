@@ -313,6 +313,14 @@ def pg_running() -> bool:
     return PGDATA.exists() and _pg_ctl("status").returncode == 0
 
 
+def restart_postgres() -> None:
+    """`pg_ctl restart -m fast` of this checkout's cluster (the chaos suite's database blip):
+    every session is cut, the cluster is back on the same port when this returns."""
+    res = _pg_ctl("restart", "-m", "fast", "-w", "-t", "60", "-l", str(PG_LOG))
+    if res.returncode != 0:
+        raise RuntimeError(f"pg_ctl restart failed: {res.stderr.strip() or res.stdout.strip()}")
+
+
 def _init_cluster(state: State) -> None:
     if PG_DIR.is_relative_to(SYSTEM_STATE_DIR):
         SYSTEM_STATE_DIR.mkdir(mode=0o755, exist_ok=True)

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import collections
 import json
+import random
 import re
 import time
 import uuid
@@ -54,6 +55,10 @@ class Config:
     latency_ms: int = 0
     fail_status: int | None = None
     reply: str | None = None
+    # this share of completions fails with 503 (a provider's transient failures), drawn from a
+    # generator seeded with fail_seed, so a run of a test is repeatable
+    fail_rate: float = 0.0
+    fail_seed: int = 0
 
 
 @dataclass
@@ -62,6 +67,7 @@ class State:
     requests: collections.deque[Any] = field(default_factory=lambda: collections.deque(maxlen=MAX_RECORDED))
     # [[fail_times:N:STATUS]]: failures served so far, per exact message text
     failures: dict[str, int] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
 
     def reset(self) -> None:
         self.config = Config()
@@ -398,6 +404,10 @@ class FakeServer:
                 config.fail_status = None if settings["fail_status"] is None else int(settings["fail_status"])
             if "reply" in settings:
                 config.reply = None if settings["reply"] is None else str(settings["reply"])
+            if "fail_rate" in settings:
+                config.fail_rate = min(1.0, max(0.0, float(settings["fail_rate"] or 0)))
+                config.fail_seed = int(settings.get("fail_seed") or 0)
+                self.state.rng = random.Random(config.fail_seed)
         except (ValueError, TypeError) as exc:
             await send_json(writer, 400, {"error": {"message": str(exc)}}, req.keep_alive)
             return True
@@ -436,6 +446,10 @@ class FakeServer:
             if served < int(fail_times.group(1)):
                 self.state.failures[user_text] = served + 1
                 status = int(fail_times.group(2))
+        if status is None and config.fail_rate and self.state.rng.random() < config.fail_rate:
+            status = 503
+        # the request log tells a failed call from one that answered (model calls per run)
+        body["_fake_status"] = status or 200
         if status is not None:
             extra = {"retry-after": "1"} if status == 429 else None
             await send_json(writer, status, openai_error(status, f"fake failure (HTTP {status})"),

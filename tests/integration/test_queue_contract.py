@@ -124,6 +124,7 @@ async def test_contract__requeue_without_spending_gives_the_last_attempt_back(ma
     async with make(db_url) as (queue, add):
         (last,) = await add(1, True)
         (claimed,) = await queue.claim("w1", 1, 30, None)
+        assert claimed.id == last and claimed.attempt == 1
         assert await queue.requeue_later(last, "w1", 1, "unreachable", "unreachable", 0,
                                          spend_attempt=False) == "queued"
         (again,) = await queue.claim("w1", 1, 30, None)

@@ -15,6 +15,7 @@ import {
 import { addUsage, type ModelClient, type PromptMessage, type ToolCall, type Usage } from "../_shared/openai.ts";
 import { checkActAsContext } from "./auth.ts";
 import { isFinished } from "./execution_status.ts";
+import { retryThroughBlips } from "./db_retry.ts";
 import type { ActAsRequest, UserTurnRequest } from "./request.ts";
 import {
   REPORT_TASK_STATUS,
@@ -229,15 +230,18 @@ async function finish(
   if (reply.unavailable?.length) metadata.integrations_unavailable = reply.unavailable as unknown as Json;
   // Postgres text cannot hold NUL characters; a model (or a tool result) may produce them
   const content = withoutNul(reply.content);
-  const stored = await persistReply(deps.sql, {
-    claims: who.claims,
-    userId: who.userId,
-    conversationId: who.conversationId,
-    content,
-    toolCalls: reply.toolCalls.length > 0 ? withoutNul(reply.toolCalls) as unknown as Json : null,
-    metadata: withoutNul(metadata),
-    executionId,
-  });
+  const store = () =>
+    persistReply(deps.sql, {
+      claims: who.claims,
+      userId: who.userId,
+      conversationId: who.conversationId,
+      content,
+      toolCalls: reply.toolCalls.length > 0 ? withoutNul(reply.toolCalls) as unknown as Json : null,
+      metadata: withoutNul(metadata),
+      executionId,
+    });
+  // a scheduled reply is idempotent per execution: stored through a database blip, not lost
+  const stored = executionId === null ? await store() : await retryThroughBlips(store);
   if (!stored) throw executionFinished("finished");
   // a concurrent attempt of the same execution stored its reply first: report that one
   const replayed = stored.content !== content;
