@@ -33,6 +33,10 @@ export function createPool(url: string, max: number): Sql {
     max,
     idle_timeout: 60,
     connect_timeout: 10,
+    // reconnect pause after a lost connection, in seconds. postgres.js's default grows with
+    // every failed connection of the pool (3^n / 100, up to 20 s): after a Postgres restart
+    // the function then stayed without a database for ~15 s, holding scheduled runs
+    backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
     // the function reads only built-in types: skip the type lookup per connection
     fetch_types: false,
     onnotice: () => {},
