@@ -51,7 +51,7 @@ _RESCUE_EXPIRED: Final = "select scheduler.rescue_expired()"
 _RESCUE_DEAD_WORKERS: Final = "select rescued, pending_workers from scheduler.rescue_dead_workers(%s)"
 _ATTACH_SESSION: Final = "select scheduler.attach_worker_session(%s)"
 _TASKS_TO_PLAN: Final = "select * from scheduler.tasks_to_plan(%s)"
-_APPLY_PLAN: Final = "select scheduler.apply_plan(%s, %s, %s, %s, %s::timestamptz[], %s::timestamptz[])"
+_APPLY_PLAN: Final = "select scheduler.apply_plan(%s, %s, %s, %s, %s::timestamptz[], %s)"
 _FAIL_PLAN: Final = "select scheduler.fail_plan(%s, %s, %s)"
 _CLAIM: Final = "select * from scheduler.claim_executions(%s, %s, %s, %s)"
 _HEARTBEAT: Final = "select id, status from scheduler.heartbeat(%s, %s::uuid[], %s, %s)"
@@ -175,9 +175,9 @@ class PostgresQueue:
         return await self._rows(_TASKS_TO_PLAN, (limit,))
 
     async def apply_plan(self, task_id: uuid.UUID, schedule_version: int, next_run_at: datetime | None,
-                         complete: bool, skipped: Sequence[datetime], run: Sequence[datetime]) -> bool:
+                         complete: bool, due: Sequence[datetime], more: bool) -> bool:
         return bool(await self._scalar(
-            _APPLY_PLAN, (task_id, schedule_version, next_run_at, complete, list(skipped), list(run))))
+            _APPLY_PLAN, (task_id, schedule_version, next_run_at, complete, list(due), more)))
 
     async def fail_plan(self, task_id: uuid.UUID, schedule_version: int, error: str) -> bool:
         """Mark a cron task the planner cannot compute as `error` (guarded on schedule_version)."""

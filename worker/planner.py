@@ -19,7 +19,9 @@ Plans are made from the last planned occurrence (`last_scheduled_for`), or
 from max(plan_from, starts_at) when that is later (a new, edited or resumed
 schedule: the database sets plan_from to now()), never from the planner's "now",
 so a late planner pass does not shift the schedule: it finds the occurrences
-it missed and applies the task's misfire_policy to them.
+it missed and hands them all to scheduler.apply_plan, where the task's
+misfire_policy decides which run (scheduler.misfire_plan, the one home of that
+rule for every kind of schedule). The planner only computes occurrences.
 """
 
 from __future__ import annotations
@@ -32,12 +34,9 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
-# At most this many missed occurrences are recorded as skipped per planner pass;
+# At most this many due occurrences are handed to apply_plan per planner pass;
 # a task with more is planned again at once, continuing where the pass stopped.
-MAX_SKIPPED_PER_PASS = 1000
-# misfire_policy = run_all runs at most this many missed occurrences (the most
-# recent ones); older ones are recorded as skipped.
-RUN_ALL_CAP = 100
+MAX_DUE_PER_PASS = 1100
 # Guard against pathological expressions: candidates examined per call.
 MAX_CANDIDATES = 200_000
 
@@ -147,27 +146,23 @@ class TaskSchedule:
 class Plan:
     """The arguments of scheduler.apply_plan() for one task.
 
-    `more` is True when the pass stopped at MAX_SKIPPED_PER_PASS: next_run_at is
-    None, complete False, and the task must be planned again (it stays in
-    tasks_to_plan with last_scheduled_for moved forward).
+    `due`: the occurrences at or before now not enqueued yet (ascending); which
+    of them run is the database's decision (misfire_policy). `more` is True
+    when the pass stopped at MAX_DUE_PER_PASS: next_run_at is None, complete
+    False, and the task must be planned again (it stays in tasks_to_plan with
+    last_scheduled_for moved forward).
     """
 
     next_run_at: datetime | None
     complete: bool = False
-    skipped: list[datetime] = field(default_factory=list)
-    run: list[datetime] = field(default_factory=list)
+    due: list[datetime] = field(default_factory=list)
     more: bool = False
 
 
 def plan(task: TaskSchedule | Mapping[str, Any], now: datetime) -> Plan:
-    """Plan a cron task at instant `now`.
-
-    Occurrences older than now - misfire_grace_seconds are missed:
-    run_once runs the latest missed one (next_run_at = it, so enqueue_due runs it
-    at once) and records the others as skipped; skip records them all as skipped
-    and waits for the first occurrence still on time; run_all runs the most
-    recent RUN_ALL_CAP of them (queued now) and records older ones as skipped.
-    ends_at (inclusive) and max_runs end the schedule (complete = True).
+    """Plan a cron task at instant `now`: its due occurrences (at or before now, not
+    enqueued yet) and the next one after now. ends_at (inclusive) and max_runs end the
+    schedule (complete = True); scheduler.apply_plan applies misfire_policy to `due`.
     """
     t = task if isinstance(task, TaskSchedule) else TaskSchedule.from_row(task)
     if t.max_runs is not None and t.run_count >= t.max_runs:
@@ -186,57 +181,13 @@ def plan(task: TaskSchedule | Mapping[str, Any], now: datetime) -> Plan:
     if t.ends_at is not None and after >= t.ends_at:
         return Plan(next_run_at=None, complete=True)
 
-    cutoff = now - timedelta(seconds=t.misfire_grace_seconds)
-    # enough missed ones to apply any policy in one pass; one more means overflow
-    collect_limit = MAX_SKIPPED_PER_PASS + RUN_ALL_CAP + 1
-    missed: list[datetime] = []
-    next_at: datetime | None = None
-    ended = False
-    overflow = False
-    gen = occurrences(t.cron_expression, t.timezone, after)
-    while True:
-        occ = next(gen, None)
-        if occ is None or (t.ends_at is not None and occ > t.ends_at):
-            ended = True
+    due: list[datetime] = []
+    for occ in occurrences(t.cron_expression, t.timezone, after):
+        if t.ends_at is not None and occ > t.ends_at:
             break
-        if occ < cutoff:
-            missed.append(occ)
-            if len(missed) > collect_limit:
-                overflow = True
-                break
-            continue
-        next_at = occ
-        break
-
-    policy = t.misfire_policy
-    too_many = (
-        overflow
-        or (policy == "skip" and len(missed) > MAX_SKIPPED_PER_PASS)
-        or (policy == "run_once" and len(missed) > MAX_SKIPPED_PER_PASS + 1)
-        or (policy == "run_all" and len(missed) > MAX_SKIPPED_PER_PASS + RUN_ALL_CAP)
-    )
-    if too_many:
-        return Plan(next_run_at=None, complete=False, skipped=missed[:MAX_SKIPPED_PER_PASS], more=True)
-
-    if not missed:
-        return Plan(next_run_at=None if ended else next_at, complete=ended)
-
-    if policy == "skip":
-        return Plan(next_run_at=None if ended else next_at, complete=ended, skipped=missed)
-
-    if policy == "run_all":
-        run = missed[-RUN_ALL_CAP:]
-        skipped = missed[:-RUN_ALL_CAP] if len(missed) > RUN_ALL_CAP else []
-        complete = ended
-        if t.max_runs is not None:
-            allowed = t.max_runs - t.run_count
-            if len(run) >= allowed:
-                run = run[:allowed]  # later occurrences are past the task's last run
-                complete = True
-        return Plan(next_run_at=None if complete else next_at, complete=complete,
-                    skipped=skipped, run=run)
-
-    # run_once (the default, and the reading of any unknown policy): the latest
-    # missed occurrence becomes next_run_at, which enqueue_due runs at once; the
-    # planner is woken again afterwards and finds the next one.
-    return Plan(next_run_at=missed[-1], complete=False, skipped=missed[:-1])
+        if occ > now:
+            return Plan(next_run_at=occ, due=due)
+        if len(due) == MAX_DUE_PER_PASS:
+            return Plan(next_run_at=None, due=due, more=True)
+        due.append(occ)
+    return Plan(next_run_at=None, complete=True, due=due)

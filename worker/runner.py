@@ -439,15 +439,15 @@ class Worker:
                 await self.queue.fail_plan(task_id, row["schedule_version"], result)
                 continue
             ok = await self.queue.apply_plan(task_id, row["schedule_version"], result.next_run_at,
-                                             result.complete, result.skipped, result.run)
+                                             result.complete, result.due, result.more)
             if ok:
                 applied += 1
                 again = again or result.more
-                if result.run:
+                if result.due:
                     self._claim_wake.set()
                 log_event(logger, "planned", level=logging.DEBUG, task_id=task_id,
                           next_run_at=result.next_run_at, complete=result.complete,
-                          skipped=len(result.skipped), run=len(result.run))
+                          due=len(result.due))
         if again:
             self._plan_wake.set()
         if applied:

@@ -190,7 +190,7 @@ class InMemoryQueue:
         return []
 
     async def apply_plan(self, task_id: uuid.UUID, schedule_version: int, next_run_at: datetime | None,
-                         complete: bool, skipped: Sequence[datetime], run: Sequence[datetime]) -> bool:
+                         complete: bool, due: Sequence[datetime], more: bool) -> bool:
         return False
 
     async def fail_plan(self, task_id: uuid.UUID, schedule_version: int, error: str) -> bool:

@@ -61,7 +61,7 @@ as $$
     case p_skip                                          -- error
       when 'overlap' then 'skipped: the previous run was still active (overlap_policy = skip)'
       when 'misfire' then 'skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = skip)'
-      when 'missed' then format('skipped: occurrence missed while no scheduler ran (misfire_policy = %s)',
+      when 'missed' then format('skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = %s)',
                                 p_task.misfire_policy)
     end,
     null,                                                -- error_detail (set from error by a trigger)
@@ -231,15 +231,63 @@ end
 $$;
 create trigger agent_tasks_before_write before insert or update on public.agent_tasks
   for each row execute function scheduler.agent_tasks_before_write();
--- enqueue_due: turn due occurrences of active tasks into executions.
--- Idempotent: (task_id, scheduled_for) is unique and inserts do nothing on
--- conflict, so pg_cron and any number of workers may call it at once. A due
--- occurrence is recorded as `skipped` when overlap_policy = 'skip' finds the
--- previous run still active, or when misfire_policy = 'skip' finds it later
--- than misfire_grace_seconds. The next occurrence is computed here for
--- interval and once schedules; cron tasks get next_run_at = NULL and the
--- worker's planner (croniter) fills it in, woken by NOTIFY agent_tasks_plan.
--- Returns the number of executions inserted.
+-- The misfire policy, once, for every kind of schedule (interval and once
+-- tasks from enqueue_due, cron tasks from apply_plan with the planner's
+-- occurrences). p_due: a task's occurrences at or before p_now that were not
+-- enqueued yet, ascending. An occurrence no older than misfire_grace_seconds
+-- (default 60) is on time: the scheduler was late by a blip (a stalled tick, a
+-- database restart) and it runs, however many there are. An older one was
+-- missed during real downtime: misfire_policy run_once runs the latest missed
+-- one (none when an on-time one runs in the same pass), skip runs none,
+-- run_all runs the latest 100; every missed one not run is recorded as a
+-- skipped execution (error_kind 'misfire'). p_more: later due occurrences
+-- follow in another pass, so none of these missed ones is "the latest".
+-- Returns the occurrences to run and those to record as skipped.
+create or replace function scheduler.misfire_plan(
+  p_policy text, p_grace_seconds integer, p_due timestamptz[], p_now timestamptz, p_more boolean default false,
+  out run timestamptz[], out skipped timestamptz[]
+)
+language sql
+immutable
+set search_path = ''
+as $$
+  with d as (
+    select o, o >= p_now - make_interval(secs => p_grace_seconds) as on_time
+    from unnest(p_due) o
+  ),
+  ranked as (
+    select d.o, d.on_time,
+           row_number() over (partition by d.on_time order by d.o desc) as from_latest,
+           bool_or(d.on_time) over () as any_on_time
+    from d
+  ),
+  decided as (
+    select r.o, r.on_time or (not p_more and case p_policy
+             when 'skip' then false
+             when 'run_all' then r.from_latest <= 100
+             else r.from_latest = 1 and not r.any_on_time  -- run_once
+           end) as runs
+    from ranked r
+  )
+  select coalesce(array_agg(x.o order by x.o) filter (where x.runs), '{}'),
+         coalesce(array_agg(x.o order by x.o) filter (where not x.runs), '{}')
+  from decided x
+$$;
+
+-- Enqueue every due occurrence of active tasks. Idempotent: the unique
+-- (task_id, scheduled_for) key turns a second enqueue into a no-op on
+-- conflict, so pg_cron and any number of workers may call it at once. The
+-- due occurrences of an interval task are its grid points from next_run_at up
+-- to p_now (the latest 1,100 after a long downtime), a once or cron task's is
+-- next_run_at; scheduler.misfire_plan decides which of them run. A cron task
+-- whose next_run_at was missed (older than its grace) is handed back to the
+-- planner (next_run_at = NULL, last_scheduled_for kept), which lists all its
+-- missed occurrences for apply_plan: the same policy, decided over all of
+-- them at once. A run is recorded as `skipped` (overlap) when overlap_policy
+-- = 'skip' finds a previous run still active. The next occurrence is
+-- computed here for interval and once schedules; cron tasks get next_run_at =
+-- NULL and the worker's planner (croniter) fills it in, woken by NOTIFY
+-- agent_tasks_plan. Returns the number of executions inserted.
 create or replace function scheduler.enqueue_due(p_now timestamptz default null, p_limit integer default 5000)
 returns integer
 language plpgsql
@@ -264,7 +312,14 @@ declare
 begin
   with due as (
     select t as task, t.id, t.next_run_at, t.overlap_policy, t.misfire_policy, t.misfire_grace_seconds,
-           t.schedule_type, t.interval_seconds, t.ends_at, t.max_runs, t.run_count
+           t.schedule_type, t.interval_seconds, t.ends_at, t.max_runs, t.run_count,
+           -- grid points at or before now (interval), else the one occurrence
+           case when t.schedule_type = 'interval'
+                then floor(extract(epoch from (v_now - t.next_run_at)) / t.interval_seconds)::integer + 1
+                else 1 end as steps,
+           -- a missed cron occurrence: the planner decides over all the missed ones
+           (t.schedule_type = 'cron'
+            and t.next_run_at < v_now - make_interval(secs => t.misfire_grace_seconds)) as to_planner
     from public.agent_tasks t
     where t.status = 'active' and t.next_run_at <= v_now
     order by t.next_run_at
@@ -272,66 +327,69 @@ begin
     for update skip locked
   ),
   decided as (
-    select d.*,
-      case
-        when d.misfire_policy = 'skip'
-             and d.next_run_at < v_now - make_interval(secs => d.misfire_grace_seconds) then 'misfire'
-        when d.overlap_policy = 'skip' and exists (
-               select 1 from public.agent_task_executions e
-               where e.task_id = d.id and e.status in ('queued', 'running')) then 'overlap'
-      end as skip_reason
+    select d.*, mp.run as run_occ, mp.skipped as missed_occ, g.last_due,
+           (d.overlap_policy = 'skip' and exists (
+              select 1 from public.agent_task_executions e
+              where e.task_id = d.id and e.status in ('queued', 'running'))) as overlapping
     from due d
+    cross join lateral (
+      select array_agg(o order by o) as due_occ, max(o) as last_due
+      from generate_series(greatest(0, d.steps - 1100), d.steps - 1) k
+      cross join lateral (select d.next_run_at
+                                 + make_interval(secs => coalesce(d.interval_seconds, 0)::double precision * k) as o) x
+      where d.ends_at is null or x.o <= d.ends_at or d.schedule_type <> 'interval'
+    ) g
+    cross join lateral scheduler.misfire_plan(d.misfire_policy, d.misfire_grace_seconds,
+                                              coalesce(g.due_occ, '{}'), v_now) mp
+    where not d.to_planner
   ),
   inserted as (
     insert into public.agent_task_executions as e
     select x.*
     from decided d
-    cross join lateral scheduler.new_execution(d.task, 'schedule', d.next_run_at, d.next_run_at, v_now,
-                                               d.skip_reason) x
+    cross join lateral (
+      select r.o, r.n from unnest(d.run_occ) with ordinality as r(o, n)
+      -- never more runs than max_runs allows (the earliest ones)
+      where d.max_runs is null or r.n <= d.max_runs - d.run_count
+    ) r
+    cross join lateral scheduler.new_execution(d.task, 'schedule', r.o, r.o, v_now,
+                                               case when d.overlapping then 'overlap' end) x
     on conflict (task_id, scheduled_for) do nothing
     returning e.task_id, e.status
-  ),
-  counted as (
-    select d.*, d.run_count + coalesce(q.n, 0) as new_run_count,
-           -- after downtime (misfire_policy run_once or skip): the due occurrence
-           -- is run (run_once) or skipped (skip), the later missed ones are
-           -- recorded as skipped below, and the task moves to the next occurrence
-           -- on the interval grid after now instead of catching up one per call
-           case when d.schedule_type = 'interval' and d.misfire_policy in ('run_once', 'skip')
-                then floor(extract(epoch from (v_now - d.next_run_at)) / d.interval_seconds)::integer + 1
-                else 1 end as interval_steps
-    from decided d
-    left join (select i.task_id, count(*)::integer as n from inserted i
-               where i.status = 'queued' group by i.task_id) q on q.task_id = d.id
   ),
   missed as (
     insert into public.agent_task_executions
     select x.*
-    -- at most 1000 records per catch-up: the task's history stays readable
-    from counted c
-    cross join lateral generate_series(1, least(c.interval_steps - 1, 1000)) as k
-    cross join lateral scheduler.new_execution(
-      c.task, 'schedule', c.next_run_at + make_interval(secs => c.interval_seconds::double precision * k),
-      v_now, v_now, 'missed') x
-    where c.interval_steps > 1
+    from decided d
+    cross join lateral unnest(d.missed_occ) as o
+    cross join lateral scheduler.new_execution(d.task, 'schedule', o, v_now, v_now, 'missed') x
     on conflict (task_id, scheduled_for) do nothing
   ),
+  counted as (
+    select d.*, d.run_count + coalesce(q.n, 0) as new_run_count
+    from decided d
+    left join (select i.task_id, count(*)::integer as n from inserted i
+               where i.status = 'queued' group by i.task_id) q on q.task_id = d.id
+  ),
   planned as (
-    select c.id, c.next_run_at as occurrence, c.new_run_count, c.schedule_type,
+    select c.id, coalesce(c.last_due, c.next_run_at) as occurrence, c.new_run_count, c.schedule_type,
       case
         when c.max_runs is not null and c.new_run_count >= c.max_runs then null
+        -- the interval grid continues after now, never from "now" itself
         when c.schedule_type = 'interval'
              and (c.ends_at is null
-                  or c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps) <= c.ends_at)
-          then c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.interval_steps)
+                  or c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.steps) <= c.ends_at)
+          then c.next_run_at + make_interval(secs => c.interval_seconds::double precision * c.steps)
         else null  -- once: done; cron: the planner
       end as next_run_at,
       (c.max_runs is not null and c.new_run_count >= c.max_runs) as exhausted
     from counted c
+    union all
+    select d.id, null, d.run_count, d.schedule_type, null, false from due d where d.to_planner
   ),
   advanced as (
     update public.agent_tasks t set
-      last_scheduled_for = p.occurrence,
+      last_scheduled_for = coalesce(p.occurrence, t.last_scheduled_for),
       run_count = p.new_run_count,
       next_run_at = p.next_run_at,
       status = case when p.next_run_at is null and (p.schedule_type <> 'cron' or p.exhausted)
@@ -421,18 +479,20 @@ as $$
   limit p_limit
 $$;
 
--- Apply the planner's result for one task: the next occurrence (NULL with
--- p_complete = true ends the schedule), missed occurrences to record as
--- skipped and missed occurrences to run (misfire_policy). Guarded on
--- schedule_version so a plan made from an older copy of the task is dropped.
--- Returns false when the guard dropped it.
+-- Apply the planner's result for one cron task: p_due, its occurrences at or
+-- before p_now not yet enqueued (ascending; p_more when more follow in the
+-- next pass), and the next occurrence after now (NULL with p_complete = true
+-- ends the schedule). Which due ones run and which are recorded as skipped is
+-- scheduler.misfire_plan's decision, as for interval tasks in enqueue_due.
+-- Guarded on schedule_version so a plan made from an older copy of the task
+-- is dropped. Returns false when the guard dropped it.
 create or replace function scheduler.apply_plan(
   p_task_id uuid,
   p_schedule_version integer,
   p_next_run_at timestamptz,
   p_complete boolean default false,
-  p_skipped timestamptz[] default '{}',
-  p_run timestamptz[] default '{}',
+  p_due timestamptz[] default '{}',
+  p_more boolean default false,
   p_now timestamptz default null
 ) returns boolean
 language plpgsql
@@ -442,7 +502,10 @@ as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_task public.agent_tasks;
+  v_plan record;
+  v_run timestamptz[];
   v_queued integer := 0;
+  v_complete boolean := p_complete;
 begin
   select * into v_task from public.agent_tasks
   where id = p_task_id and schedule_version = p_schedule_version
@@ -452,18 +515,27 @@ begin
     return false;
   end if;
 
-  if cardinality(p_skipped) > 0 then
+  select * into v_plan from scheduler.misfire_plan(v_task.misfire_policy, v_task.misfire_grace_seconds,
+                                                   p_due, v_now, p_more);
+  v_run := v_plan.run;
+  if v_task.max_runs is not null and cardinality(v_run) >= v_task.max_runs - v_task.run_count then
+    -- later occurrences are past the task's last run
+    v_run := v_run[1:greatest(0, v_task.max_runs - v_task.run_count)];
+    v_complete := true;
+  end if;
+
+  if cardinality(v_plan.skipped) > 0 then
     insert into public.agent_task_executions
-    select x.* from unnest(p_skipped) s
+    select x.* from unnest(v_plan.skipped) s
     cross join lateral scheduler.new_execution(v_task, 'schedule', s, v_now, v_now, 'missed') x
     on conflict (task_id, scheduled_for) do nothing;
   end if;
 
-  if cardinality(p_run) > 0 then
+  if cardinality(v_run) > 0 then
     with ins as (
       insert into public.agent_task_executions
-      select x.* from unnest(p_run) s
-      cross join lateral scheduler.new_execution(v_task, 'schedule', s, v_now, v_now) x
+      select x.* from unnest(v_run) s
+      cross join lateral scheduler.new_execution(v_task, 'schedule', s, s, v_now) x
       on conflict (task_id, scheduled_for) do nothing
       returning 1
     )
@@ -471,11 +543,10 @@ begin
   end if;
 
   update public.agent_tasks set
-    next_run_at = case when p_complete then null else p_next_run_at end,
-    status = case when p_complete then 'completed' else status end,
+    next_run_at = case when v_complete or p_more then null else p_next_run_at end,
+    status = case when v_complete then 'completed' else status end,
     run_count = run_count + v_queued,
-    last_scheduled_for = greatest(last_scheduled_for,
-                                  (select max(x) from unnest(p_skipped || p_run) x))
+    last_scheduled_for = greatest(last_scheduled_for, (select max(x) from unnest(p_due) x))
   where id = p_task_id;
   return true;
 end
@@ -561,7 +632,8 @@ $$;
 grant execute on function
   scheduler.enqueue_due(timestamptz, integer),
   scheduler.tasks_to_plan(integer),
-  scheduler.apply_plan(uuid, integer, timestamptz, boolean, timestamptz[], timestamptz[], timestamptz),
+  scheduler.apply_plan(uuid, integer, timestamptz, boolean, timestamptz[], boolean, timestamptz),
+  scheduler.misfire_plan(text, integer, timestamptz[], timestamptz, boolean),
   scheduler.fail_plan(uuid, integer, text),
   scheduler.enqueue_now(uuid, text, timestamptz, uuid, uuid),
   scheduler.retry_execution(uuid, timestamptz)

@@ -9,8 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from worker.planner import (
-    MAX_SKIPPED_PER_PASS,
-    RUN_ALL_CAP,
+    MAX_DUE_PER_PASS,
     NoNextOccurrence,
     TaskSchedule,
     next_occurrence,
@@ -165,10 +164,10 @@ def test_plan__new_task_with_future_start_plans_from_start_inclusive() -> None:
 
 
 def test_plan__from_the_last_occurrence_not_from_now() -> None:
-    # the planner ran 30 s late: the occurrence at 12:00 is still on time
+    # the planner ran 30 s late: the occurrence at 12:00 is due (on time: the database runs it)
     p = plan(task(last_scheduled_for=datetime(2026, 6, 10, 11, 0, tzinfo=UTC)), NOW)
-    assert p.next_run_at == datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
-    assert p.skipped == [] and p.run == [] and not p.complete
+    assert p.due == [datetime(2026, 6, 10, 12, 0, tzinfo=UTC)]
+    assert p.next_run_at == datetime(2026, 6, 10, 13, 0, tzinfo=UTC) and not p.complete
 
 
 def test_plan__accepts_a_row_mapping() -> None:
@@ -188,56 +187,26 @@ def hours(*hs: int) -> list[datetime]:
     return [datetime(2026, 6, 10, h, tzinfo=UTC) for h in hs]
 
 
-def test_plan__misfire_run_once_runs_the_latest_and_skips_the_rest() -> None:
-    p = plan(_missed_task("run_once"), NOW)
-    assert p.next_run_at == hours(12)[0]
-    assert p.skipped == hours(8, 9, 10, 11)
-    assert p.run == [] and not p.complete
+def test_plan__lists_every_due_occurrence_whatever_the_policy() -> None:
+    # which of them run is misfire_policy's decision, in the database (scheduler.misfire_plan)
+    for policy in ("run_once", "skip", "run_all"):
+        p = plan(_missed_task(policy), NOW)
+        assert p.due == hours(8, 9, 10, 11, 12)
+        assert p.next_run_at == hours(13)[0] and not p.more and not p.complete
 
 
-def test_plan__misfire_skip_skips_all_and_waits_for_the_future() -> None:
-    p = plan(_missed_task("skip"), NOW)
-    assert p.skipped == hours(8, 9, 10, 11, 12)
-    assert p.next_run_at == hours(13)[0]
-    assert p.run == []
-
-
-def test_plan__misfire_run_all_runs_every_missed_one() -> None:
-    p = plan(_missed_task("run_all"), NOW)
-    assert p.run == hours(8, 9, 10, 11, 12)
-    assert p.skipped == []
-    assert p.next_run_at == hours(13)[0]
-
-
-def test_plan__within_grace_is_not_missed() -> None:
-    p = plan(task(last_scheduled_for=hours(11)[0], misfire_policy="skip", misfire_grace_seconds=60), NOW)
-    assert p.next_run_at == hours(12)[0] and p.skipped == []
-
-
-def test_plan__run_all_caps_runs_and_skips_older() -> None:
-    t = task(cron_expression="* * * * *", misfire_policy="run_all", misfire_grace_seconds=0,
-             last_scheduled_for=NOW - timedelta(minutes=300, seconds=30))
-    p = plan(t, NOW)
-    assert len(p.run) == RUN_ALL_CAP
-    assert len(p.skipped) == 300 - RUN_ALL_CAP
-    assert max(p.skipped) < min(p.run)  # the most recent ones run
-    assert p.next_run_at is not None and p.next_run_at > NOW
-
-
-def test_plan__skipped_are_capped_per_pass_and_planning_continues() -> None:
-    t = task(cron_expression="* * * * *", misfire_policy="skip", misfire_grace_seconds=0,
-             last_scheduled_for=NOW - timedelta(days=3))
+def test_plan__due_are_capped_per_pass_and_planning_continues() -> None:
+    t = task(cron_expression="* * * * *", misfire_grace_seconds=0, last_scheduled_for=NOW - timedelta(days=3))
     p = plan(t, NOW)
     assert p.more and p.next_run_at is None and not p.complete
-    assert len(p.skipped) == MAX_SKIPPED_PER_PASS
-    # the next pass continues from the last recorded one, never dropping an occurrence
-    seen = list(p.skipped)
+    assert len(p.due) == MAX_DUE_PER_PASS
+    # the next pass continues from the last one handed over, never dropping an occurrence
+    seen = list(p.due)
     for _ in range(10):
         if not p.more:
             break
-        p = plan(task(cron_expression="* * * * *", misfire_policy="skip", misfire_grace_seconds=0,
-                      last_scheduled_for=seen[-1]), NOW)
-        seen += p.skipped
+        p = plan(task(cron_expression="* * * * *", misfire_grace_seconds=0, last_scheduled_for=seen[-1]), NOW)
+        seen += p.due
     assert not p.more and p.next_run_at is not None
     assert len(seen) == len(set(seen)) == 3 * 24 * 60
     assert all(b - a == timedelta(minutes=1) for a, b in itertools.pairwise(seen))
@@ -253,22 +222,16 @@ def test_plan__ends_at_is_inclusive() -> None:
     assert p.next_run_at == hours(13)[0] and not p.complete
 
 
-def test_plan__run_once_still_runs_the_last_missed_before_the_end() -> None:
+def test_plan__the_due_ones_before_the_end_are_listed_and_the_schedule_completes() -> None:
     t = _missed_task("run_once")
     t = task(**{**t.__dict__, "ends_at": datetime(2026, 6, 10, 10, 30, tzinfo=UTC)})
     p = plan(t, NOW)
-    assert p.next_run_at == hours(10)[0] and p.skipped == hours(8, 9) and not p.complete
+    assert p.due == hours(8, 9, 10) and p.complete and p.next_run_at is None
 
 
 def test_plan__max_runs_reached_completes() -> None:
     p = plan(task(max_runs=3, run_count=3, last_scheduled_for=hours(11)[0]), NOW)
     assert p.complete and p.next_run_at is None
-
-
-def test_plan__run_all_respects_max_runs() -> None:
-    t = task(**{**_missed_task("run_all").__dict__, "max_runs": 5, "run_count": 2})
-    p = plan(t, NOW)
-    assert p.run == hours(8, 9, 10) and p.complete and p.next_run_at is None
 
 
 def test_plan__impossible_expression_completes() -> None:
@@ -289,11 +252,11 @@ def test_plan__resumed_task_plans_from_plan_from_not_the_missed_past() -> None:
     resumed = NOW - timedelta(seconds=5)
     t = task(last_scheduled_for=NOW - timedelta(days=2), plan_from=resumed)
     p = plan(t, NOW)
-    assert p.skipped == [] and p.run == []
+    assert p.due == []
     assert p.next_run_at == datetime(2026, 6, 10, 13, 0, tzinfo=UTC)
 
 
 def test_plan__plan_from_older_than_last_occurrence_changes_nothing() -> None:
     # the 12:00 occurrence after the last one (11:30:30) is still within the grace
     t = task(last_scheduled_for=NOW - timedelta(minutes=30), plan_from=NOW - timedelta(days=3))
-    assert plan(t, NOW).next_run_at == datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
+    assert plan(t, NOW).due == [datetime(2026, 6, 10, 12, 0, tzinfo=UTC)]

@@ -69,7 +69,7 @@ select results_eq(
                                                         '2030-01-01 09:10Z', 'missed') x
     where t.id = 'd1000000-0000-0000-0000-000000000001'$$,
   $$values ('skipped'::text, '2030-01-01 09:10Z'::timestamptz, 'misfire'::text,
-            'skipped: occurrence missed while no scheduler ran (misfire_policy = run_all)'::text)$$,
+            'skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = run_all)'::text)$$,
   'a missed occurrence is skipped at p_now with the task''s misfire policy in its reason');
 select is((select x.error_kind || ': ' || x.error from public.agent_tasks t,
              scheduler.new_execution(t, 'schedule', now(), now(), now(), 'overlap') x
