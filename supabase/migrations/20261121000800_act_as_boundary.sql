@@ -254,6 +254,89 @@ begin
 end
 $$;
 
+-- At most one model call per scheduled run: the turn of an execution in
+-- flight in some function instance (started_at, renewed while the model is
+-- called) makes a concurrent attempt of the same execution (a rescued run
+-- whose first attempt's turn still runs) wait for its stored reply instead of
+-- calling the model again. A turn whose instance died stops renewing and is
+-- taken over once it is stale.
+create table chat_private.scheduled_turns (
+  execution_id uuid primary key references public.agent_task_executions (id) on delete cascade,
+  started_at timestamptz not null,
+  renewed_at timestamptz not null
+);
+alter table chat_private.scheduled_turns enable row level security;
+comment on table chat_private.scheduled_turns is
+  'The scheduled turn in flight per execution (chat function), so a second attempt waits for its reply.';
+
+-- Take the turn of an execution: true when it is the caller's (none in
+-- flight, or the one in flight was not renewed for p_stale_seconds, or no
+-- such execution to coordinate on), false when another instance runs it.
+create or replace function chat_private.take_scheduled_turn(p_execution_id uuid, p_stale_seconds double precision)
+returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := clock_timestamp();
+  v_taken boolean;
+begin
+  if not exists (select 1 from public.agent_task_executions e where e.id = p_execution_id) then
+    return true;
+  end if;
+  insert into chat_private.scheduled_turns as t (execution_id, started_at, renewed_at)
+  values (p_execution_id, v_now, v_now)
+  on conflict (execution_id) do update set started_at = v_now, renewed_at = v_now
+    where t.renewed_at < v_now - make_interval(secs => p_stale_seconds)
+  returning true into v_taken;
+  return coalesce(v_taken, false);
+end
+$$;
+
+-- The turn in flight is alive: renewed while its model call runs.
+create or replace function chat_private.renew_scheduled_turn(p_execution_id uuid)
+returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  update chat_private.scheduled_turns set renewed_at = clock_timestamp() where execution_id = p_execution_id
+$$;
+
+-- A turn that ended without storing a reply (the model failed) lets the next
+-- attempt take over at once.
+create or replace function chat_private.release_scheduled_turn(p_execution_id uuid)
+returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  delete from chat_private.scheduled_turns where execution_id = p_execution_id
+$$;
+
+-- What a waiting attempt polls: the reply stored for the execution (null
+-- while none), and whether another turn is still in flight (renewed within
+-- p_stale_seconds).
+create or replace function chat_private.scheduled_turn_state(p_execution_id uuid, p_stale_seconds double precision,
+                                                             out reply json, out in_flight boolean)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  select json_build_object('id', m.id, 'role', m.role, 'content', m.content, 'tool_calls', m.tool_calls,
+                           'metadata', m.metadata, 'created_at', m.created_at)
+  into reply
+  from public.chat_messages_v2 m
+  where m.execution_id = p_execution_id and m.role = 'assistant';
+  in_flight := exists (select 1 from chat_private.scheduled_turns t
+                       where t.execution_id = p_execution_id
+                         and t.renewed_at >= clock_timestamp() - make_interval(secs => p_stale_seconds));
+end
+$$;
+
 revoke execute on all functions in schema chat_private from public, anon, authenticated;
 grant execute on function
   chat_private.act_as_context(uuid, uuid, uuid),
@@ -261,5 +344,9 @@ grant execute on function
   chat_private.record_assistant_reply(uuid, uuid, text, jsonb, jsonb, uuid),
   chat_private.save_reply(uuid, uuid, text, jsonb, jsonb, uuid, text[]),
   chat_private.rate_limit_hit(uuid, integer, integer, timestamptz, text),
-  chat_private.turn_check(uuid, uuid)
+  chat_private.turn_check(uuid, uuid),
+  chat_private.take_scheduled_turn(uuid, double precision),
+  chat_private.renew_scheduled_turn(uuid),
+  chat_private.release_scheduled_turn(uuid),
+  chat_private.scheduled_turn_state(uuid, double precision)
 to service_role;

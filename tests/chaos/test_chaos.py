@@ -11,13 +11,16 @@ long before the 30 s lease.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.chaos.harness import run_scenario
+from tests.chaos.harness import _last_user_text, run_scenario
+from tests.conftest import create_agent, create_user
 from tests.e2e.conftest import ChatFunction, FakeLLM
+from tests.e2e.workers import connect, spawn_worker, wait_for, wait_status
 
 pytestmark = pytest.mark.e2e
 
@@ -90,3 +93,37 @@ def test_chaos__load_faults__nothing_lost(
         # 20% failures, 6 attempts each: a run fails only after six model failures in a row
         assert report["runs_with_a_model_failure"] > 0, report
         assert done.get("succeeded", 0) >= 78, report
+
+
+def test_chaos__worker_killed_mid_model_call__the_rescued_attempt_pays_no_second_call(
+        chat_function: ChatFunction, llm: FakeLLM, tmp_path: Path) -> None:
+    # the first attempts' turns are still calling the model when their worker dies; the rescued
+    # attempts reach the function before those turns end and must wait for their replies
+    llm.configure(latency_ms=6000)
+    with connect(chat_function.db_url) as conn:
+        uid = create_user(conn)
+        agent = create_agent(conn, uid)
+        ids = []
+        for i in range(6):
+            task = conn.execute(
+                "insert into public.agent_tasks (user_id, agent_id, name, prompt_template, schedule_type,"
+                " overlap_policy, conversation_mode) values (%s, %s, %s, %s, 'manual', 'allow', 'new_per_run')"
+                " returning id", (uid, agent, f"overlap {i}", f"overlap {i} at {{{{NOW}}}}")).fetchone()["id"]
+            ids.append(conn.execute("select scheduler.enqueue_now(%s) as id", (task,)).fetchone()["id"])
+        first = spawn_worker(chat_function, tmp_path, worker_concurrency=8, worker_per_user_limit=0)
+        try:
+            wait_for(lambda: len(llm.requests()) >= 6, 20.0, what="six model calls in flight")
+            # the second worker is up before the kill: it rescues the runs within ~1 s, while
+            # the first attempts' turns still wait for the model (6 s)
+            second = spawn_worker(chat_function, tmp_path, worker_concurrency=8, worker_per_user_limit=0)
+            first.kill()
+        finally:
+            first.stop()
+        try:
+            rows = [wait_status(conn, i, "succeeded", timeout_s=30.0) for i in ids]
+        finally:
+            second.stop()
+    assert all(r["attempt"] == 2 for r in rows), [r["attempt"] for r in rows]
+    calls = Counter(_last_user_text(r) for r in llm.requests())
+    assert [calls[r["resolved_prompt"]] for r in rows] == [1] * 6, calls
+    assert all(r["output"] and r["output"].startswith("Echo: overlap") for r in rows)

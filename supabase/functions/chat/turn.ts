@@ -16,6 +16,7 @@ import { addUsage, type ModelClient, type PromptMessage, type ToolCall, type Usa
 import { checkActAsContext } from "./auth.ts";
 import { isFinished } from "./execution_status.ts";
 import { retryThroughBlips } from "./db_retry.ts";
+import { databaseTurnStore, takeTurnOrAwaitReply, whileRenewed } from "./scheduled_turns.ts";
 import type { ActAsRequest, UserTurnRequest } from "./request.ts";
 import {
   REPORT_TASK_STATUS,
@@ -171,39 +172,47 @@ export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: 
     executionStatus: start.executionStatus,
     replied: start.reply !== null,
   });
-  if (start.reply) {
-    // idempotent per execution: a retried run gets the stored reply, and the model is not called
-    const meta = start.reply.metadata ?? {};
-    return {
-      conversation_id: ctx.conversationId,
-      user_message_id: ctx.userMessageId,
-      message: start.reply,
-      usage: (meta.usage as Usage | undefined) ?? null,
-      replayed: true,
-      needs_input: (meta.needs_input as { question: string } | undefined) ?? null,
-      task_status: (meta.task_status as TaskReport | undefined) ?? null,
-    };
-  }
+  // idempotent per execution: a retried run gets the stored reply, and the model is not called
+  if (start.reply) return replayedTurn(ctx, start.reply);
   if (start.executionStatus !== null && isFinished(start.executionStatus)) {
     throw executionFinished(start.executionStatus);
   }
-  const reply = await converse(deps, {
-    claims,
-    userId: ctx.userId,
-    agent,
-    conversationId: ctx.conversationId,
-    history: start.history,
-    actAs: true,
-    task: start.task,
-  }, options);
-  return await finish(
-    deps,
-    { claims, userId: ctx.userId, conversationId: ctx.conversationId },
-    ctx.userMessageId,
-    reply,
-    ctx.executionId,
-    options,
-  );
+  // an earlier attempt's turn may still be in flight: wait for its reply rather than pay twice
+  const turns = databaseTurnStore(deps.sql);
+  const earlier = await takeTurnOrAwaitReply(turns, ctx.executionId, options.signal);
+  if (earlier) return replayedTurn(ctx, earlier);
+  return await whileRenewed(turns, ctx.executionId, async () => {
+    const reply = await converse(deps, {
+      claims,
+      userId: ctx.userId,
+      agent,
+      conversationId: ctx.conversationId,
+      history: start.history,
+      actAs: true,
+      task: start.task,
+    }, options);
+    return await finish(
+      deps,
+      { claims, userId: ctx.userId, conversationId: ctx.conversationId },
+      ctx.userMessageId,
+      reply,
+      ctx.executionId,
+      options,
+    );
+  });
+}
+
+function replayedTurn(ctx: ActAsRequest["context"], message: MessageRow): TurnResult {
+  const meta = message.metadata ?? {};
+  return {
+    conversation_id: ctx.conversationId,
+    user_message_id: ctx.userMessageId,
+    message,
+    usage: (meta.usage as Usage | undefined) ?? null,
+    replayed: true,
+    needs_input: (meta.needs_input as { question: string } | undefined) ?? null,
+    task_status: (meta.task_status as TaskReport | undefined) ?? null,
+  };
 }
 
 async function finish(
