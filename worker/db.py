@@ -10,8 +10,9 @@ pool, one round trip each; psycopg prepares them after a few uses.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -68,7 +69,8 @@ _REGISTER: Final = "select scheduler.register_worker(%s, %s, %s, %s)"
 _UNREGISTER: Final = "select scheduler.unregister_worker(%s)"
 
 
-def make_pool(database_url: str, size: int, worker_id: str) -> AsyncConnectionPool:
+def make_pool(database_url: str, size: int, worker_id: str,
+              check: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] | None = None) -> AsyncConnectionPool:
     """A fixed-size pool of autocommit connections (opened by the caller with `await pool.open()`)."""
     return AsyncConnectionPool(
         database_url,
@@ -80,7 +82,7 @@ def make_pool(database_url: str, size: int, worker_id: str) -> AsyncConnectionPo
         timeout=30.0,
         # a connection killed while idle in the pool (Postgres restarted, backend
         # terminated) is found and replaced before a caller gets it
-        check=AsyncConnectionPool.check_connection,
+        check=check or AsyncConnectionPool.check_connection,
     )
 
 
@@ -125,7 +127,9 @@ class PostgresQueue:
     def __init__(self, database_url: str, pool_size: int, worker_id: str) -> None:
         self._database_url = database_url
         self._worker_id = worker_id
-        self.pool = make_pool(database_url, pool_size, worker_id)
+        self.pool = make_pool(database_url, pool_size, worker_id, check=self._check_connection)
+        self._listener_connects = 0
+        self._draining: set[asyncio.Task[None]] = set()
         self._finishes = FinishBatcher(self._finish_many)
         self._starts = StartBatcher(self._start_many, self.start_execution)
 
@@ -135,7 +139,28 @@ class PostgresQueue:
     async def close(self) -> None:
         await self.pool.close()
 
+    async def _check_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception:
+            # the connections idle beside a dead one most likely died with it (Postgres
+            # restarted, backends terminated). psycopg_pool would find them one per check,
+            # sleeping 1 s, 2 s, 4 s... in between (a run stranded 3-7 s, measured in
+            # tests/chaos): replace them all at once
+            self._drain_soon()
+            raise
+
+    def _drain_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.pool.drain(), name="pool-drain")
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
     async def connect_listener(self) -> PostgresListener:
+        """The LISTEN connection; a reconnect (the previous one died) also replaces the pool's
+        idle connections, which died with it in a restart or a mass termination."""
+        self._listener_connects += 1
+        if self._listener_connects > 1:
+            self._drain_soon()
         return PostgresListener(await connect_listener(self._database_url, self._worker_id))
 
     async def _scalar(self, sql: str, params: Sequence[Any]) -> Any:
