@@ -4,7 +4,7 @@
 -- A dead session is simulated by pointing backend_pid at no backend.
 begin;
 \ir helpers/personas.psql
-select plan(22);
+select plan(26);
 
 select tests.create_user('alice');
 insert into public.agents (id, user_id, name) values
@@ -80,6 +80,18 @@ select is((select session_lost_at from scheduler.workers where id = 'w1'), null:
   're-attaching clears the lost mark');
 select is((select count(*)::int from scheduler.claim_executions('w2', 1, 30, null, '2030-01-01 09:06Z')), 1,
   'another worker claims the rescued execution');
+
+-- the chat circuit breaker a worker reports (queue stats shows it)
+select ok(not has_function_privilege('authenticated', 'scheduler.report_chat_circuit(text, boolean, text)', 'execute'),
+  'an authenticated user may not call report_chat_circuit');
+select lives_ok($$select scheduler.register_worker('w9', 'host', 1, 4);
+                  select scheduler.report_chat_circuit('w9', true, 'chat function unreachable: refused')$$,
+  'a worker reports its circuit open');
+select results_eq($$select chat_circuit_open_since is not null, chat_circuit_reason from scheduler.workers where id = 'w9'$$,
+  $$values (true, 'chat function unreachable: refused'::text)$$, 'the open circuit and its reason are recorded');
+select scheduler.report_chat_circuit('w9', false, null);
+select results_eq($$select chat_circuit_open_since, chat_circuit_reason from scheduler.workers where id = 'w9'$$,
+  $$values (null::timestamptz, null::text)$$, 'closing it clears both');
 
 select * from finish();
 rollback;
