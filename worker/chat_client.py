@@ -204,8 +204,9 @@ class ChatClient:
         except TimeoutError as exc:  # incl. aiohttp.ServerTimeoutError and its total timeout
             return ChatTransient(error=_clip(f"chat function timed out ({type(exc).__name__})"),
                                  timed_out=True)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-            # refused, reset or closed before an answer: the function (or the way to it) is down.
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            # refused, reset, or closed before the whole answer came: the function (or the way
+            # to it) is down (ClientConnectorError, ServerDisconnectedError, ClientOSError...).
             # Safe to give the attempt back: a turn the function had begun is stored under
             # the execution_id and the next attempt takes it up without a second model call.
             return ChatTransient(error=_clip(f"chat function unreachable: {type(exc).__name__}: {exc}"),

@@ -175,6 +175,18 @@ def test_queue_stats__counts_by_status(capsys: pytest.CaptureFixture[str], conn:
     assert out["oldest_ready_s"] is not None
 
 
+def test_queue_stats__shows_a_worker_whose_chat_circuit_is_open(capsys: pytest.CaptureFixture[str],
+                                                                conn: psycopg.Connection[Any], db_url: str) -> None:
+    conn.execute("select scheduler.register_worker('w-open', 'host', 1, 4),"
+                 " scheduler.register_worker('w-ok', 'host', 2, 4)")
+    conn.execute("select scheduler.report_chat_circuit('w-open', true, 'chat function 503: gateway')")
+    code, out, _ = run_cli(capsys, db_url, "queue", "stats")
+    assert code == cli.EXIT_OK
+    circuits = {w["id"]: (w["chat_circuit"], w["chat_circuit_reason"]) for w in out["workers"]}
+    assert circuits["w-open"] == ("open", "chat function 503: gateway")
+    assert circuits["w-ok"] == ("closed", None)
+
+
 def test_unreachable_database__exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["queue", "stats", "--database-url", "postgresql://nobody:x@127.0.0.1:1/none"])
     assert code == cli.EXIT_UNREACHABLE
