@@ -29,7 +29,7 @@ NOTE = ("2 shared cores: the workers, Deno, the fake model, Postgres and anythin
         "(other checkouts' test suites included) compete for CPU; times are noisy")
 
 FAULTS = {
-    "sigkill": "SIGKILL of a worker (and a new one started)",
+    "sigkill": "SIGKILL of a worker (a new one started; the next kill once it is up)",
     "pg_restart": "`pg_ctl restart -m fast`",
     "terminate_backends": "`pg_terminate_backend` of every worker connection (LISTEN included)",
     "chat_kill": "chat function SIGKILLed and started again",

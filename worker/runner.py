@@ -24,7 +24,9 @@ any of them fails (Procrastinate's habit):
 
 Per execution: resolve the prompt, start (conversation + the scheduled user
 message, exactly once), call the chat function acting as the user, then
-finish or requeue_later. Starts and finishes of concurrent executions are
+finish or requeue_later. When the chat function is unreachable (not a failure
+of the run) the run goes back without spending its attempt and the circuit
+breaker (worker.breaker) stops the claims until a probe run gets an answer. Starts and finishes of concurrent executions are
 batched (worker.queue.StartBatcher, FinishBatcher), so under load an execution costs
 a share of three round trips to Postgres (claim, start, finish).
 

@@ -10,7 +10,8 @@ run, and how long the runs a fault hit stayed `running` after it (stranded).
 
 The faults (SCENARIOS), one every `fault_every_s` while the load runs:
 
-* ``sigkill``             SIGKILL a random worker and start a new one.
+* ``sigkill``             SIGKILL a random worker and start a new one (the next kill once
+                          it is up).
 * ``pg_restart``          `pg_ctl restart -m fast` of the cluster.
 * ``terminate_backends``  pg_terminate_backend of every worker connection (pool and LISTEN).
 * ``chat_kill``           SIGKILL the chat function and start it again on the same port.
@@ -138,6 +139,15 @@ def _reconnect(db_url: str, timeout_s: float = 60.0) -> psycopg.Connection[Any]:
             time.sleep(0.1)
 
 
+def _wait_registered(db_url: str, worker_id: str, limit_s: float) -> None:
+    with _reconnect(db_url) as conn:
+        deadline = time.monotonic() + limit_s
+        while conn.execute("select 1 from scheduler.workers where id = %s and backend_pid is not null",
+                           (worker_id,)).fetchone() is None:
+            assert time.monotonic() < deadline, f"worker {worker_id} did not start"
+            time.sleep(0.05)
+
+
 def _time_stranded(db_url: str, ids: list[Any], since: float, limit_s: float) -> list[float]:
     """Seconds from `since` until each of `ids` left `running` (polled every 20 ms)."""
     out: list[float] = []
@@ -249,6 +259,11 @@ def run_scenario(scenario: str, chat: ChatFunction, llm: FakeLLM, log_dir: Path,
             finally:
                 kconn.close()
             stranded.extend(_time_stranded(chat.db_url, hit, since, limit_s))
+            if scenario == "sigkill":
+                # the next kill comes once the replacement is up: a kill always leaves two live
+                # workers to rescue (a worker starts in seconds on a loaded machine; killing
+                # while none is up measures the start-up, not the rescue)
+                _wait_registered(chat.db_url, live[-1].worker_id, limit_s)
 
         def chaos() -> None:
             try:
