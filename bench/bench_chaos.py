@@ -51,12 +51,13 @@ def _faults(r: dict[str, Any]) -> str:
     return f"{r['faults']} x {what}, every {r['fault_every_s']:g} s"
 
 
-def render_reliability(reports: list[dict[str, Any]], machine: dict[str, Any], command: str, size: str) -> str:
-    """docs/reliability.md from the reports of one run."""
+def render_reliability(reports: list[dict[str, Any]], machine: dict[str, Any], command: str, size: str,
+                       when: datetime | None = None) -> str:
+    """docs/reliability.md from the reports of one run (finished at `when`, default now)."""
     lines = [
         "# Reliability under faults",
         "",
-        f"Produced by `{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({size}); do not edit by hand,",
+        f"Produced by `{command}` on {when or datetime.now(UTC):%Y-%m-%d %H:%M} UTC ({size}); do not edit by hand,",
         "run it again. Real worker processes, the real chat function under Deno, the fake",
         f"model (tests/fakes/openai_server.py). {NOTE} (load average at the start: {machine.get('loadavg')},",
         f"at the end: {machine.get('loadavg_end')}).",
@@ -84,8 +85,11 @@ def render_reliability(reports: list[dict[str, Any]], machine: dict[str, Any], c
         "Every scenario ends with every run terminal and the task counters equal to the rows.",
         "A chat function killed mid-turn loses the turn it was running (its model answer with",
         "it): those runs, and only those, may pay for the model twice (`chat_kill`).",
-        "",
     ]
+    unexpected = [r for r in reports if r["duplicated"] and r["scenario"] != "chat_kill"]
+    lines += [f"**Not expected:** {r['duplicated']} runs of `{r['scenario']}` paid for the model twice "
+              "in this run; the cause is not found yet." for r in unexpected]
+    lines += [""]
     return "\n".join(lines)
 
 
