@@ -26,9 +26,10 @@ Per execution: resolve the prompt, start (conversation + the scheduled user
 message, exactly once), call the chat function acting as the user, then
 finish or requeue_later. When the chat function is unreachable (not a failure
 of the run) the run goes back without spending its attempt and the circuit
-breaker (worker.breaker) stops the claims until a probe run gets an answer. Starts and finishes of concurrent executions are
-batched (worker.queue.StartBatcher, FinishBatcher), so under load an execution costs
-a share of three round trips to Postgres (claim, start, finish).
+breaker (worker.breaker) stops the claims until a probe run gets an answer.
+Starts and finishes of concurrent executions are batched (worker.queue.StartBatcher,
+FinishBatcher), so under load an execution costs a share of three round trips to
+Postgres (claim, start, finish).
 
 Shutdown (SIGTERM/SIGINT): stop claiming, let in-flight executions finish
 within SHUTDOWN_GRACE_S, release the rest to the queue (another worker takes
