@@ -23,7 +23,7 @@ def local_stack_settings(require_chat: bool = True) -> dict[str, Any]:
         raise CliError("the local stack has no chat function: `agent-tasks stack up` (not --db-only)", EXIT_USAGE)
     return {
         "database_url": stack.database_url(state),
-        "chat_url": f"http://127.0.0.1:{state.chat_port}/functions/v1/chat",
+        "chat_url": f"http://127.0.0.1:{state.chat_port}/functions/v1/chat" if state.chat_port else None,
         "jwks": stack.jwks(state),
         "demo_user_email": DEMO_EMAIL,
         "demo_token": lambda uid, email: stack.user_token(state, uid, email),
@@ -36,7 +36,8 @@ def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
                                  "operator_token": args.operator_token}
     env_db = os.environ.get("DATABASE_URL") or os.environ.get("SUPABASE_DB_URL")
     if not args.database_url and not env_db:
-        local = local_stack_settings()
+        # the stack's chat function is needed only when no other is named (--chat-url)
+        local = local_stack_settings(require_chat=not args.chat_url)
         overrides = {**local, **{k: v for k, v in overrides.items() if v}}
     settings = ConsoleSettings.from_env(**overrides)
     if not settings.chat_url:
