@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import ipaddress
 import os
+import sys
 from typing import Any
 
 from worker.console.settings import ConsoleSettings
@@ -48,10 +51,27 @@ def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
     return settings
 
 
+def loopback_only(settings: ConsoleSettings, host: str) -> ConsoleSettings:
+    """The demo sign-in mints a token for anyone who clicks: offer it only on a loopback address."""
+    if settings.demo_token is None:
+        return settings
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback:
+        return settings
+    print(f"console: listening on {host}, so the one-click demo sign-in is off (it is offered on 127.0.0.1 only)",
+          file=sys.stderr)
+    return dataclasses.replace(settings, demo_user_email=None, demo_token=None)
+
+
 def serve(settings: ConsoleSettings, host: str, port: int) -> None:
     import uvicorn
 
     from worker.console.app import create_app
+
+    settings = loopback_only(settings, host)
 
     # open event streams never end by themselves: give them 2 s on shutdown, then close them
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
@@ -62,7 +82,6 @@ def spawn_local(log_path: Any, preferred_port: int = 8765) -> tuple[Any, str]:
     """Start `agent-tasks console` against the local stack as a child process (the demo's);
     returns the process and the URL to open."""
     import subprocess
-    import sys
 
     from worker import stack
 
