@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,8 @@ class State:
     # digests of the code each running service was started from (see _stale)
     chat_digest: str = ""
     llm_digest: str = ""
+    # each migration file's digest as the main database applied it (see changed_migrations)
+    migration_digests: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls) -> State | None:
@@ -461,6 +463,22 @@ def apply_migrations(state: State, dbname: str) -> list[str]:
     return [p.name for p in migration_files() if p.stem.partition("_")[0] in after - before]
 
 
+def changed_migrations(recorded: dict[str, str], files: list[Path]) -> list[str]:
+    """The migrations edited after this stack applied them; records the digest of the others.
+
+    `supabase db push` applies each version once, so an edited migration (a
+    branch that reflowed one before release) leaves the main database behind
+    the files, silently. The first digest seen for a file is the applied one;
+    a changed file keeps its old digest, so the warning repeats until `reset`.
+    """
+    changed = []
+    for path in files:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        if recorded.setdefault(path.name, digest) != digest:
+            changed.append(path.name)
+    return changed
+
+
 def _ensure_worker_role(state: State) -> None:
     with connect(state) as conn:
         exists = conn.execute("select 1 from pg_roles where rolname = %s", (WORKER_ROLE,)).fetchone()
@@ -719,6 +737,9 @@ def up(with_services: bool = True) -> State:
     applied = apply_migrations(state, MAIN_DB)
     for name in applied:
         _log(f"applied {name}")
+    for name in changed_migrations(state.migration_digests, migration_files()):
+        _log(f"warning: {name} changed after this stack applied it; the database runs the old text"
+             " (`agent-tasks stack reset` rebuilds it from the current migrations, losing its data)")
     _ensure_worker_role(state)
     ensure_template(state)
     if with_services:
