@@ -98,13 +98,16 @@ begin
     end if;
     -- a replay returns the stored reply whatever the status; a new reply is
     -- written only while the run is live, so a cancelled (or already
-    -- finished) run never gets one late
+    -- finished) run never gets one late. A run back in the queue is live: its
+    -- worker's session ended (rescue_dead_workers, the lease) while this turn
+    -- still called the model, and its next attempt replays the reply stored
+    -- here (refused, the turn would be released and the model paid again).
     select m.id into v_id from public.chat_messages_v2 m
     where m.execution_id = p_execution_id and m.role = 'assistant';
     if v_id is not null then
       return v_id;
     end if;
-    if v_status <> 'running' then
+    if v_status not in ('running', 'queued') then
       raise exception 'execution % is % and takes no reply', p_execution_id, v_status
         using errcode = '55000';
     end if;

@@ -136,6 +136,43 @@ def test_act_as__caller_gone__the_reply_is_still_stored_and_the_retry_does_not_c
     assert len(assistant_replies(db, context["execution_id"])) == 1
 
 
+def test_act_as__run_requeued_while_the_model_answers__the_reply_is_stored_and_the_next_attempt_replays_it(
+        chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
+        agent: uuid.UUID) -> None:
+    # The worker's connections are terminated mid-call: a rescue (rescue_dead_workers, the
+    # lease) puts the run back in the queue while its turn still waits for the model, and the
+    # turn ends before the next attempt claims it. Its reply must be kept for that attempt.
+    worker_id = f"e2e-requeued-{uuid.uuid4().hex[:8]}"
+    context = scheduled_turn(db, alice, agent, "requeued mid-call [[sleep:1500]]", worker_id=worker_id)
+    llm.reset()
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(chat_function.post, {"context": context}, chat_function.service_headers())
+        deadline = time.monotonic() + 10
+        while not llm.requests():
+            assert time.monotonic() < deadline, "the model was never called"
+            time.sleep(0.02)
+        # what both rescues do to a running execution whose worker is gone
+        requeued = db.execute(
+            "select scheduler.put_back_running(e, 'worker_lost', 'the session of the worker ended', now()) as ok"
+            " from public.agent_task_executions e where e.id = %s and e.status = 'running'",
+            (context["execution_id"],)).fetchone()
+        assert requeued == {"ok": True}
+        pending.result(timeout=15)
+    assert len(assistant_replies(db, context["execution_id"])) == 1, "the turn's reply was thrown away"
+    # the next attempt claims and starts the run again, and gets the stored reply
+    claimed = db.execute("select id, attempt from scheduler.claim_executions(%s, 100)", (worker_id,)).fetchall()
+    attempt = next(r["attempt"] for r in claimed if str(r["id"]) == context["execution_id"])
+    assert attempt == 2
+    db.execute("select scheduler.start_execution(%s, %s, %s, %s)",
+               (context["execution_id"], worker_id, attempt, "requeued mid-call [[sleep:1500]]"))
+    r = chat_function.post({"context": context}, chat_function.service_headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["replayed"] is True
+    assert r.json()["message"]["content"] == "Echo: requeued mid-call [[sleep:1500]]"
+    assert len(llm.requests()) == 1, "the model was paid twice"
+    assert len(assistant_replies(db, context["execution_id"])) == 1
+
+
 def test_act_as__request_user_input_returns_needs_input(chat_function: ChatFunction, llm: FakeLLM,
                                                         db: psycopg.Connection[Any], alice: uuid.UUID,
                                                         agent: uuid.UUID) -> None:

@@ -2,7 +2,7 @@
 -- act-as check, the idempotent assistant reply and the per-user rate limit.
 begin;
 \ir helpers/personas.psql
-select plan(31);
+select plan(33);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -148,6 +148,22 @@ select throws_ok(
          tests.get_user_id('alice')),
   '55000', 'execution e3000000-0000-0000-0000-000000000003 is cancelled and takes no reply',
   'a cancelled execution gets no late assistant reply');
+-- a run put back in the queue while its turn called the model (its worker's session ended)
+-- keeps the turn's reply: its next attempt replays it instead of calling the model again
+insert into public.agent_task_executions (id, task_id, user_id, agent_id, trigger_type, scheduled_for,
+                                          conversation_id, status) values
+  ('e4000000-0000-0000-0000-000000000004', 'd1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'),
+   'a1000000-0000-0000-0000-000000000001', 'manual', '2030-01-03 09:00Z', 'c1000000-0000-0000-0000-000000000001',
+   'queued');
+select isnt(
+  chat_private.record_assistant_reply(tests.get_user_id('alice'), 'c1000000-0000-0000-0000-000000000001',
+                                      'the rescued turn''s reply',
+                                      p_execution_id => 'e4000000-0000-0000-0000-000000000004'),
+  null, 'a queued execution (rescued mid-turn) takes the reply of the turn in flight');
+select results_eq(
+  $$select content from public.chat_messages_v2
+    where execution_id = 'e4000000-0000-0000-0000-000000000004' and role = 'assistant'$$,
+  array['the rescued turn''s reply'], 'the reply is stored for the next attempt to replay');
 update public.agent_task_executions set status = 'succeeded', finished_at = now(), error_kind = null
 where id = 'e1000000-0000-0000-0000-000000000001';
 select is(
