@@ -174,9 +174,14 @@ def _time_stranded(db_url: str, ids: list[Any], since: float, limit_s: float) ->
 
 def run_scenario(scenario: str, chat: ChatFunction, llm: FakeLLM, log_dir: Path, *, tasks: int, per_task: int,
                  workers: int = 3, fault_every_s: float = 3.0, lease_s: int = 30, concurrency: int = 8,
-                 model_latency_ms: int = 300, deadline_s: float = 240.0) -> dict[str, Any]:
+                 model_latency_ms: int = 300, deadline_s: float = 240.0,
+                 rescue_at_once: bool = False) -> dict[str, Any]:
     """Run tasks * per_task executions on `workers` worker processes while `scenario`'s fault
-    strikes every `fault_every_s`, until every execution is terminal; return the report."""
+    strikes every `fault_every_s`, until every execution is terminal; return the report.
+
+    `rescue_at_once` (terminate_backends): right after each termination, rescue_dead_workers
+    with no grace, as a tick does on a loaded machine when the workers re-attach their LISTEN
+    sessions late: their runs go back to the queue while their turns still call the model."""
     assert scenario in SCENARIOS, scenario
     llm.reset()
     llm.configure(latency_ms=model_latency_ms)
@@ -239,6 +244,8 @@ def run_scenario(scenario: str, chat: ChatFunction, llm: FakeLLM, log_dir: Path,
                                       " where application_name like 'agent-tasks %'").fetchone()["n"]
                     assert n > 0, "no worker connection to terminate"
                     since = time.monotonic()
+                    if rescue_at_once:
+                        kconn.execute("select * from scheduler.rescue_dead_workers(0)")
                 elif scenario == "chat_kill":
                     hit = _running_ids(kconn)
                     chat.proc.kill()

@@ -69,6 +69,19 @@ def test_chaos__connection_faults__no_run_waits_for_its_lease(
     assert report["stranded_s"]["max"] is None or report["stranded_s"]["max"] < LEASE_S / 2, report
 
 
+def test_chaos__backends_terminated__runs_rescued_mid_turn_pay_the_model_once(
+        chat_function: ChatFunction, llm: FakeLLM, tmp_path: Path) -> None:
+    # the rescue lands before the workers re-attach (a loaded machine): runs go back to the queue
+    # while their turns still call the slow model, and a turn often ends before the run is claimed
+    # again (6 slots, a backlog). The reply is kept for the next attempt, which pays nothing.
+    report = run_scenario("terminate_backends", chat_function, llm, tmp_path, tasks=20, per_task=4,
+                          fault_every_s=2.0, lease_s=LEASE_S, concurrency=2, model_latency_ms=1500,
+                          rescue_at_once=True)
+    assert_nothing_lost_nothing_paid_twice(report, 80)
+    assert report["faults"] >= 1 and report["stranded_s"]["runs"] >= 1, report
+    assert report["model_calls_per_run"] == {1: 80}, report
+
+
 def test_chaos__a_3_second_chat_outage_fails_no_run(
         chat_function: ChatFunction, llm: FakeLLM, tmp_path: Path) -> None:
     report = run_scenario("chat_outage", chat_function, llm, tmp_path, tasks=20, per_task=4, fault_every_s=2.0,
