@@ -1,8 +1,11 @@
 """Live updates: one LISTEN connection on `console_live`, events handed to each user's browsers.
 
-The database sends one NOTIFY per statement and owner (migration
+The database sends one NOTIFY per statement and watched owner (migration
 20261121001500_console_live.sql) naming the table, the owner (`u`), the
-conversation and the changed ids. The hub delivers an event only to the
+conversation and the changed ids. The hub tells the database which owners it
+has browsers for (`scheduler.console_watch`, renewed every WATCH_RENEW_S,
+expiring WATCH_TTL_S after the last renewal), so the queue's hot path sends
+nothing for users nobody is looking at. It delivers an event only to the
 subscriptions of that owner, so a browser never hears of another user's
 rows; the page then re-reads what changed through the console, under its
 own RLS. The listener reconnects after losing its connection.
@@ -23,6 +26,8 @@ import psycopg
 CHANNEL = "console_live"
 RECONNECT_S = 1.0
 QUEUE_MAX = 100  # a browser that stops reading loses events beyond this, never blocks the hub
+WATCH_TTL_S = 60
+WATCH_RENEW_S = 20
 
 log = logging.getLogger("agent_tasks.console.live")
 
@@ -32,13 +37,27 @@ class LiveHub:
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
+        self.console_id = uuid.uuid4()
         self.subscribers: dict[uuid.UUID, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self.task: asyncio.Task[None] | None = None
+        self.renewer: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
+        self._watch_lock = asyncio.Lock()
 
     def subscribe(self, user_id: uuid.UUID) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of this owner's events (once the database is told: see watch)."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_MAX)
         self.subscribers[user_id].add(queue)
+        return queue
+
+    async def watch(self, user_id: uuid.UUID) -> asyncio.Queue[dict[str, Any]]:
+        """subscribe, returning once the database announces this owner's changes."""
+        queue = self.subscribe(user_id)
+        try:
+            await self.publish_watch_list()
+        except BaseException:
+            self.unsubscribe(user_id, queue)
+            raise
         return queue
 
     def unsubscribe(self, user_id: uuid.UUID, queue: asyncio.Queue[dict[str, Any]]) -> None:
@@ -47,6 +66,27 @@ class LiveHub:
             queues.discard(queue)
             if not queues:
                 del self.subscribers[user_id]
+
+    async def publish_watch_list(self) -> int:
+        """Replace this console's watch list in the database with the owners subscribed now."""
+        async with self._watch_lock:
+            users = list(self.subscribers)
+            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                cur = await conn.execute("select scheduler.console_watch(%s, %s::uuid[], %s)",
+                                         (self.console_id, users, WATCH_TTL_S))
+                row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    async def renew(self) -> None:
+        """Keep the watch list alive while browsers listen (and let it lapse when they leave)."""
+        while True:
+            await asyncio.sleep(WATCH_RENEW_S)
+            try:
+                await self.publish_watch_list()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("console_live: watch list not renewed (%s)", type(exc).__name__)
 
     def dispatch(self, payload: str) -> int:
         """Deliver one notification to its owner's subscriptions; returns how many got it."""
@@ -80,9 +120,14 @@ class LiveHub:
 
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name="console-live-listener")
+        self.renewer = asyncio.create_task(self.renew(), name="console-live-watch")
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        for task in (self.task, self.renewer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.subscribers.clear()
+        with contextlib.suppress(Exception):
+            await self.publish_watch_list()  # an empty list: this console watches nobody now

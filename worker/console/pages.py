@@ -715,7 +715,7 @@ async def notification_read(request: Request, user: User) -> Response:
 async def events(request: Request, user: User) -> Response:
     """Server-sent events for this user only: what changed (table, conversation, ids), never content."""
     hub = request.app.state.hub
-    queue = hub.subscribe(user.id)
+    queue = await hub.watch(user.id)
 
     async def stream() -> AsyncIterator[str]:
         try:
