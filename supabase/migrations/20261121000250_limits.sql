@@ -50,13 +50,17 @@ insert into scheduler.limits (name, value, description) values
   ('max_history_token_budget', '32000', 'largest agents.settings.history_token_budget a user may set');
 
 -- A numeric limit (NULL when unset: no limit). stable: read once per statement.
+-- (PL/pgSQL, as the hot path's helpers: its plan is kept for the session;
+-- scheduler.duration_ms says why)
 create or replace function scheduler.limit_int(p_name text) returns bigint
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select (l.value #>> '{}')::bigint from scheduler.limits l
-  where l.name = p_name and jsonb_typeof(l.value) = 'number'
+begin
+  return (select (l.value #>> '{}')::bigint from scheduler.limits l
+          where l.name = p_name and jsonb_typeof(l.value) = 'number');
+end
 $$;
 
 -- The models users may set (NULL: any).
@@ -106,11 +110,13 @@ create index token_usage_day_idx on scheduler.token_usage (day);
 
 -- The UTC day a moment counts toward, and the moment that day ends.
 create or replace function scheduler.usage_day(p_now timestamptz) returns date
-language sql
+language plpgsql
 immutable
 set search_path = ''
 as $$
-  select (p_now at time zone 'UTC')::date
+begin
+  return (p_now at time zone 'UTC')::date;
+end
 $$;
 
 -- Count the usage of one stored reply (the chat function's metadata.usage)
@@ -147,16 +153,56 @@ begin
 end
 $$;
 
--- Tokens a user (p_task_id NULL) or one task used on the UTC day of p_now.
-create or replace function scheduler.tokens_used(p_user_id uuid, p_task_id uuid, p_now timestamptz default null)
-returns bigint
-language sql
+-- Tokens each of these users (p_task_id NULL) or one task of theirs used on
+-- the UTC day of p_now; users with nothing counted have no row. The one
+-- definition of "tokens used today", for one user or a batch's.
+create or replace function scheduler.tokens_used_by(p_user_ids uuid[], p_task_id uuid,
+                                                    p_now timestamptz default null)
+returns table (user_id uuid, tokens bigint)
+language plpgsql
 stable
 set search_path = ''
 as $$
-  select coalesce(sum(u.tokens), 0)::bigint from scheduler.token_usage u
-  where u.user_id = p_user_id and u.day = scheduler.usage_day(coalesce(p_now, now()))
+begin
+  return query
+  select u.user_id, sum(u.tokens)::bigint from scheduler.token_usage u
+  where u.user_id = any (p_user_ids) and u.day = scheduler.usage_day(coalesce(p_now, now()))
     and (p_task_id is null or u.task_id = p_task_id)
+  group by u.user_id;
+end
+$$;
+
+-- Tokens a user (p_task_id NULL) or one task used on the UTC day of p_now.
+create or replace function scheduler.tokens_used(p_user_id uuid, p_task_id uuid, p_now timestamptz default null)
+returns bigint
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return coalesce((select t.tokens from scheduler.tokens_used_by(array[p_user_id], p_task_id, p_now) t), 0);
+end
+$$;
+
+-- Of these users, those whose daily token budget (max_tokens_per_user_per_day)
+-- is used up today: budget_error's first check, for many users at once (a
+-- finish of ten runs asks once, and runs budget_error only for the tasks that
+-- can be over a budget).
+create or replace function scheduler.users_over_token_budget(p_user_ids uuid[], p_now timestamptz default null)
+returns uuid[]
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_max bigint := scheduler.limit_int('max_tokens_per_user_per_day');
+begin
+  if v_max is null then
+    return '{}'::uuid[];
+  end if;
+  return array(select t.user_id from scheduler.tokens_used_by(p_user_ids, null, p_now) t where t.tokens >= v_max);
+end
 $$;
 
 -- The budget a user or task has used up today, as a readable sentence naming
@@ -171,16 +217,13 @@ as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_day_start timestamptz := scheduler.usage_day(v_now)::timestamp at time zone 'UTC';
-  v_max bigint := scheduler.limit_int('max_tokens_per_user_per_day');
   v_used bigint;
   v_task record;
 begin
-  if v_max is not null then
-    v_used := scheduler.tokens_used(p_user_id, null, v_now);
-    if v_used >= v_max then
-      return format('daily token budget used up: %s of %s tokens today (max_tokens_per_user_per_day); '
-                    || 'it renews at 00:00 UTC', v_used, v_max);
-    end if;
+  if p_user_id = any (scheduler.users_over_token_budget(array[p_user_id], v_now)) then
+    return format('daily token budget used up: %s of %s tokens today (max_tokens_per_user_per_day); '
+                  || 'it renews at 00:00 UTC', scheduler.tokens_used(p_user_id, null, v_now),
+                  scheduler.limit_int('max_tokens_per_user_per_day'));
   end if;
   if p_task_id is null then
     return null;
@@ -235,5 +278,7 @@ grant execute on function
   scheduler.limit_int(text),
   scheduler.allowed_models(),
   scheduler.budget_error(uuid, uuid, timestamptz),
-  scheduler.tokens_used(uuid, uuid, timestamptz)
+  scheduler.users_over_token_budget(uuid[], timestamptz),
+  scheduler.tokens_used(uuid, uuid, timestamptz),
+  scheduler.tokens_used_by(uuid[], uuid, timestamptz)
 to service_role;

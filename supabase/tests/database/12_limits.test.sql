@@ -4,7 +4,7 @@
 -- nothing (docs/security.md).
 begin;
 \ir helpers/personas.psql
-select plan(55);
+select plan(58);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -217,6 +217,27 @@ select is(scheduler.resume_after_budget(), 0, 'it stays paused today');
 select is(scheduler.resume_after_budget(now() + interval '1 day'), 1, 'and resumes the next day');
 select is((select status from public.agent_tasks where name = 'sixty'), 'active',
   'active again, without the budget mark');
+
+-- a task with no budget of its own pauses when its user's tokens are used up
+-- (finish_executions checks only the tasks that can be over a budget)
+update scheduler.limits set value = '1000' where name = 'max_tokens_per_user_per_day';
+select is(scheduler.users_over_token_budget(array[tests.get_user_id('alice'), tests.get_user_id('bob'),
+                                                  tests.get_user_id('alice')]),
+  array[tests.get_user_id('alice')], 'of a batch''s users, the ones over their daily tokens, once each');
+update public.agent_tasks set max_runs_per_day = null where id = 'd1000000-0000-0000-0000-000000000001';
+insert into public.agent_task_executions (id, task_id, user_id, agent_id, trigger_type, status, scheduled_for,
+                                         conversation_id, started_at, worker_id, lease_expires_at)
+values ('e1000000-0000-0000-0000-000000000002', 'd1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'),
+        'a1000000-0000-0000-0000-000000000001', 'manual', 'running', now() + interval '1 s',
+        'c1000000-0000-0000-0000-000000000001', now(), 'w1', now() + interval '30 s');
+select is((select count(*)::integer from scheduler.finish_executions('w1',
+            '[{"id": "e1000000-0000-0000-0000-000000000002", "attempt": 0, "status": "succeeded"}]')), 1,
+  'a run of a task without budgets finishes');
+select results_eq(
+  $$select status, last_error from public.agent_tasks where id = 'd1000000-0000-0000-0000-000000000001'$$,
+  $$values ('paused'::text, 'daily token budget used up: 1200 of 1000 tokens today (max_tokens_per_user_per_day); it renews at 00:00 UTC'::text)$$,
+  'and its task pauses, its owner''s daily tokens being used up');
+update scheduler.limits set value = '1000000' where name = 'max_tokens_per_user_per_day';
 
 -- =========================================================================
 -- Refusals that reveal nothing
