@@ -18,9 +18,10 @@ manual tasks) for each size in --sizes (default 10,000, 100,000 and
   autovacuum may do in a burst; no manual vacuum anywhere after seeding;
 - idle_after: the idle pass again after the bursts (dead rows present, the
   burst's statistics in place), goal p99 < 3 ms;
-- idle_after_unpinned: the same with the function's `jit = off` and
-  `enable_bitmapscan = off` reset: the planner's own choice, as before, to
-  show the cliffs the settings remove.
+- idle_after_unpinned: the same with the function's pinned planner settings
+  (PINNED_SETTINGS: jit, bitmap scans, the cached generic plan, hash and
+  merge joins) reset: the planner's own choice, as before, to show what the
+  settings remove.
 
 Times are wall-clock on the client (one local TCP connection). Prints one
 JSON object. Not a test: figures are noisy on a shared machine.
@@ -51,6 +52,8 @@ from worker import stack  # noqa: E402
 USERS = 1000
 IDLE_GOAL_MS = 3.0
 ENQUEUE_DUE = "scheduler.enqueue_due(timestamptz, integer)"
+# the planner settings enqueue_due pins (migration ..0600_scheduling.sql); idle_after_unpinned resets them
+PINNED_SETTINGS = ("jit", "enable_bitmapscan", "plan_cache_mode", "enable_hashjoin", "enable_mergejoin")
 WARMUP_CALLS = 3
 
 
@@ -166,8 +169,8 @@ def run_size(state: stack.State, tasks: int, args: argparse.Namespace) -> dict[s
             burst = bench_burst(conn, args.due, min(args.due_rounds, kinds.get("cron", 0)
                                                     * 2 // args.due))
             idle_after = bench_idle(conn, args.idle_calls)
-            conn.execute(f"alter function {ENQUEUE_DUE} reset jit")
-            conn.execute(f"alter function {ENQUEUE_DUE} reset enable_bitmapscan")
+            for setting in PINNED_SETTINGS:
+                conn.execute(f"alter function {ENQUEUE_DUE} reset {setting}")
             idle_after_unpinned = bench_idle(conn, args.idle_calls)
     finally:
         stack.drop_database(state, name)
@@ -210,8 +213,8 @@ def main() -> int:
                 f" {WARMUP_CALLS} warm-up calls, client wall time; burst = {args.due} tasks (half"
                 " interval, half cron) due in the same second, one enqueue_due() call,"
                 f" {args.due_rounds} rounds, the first analysed while due. idle_after = the idle"
-                " pass after the bursts; idle_after_unpinned = the same with the function's jit"
-                " and enable_bitmapscan settings reset (the planner's own choice)."
+                " pass after the bursts; idle_after_unpinned = the same with the function's pinned"
+                " planner settings (PINNED_SETTINGS) reset (the planner's own choice)."
                 " The local cluster runs with fsync off; 2-core machine shared"
                 " with other work, so figures are noisy."),
         },

@@ -13,9 +13,11 @@ select ok(
   'claim_executions: one generic plan, ordered index walks and nested loops only, no jit');
 
 select ok(
-  (select proconfig @> array['jit=off', 'enable_bitmapscan=off']
+  (select proconfig @> array['jit=off', 'enable_bitmapscan=off', 'plan_cache_mode=force_generic_plan',
+                             'enable_hashjoin=off', 'enable_mergejoin=off']
    from pg_proc where oid = 'scheduler.enqueue_due(timestamptz,integer)'::regprocedure),
-  'enqueue_due: no jit, and the due scan walks its index (marking dead entries as it goes)');
+  'enqueue_due: one generic plan, no jit, the due scan walks its index (marking dead entries as it goes), '
+  'due tasks looked up by primary key');
 
 select ok(
   (select reloptions @> array['autovacuum_vacuum_scale_factor=0.01', 'autovacuum_vacuum_threshold=5000',
