@@ -706,51 +706,79 @@ begin
 end
 $$;
 
--- put_back_running: the rescuers' one move of a locked running execution
--- whose worker is gone: back to the queue, runnable at once (its attempt
--- used), while attempts remain, else failed with the task's bookkeeping.
--- p_cause says why ("lease expired on worker w1"). Returns true when requeued.
+-- put_back_running: the rescuers' one move, for a set of running executions
+-- whose worker is gone: back to the queue, runnable at once (their attempt
+-- used), while attempts remain, else failed with their task's bookkeeping
+-- (record_outcome, in id order). p_reason is the error_kind and picks the
+-- sentence: 'lease_expired' (the worker let its lease run out) or
+-- 'worker_lost' (the worker's database session ended). The rows are locked in
+-- id order (the one lock order of heartbeat, start, finish and the rescuers)
+-- and only those still running move; a caller that chooses them by more than
+-- their status (an expired lease, a dead worker) chooses and locks them in one
+-- statement, so that its choice still holds when they move. Wakes the workers
+-- when any went back to the queue. Returns how many moved.
 -- Internal: called by rescue_expired and rescue_dead_workers only.
 create or replace function scheduler.put_back_running(
-  p_exec public.agent_task_executions, p_error_kind text, p_cause text, p_now timestamptz
-) returns boolean
+  p_ids uuid[], p_reason text, p_now timestamptz
+) returns integer
 language plpgsql
 security definer
 set search_path = ''
 as $$
 declare
+  v_cause text := case p_reason when 'lease_expired' then 'lease expired on worker %s'
+                                when 'worker_lost' then 'the session of worker %s ended' end;
+  v_ids uuid[];
+  v_requeued integer;
   v_exec public.agent_task_executions;
 begin
-  if p_exec.attempt < p_exec.max_attempts then
-    update public.agent_task_executions e set
-      status = 'queued',
-      run_after = p_now,
-      worker_id = null,
-      lease_expires_at = null,
-      error = format('%s (worker lost)', p_cause),
-      error_kind = p_error_kind
-    where e.id = p_exec.id;
-    return true;
+  if v_cause is null then
+    raise exception 'put_back_running: % is not a rescue reason (lease_expired, worker_lost)',
+      coalesce(p_reason, 'null') using errcode = '22023';
   end if;
+  v_ids := array(select e.id from public.agent_task_executions e
+                 where e.id = any (p_ids) and e.status = 'running'
+                 order by e.id
+                 for no key update);
+
   update public.agent_task_executions e set
-    status = 'failed',
-    finished_at = p_now,
-    duration_ms = scheduler.duration_ms(e.started_at, p_now),
+    status = 'queued',
+    run_after = p_now,
+    worker_id = null,
     lease_expires_at = null,
-    error = format('%s and no attempt is left', p_cause),
-    error_kind = p_error_kind
-  where e.id = p_exec.id
-  returning e.* into v_exec;
-  perform scheduler.record_outcome(v_exec, p_now);
-  return false;
+    error = format(v_cause || ' (worker lost)', e.worker_id),
+    error_kind = p_reason
+  where e.id = any (v_ids) and e.attempt < e.max_attempts;
+  get diagnostics v_requeued = row_count;
+
+  for v_exec in
+    with failed as (
+      update public.agent_task_executions e set
+        status = 'failed',
+        finished_at = p_now,
+        duration_ms = scheduler.duration_ms(e.started_at, p_now),
+        lease_expires_at = null,
+        error = format(v_cause || ' and no attempt is left', e.worker_id),
+        error_kind = p_reason
+      where e.id = any (v_ids) and e.attempt >= e.max_attempts
+      returning e.*
+    )
+    select * from failed f order by f.id
+  loop
+    perform scheduler.record_outcome(v_exec, p_now);
+  end loop;
+
+  if v_requeued > 0 then
+    perform pg_notify('agent_task_executions', '');
+  end if;
+  return cardinality(v_ids);
 end
 $$;
 
 -- rescue_expired: running executions whose lease expired (their worker died
--- or hangs) go back to the queue, or fail when no attempt is left. Called by
--- every worker on its tick and by pg_cron every minute. Returns rows moved.
--- Rows are locked in id order (the one lock order of heartbeat, start,
--- finish and rescue_dead_workers).
+-- or hangs) go back to the queue, or fail when no attempt is left
+-- (put_back_running). Called by every worker on its tick and by pg_cron every
+-- minute. Returns rows moved.
 create or replace function scheduler.rescue_expired(p_now timestamptz default null)
 returns integer
 language plpgsql
@@ -759,28 +787,16 @@ set search_path = ''
 as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
-  v_exec public.agent_task_executions;
-  v_moved integer := 0;
-  v_requeued integer := 0;
+  v_moved integer;
 begin
-  for v_exec in
-    select * from public.agent_task_executions e
-    where e.status = 'running' and e.lease_expires_at < v_now
-    order by e.id
-    for no key update
-  loop
-    if scheduler.put_back_running(v_exec, 'lease_expired',
-                                  format('lease expired on worker %s', v_exec.worker_id), v_now) then
-      v_requeued := v_requeued + 1;
-    end if;
-    v_moved := v_moved + 1;
-  end loop;
+  v_moved := scheduler.put_back_running(
+    array(select e.id from public.agent_task_executions e
+          where e.status = 'running' and e.lease_expires_at < v_now
+          order by e.id
+          for no key update),
+    'lease_expired', v_now);
 
   delete from scheduler.workers w where w.last_seen_at < v_now - interval '5 minutes';
-
-  if v_requeued > 0 then
-    perform pg_notify('agent_task_executions', '');
-  end if;
   return v_moved;
 end
 $$;
@@ -812,7 +828,8 @@ $$;
 -- session when the socket closes) is marked session_lost_at on first sight;
 -- once it has stayed gone for p_grace_seconds (a live worker re-attaches
 -- within that after a connection blip) its running executions go back to the
--- queue (or fail when no attempt is left), exactly like an expired lease.
+-- queue (or fail when no attempt is left: put_back_running, exactly like an
+-- expired lease).
 -- The lease stays the fallback for a worker alive but hung or partitioned.
 -- Returns the executions moved and the workers lost but still within grace
 -- (the caller looks again after the grace). Called by every worker's tick.
@@ -827,9 +844,7 @@ as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_dead text[];
-  v_exec public.agent_task_executions;
   v_rescued integer := 0;
-  v_requeued integer := 0;
 begin
   update scheduler.workers w set session_lost_at = v_now
   where w.backend_pid is not null and w.session_lost_at is null
@@ -840,23 +855,14 @@ begin
   where w.session_lost_at <= v_now - make_interval(secs => p_grace_seconds);
 
   if cardinality(v_dead) > 0 then
-    for v_exec in
-      select * from public.agent_task_executions e
-      where e.status = 'running' and e.worker_id = any (v_dead)
-      order by e.id
-      for no key update
-    loop
-      if scheduler.put_back_running(v_exec, 'worker_lost',
-                                    format('the session of worker %s ended', v_exec.worker_id), v_now) then
-        v_requeued := v_requeued + 1;
-      end if;
-      v_rescued := v_rescued + 1;
-    end loop;
+    v_rescued := scheduler.put_back_running(
+      array(select e.id from public.agent_task_executions e
+            where e.status = 'running' and e.worker_id = any (v_dead)
+            order by e.id
+            for no key update),
+      'worker_lost', v_now);
   end if;
 
-  if v_requeued > 0 then
-    perform pg_notify('agent_task_executions', '');
-  end if;
   return query select v_rescued,
     (select count(*)::integer from scheduler.workers w
      where w.session_lost_at > v_now - make_interval(secs => p_grace_seconds));

@@ -152,11 +152,13 @@ def test_act_as__run_requeued_while_the_model_answers__the_reply_is_stored_and_t
             assert time.monotonic() < deadline, "the model was never called"
             time.sleep(0.02)
         # what both rescues do to a running execution whose worker is gone
-        requeued = db.execute(
-            "select scheduler.put_back_running(e, 'worker_lost', 'the session of the worker ended', now()) as ok"
-            " from public.agent_task_executions e where e.id = %s and e.status = 'running'",
+        moved = db.execute(
+            "select scheduler.put_back_running(array[%s]::uuid[], 'worker_lost', now()) as n",
             (context["execution_id"],)).fetchone()
-        assert requeued == {"ok": True}
+        assert moved == {"n": 1}
+        status = db.execute("select status from public.agent_task_executions where id = %s",
+                            (context["execution_id"],)).fetchone()
+        assert status == {"status": "queued"}
         pending.result(timeout=15)
     assert len(assistant_replies(db, context["execution_id"])) == 1, "the turn's reply was thrown away"
     # the next attempt claims and starts the run again, and gets the stored reply

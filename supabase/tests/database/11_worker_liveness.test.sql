@@ -4,7 +4,7 @@
 -- A dead session is simulated by pointing backend_pid at no backend.
 begin;
 \ir helpers/personas.psql
-select plan(26);
+select plan(29);
 
 select tests.create_user('alice');
 insert into public.agents (id, user_id, name) values
@@ -30,7 +30,7 @@ select ok(not has_function_privilege('authenticated', 'scheduler.attach_worker_s
   'an authenticated user may not call attach_worker_session');
 
 select ok(not has_function_privilege('task_worker',
-  'scheduler.put_back_running(public.agent_task_executions, text, text, timestamptz)', 'execute'),
+  'scheduler.put_back_running(uuid[], text, timestamptz)', 'execute'),
   'the rescuers'' shared move is internal');
 
 -- attaching
@@ -80,6 +80,20 @@ select is((select session_lost_at from scheduler.workers where id = 'w1'), null:
   're-attaching clears the lost mark');
 select is((select count(*)::int from scheduler.claim_executions('w2', 1, 30, null, '2030-01-01 09:06Z')), 1,
   'another worker claims the rescued execution');
+
+-- the rescuers' shared move takes a set of ids and a reason
+select throws_ok($$select scheduler.put_back_running(array['e1000000-0000-0000-0000-000000000001']::uuid[],
+                                                      'bored', '2030-01-01 09:07Z')$$,
+  '22023', null, 'a put-back names one of the rescue reasons');
+select is(scheduler.put_back_running(array['e1000000-0000-0000-0000-000000000001',
+                                           'e2000000-0000-0000-0000-000000000002']::uuid[],
+                                     'lease_expired', '2030-01-01 09:07Z'),
+  1, 'a put-back moves only the executions of its set still running');
+select results_eq(
+  $$select status, error_kind, error from public.agent_task_executions
+    where id = 'e1000000-0000-0000-0000-000000000001'$$,
+  $$values ('failed'::text, 'lease_expired'::text, 'lease expired on worker w2 and no attempt is left'::text)$$,
+  'the reason picks the error kind and the sentence, which names the worker');
 
 -- the chat circuit breaker a worker reports (queue stats shows it)
 select ok(not has_function_privilege('authenticated', 'scheduler.report_chat_circuit(text, boolean, text)', 'execute'),
