@@ -346,8 +346,6 @@ as $$
 $$;
 
 -- RLS and privileges -----------------------------------------------------------
-alter table public.user_integrations enable row level security;
-alter table public.agent_integrations enable row level security;
 revoke all on public.user_integrations, public.agent_integrations from anon, authenticated;
 revoke all on chat_private.integration_policy, chat_private.integration_credentials
   from public, anon, authenticated, service_role;
@@ -356,30 +354,23 @@ grant select, delete on public.user_integrations to authenticated;
 grant insert (name, description, server_url, auth_kind, header_name) on public.user_integrations to authenticated;
 grant update (name, description, server_url, auth_kind, header_name) on public.user_integrations to authenticated;
 
-create policy "Users can see their own integrations" on public.user_integrations
-  for select to authenticated using (user_id = (select auth.uid()));
-create policy "Users can connect integrations for themselves" on public.user_integrations
-  for insert to authenticated with check (user_id = (select auth.uid()));
-create policy "Users can change their own integrations" on public.user_integrations
-  for update to authenticated using (user_id = (select auth.uid()))
-  with check (user_id = (select auth.uid()));
-create policy "Users can remove their own integrations" on public.user_integrations
-  for delete to authenticated using (user_id = (select auth.uid()));
+-- RLS on and the owner-only policies: scheduler.create_owner_policies (…1100_rls.sql)
+call scheduler.create_owner_policies('public.user_integrations',
+  p_select => 'Users can see their own integrations',
+  p_insert => 'Users can connect integrations for themselves',
+  p_update => 'Users can change their own integrations',
+  p_delete => 'Users can remove their own integrations');
 
 grant select, delete on public.agent_integrations to authenticated;
 grant insert (agent_id, integration_id, enabled_tools) on public.agent_integrations to authenticated;
 grant update (enabled_tools) on public.agent_integrations to authenticated;
 
 -- the composite foreign keys require agent and integration to be the caller's own
-create policy "Users can see which integrations their agents use" on public.agent_integrations
-  for select to authenticated using (user_id = (select auth.uid()));
-create policy "Users can enable their integrations for their agents" on public.agent_integrations
-  for insert to authenticated with check (user_id = (select auth.uid()));
-create policy "Users can change their agents' tool allow-lists" on public.agent_integrations
-  for update to authenticated using (user_id = (select auth.uid()))
-  with check (user_id = (select auth.uid()));
-create policy "Users can disable integrations for their agents" on public.agent_integrations
-  for delete to authenticated using (user_id = (select auth.uid()));
+call scheduler.create_owner_policies('public.agent_integrations',
+  p_select => 'Users can see which integrations their agents use',
+  p_insert => 'Users can enable their integrations for their agents',
+  p_update => 'Users can change their agents'' tool allow-lists',
+  p_delete => 'Users can disable integrations for their agents');
 
 revoke execute on all functions in schema chat_private from public, anon, authenticated;
 grant execute on function

@@ -1,9 +1,10 @@
 -- The helpers that state one rule each: the execution status vocabulary,
 -- the execution row constructor, the first next_run_at of a schedule, the
--- run time, the single finish path and the act-as context.
+-- run time, the single finish path, the act-as context and the owner-only
+-- policies.
 begin;
 \ir helpers/personas.psql
-select plan(32);
+select plan(36);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -172,6 +173,33 @@ select results_eq(
   'a refused context carries no ids');
 select is(chat_private.check_act_as(tests.get_user_id('bob'), 'a1000000-0000-0000-0000-000000000001', null),
   'context_mismatch', 'check_act_as is the verdict of act_as_context');
+
+-- The owner-only policies ------------------------------------------------------------------
+select ok(not has_function_privilege('authenticated',
+            'scheduler.create_owner_policies(regclass, text, text, text, text)', 'execute')
+          and not has_function_privilege('anon',
+            'scheduler.create_owner_policies(regclass, text, text, text, text)', 'execute'),
+  'no client role may call the owner-only policy generator');
+select is(
+  (select array_agg(distinct coalesce(p.qual, '-') || ' / ' || coalesce(p.with_check, '-'))
+   from pg_policies p
+   where p.schemaname = 'public'
+     and p.policyname <> 'Users can post their own messages in their own conversations'),
+  array['(user_id = ( SELECT auth.uid() AS uid)) / (user_id = ( SELECT auth.uid() AS uid))',
+        '(user_id = ( SELECT auth.uid() AS uid)) / -',
+        '- / (user_id = ( SELECT auth.uid() AS uid))'],
+  'every user table''s policy but the message insert is the owner-only rule, generated once');
+create table tests.owned_scratch (id integer, user_id uuid);
+call scheduler.create_owner_policies('tests.owned_scratch', p_select => 'Owners see theirs',
+                                     p_delete => 'Owners delete theirs');
+select results_eq(
+  $$select relrowsecurity from pg_class where oid = 'tests.owned_scratch'::regclass$$,
+  $$values (true)$$, 'the generator turns RLS on');
+select is(
+  (select string_agg(format('%s: %s to %s', policyname, cmd, array_to_string(roles, ',')), '; ' order by policyname)
+   from pg_policies where tablename = 'owned_scratch'),
+  'Owners delete theirs: DELETE to authenticated; Owners see theirs: SELECT to authenticated',
+  'it writes one policy per operation named, to authenticated, and none for the others');
 
 select * from finish();
 rollback;
