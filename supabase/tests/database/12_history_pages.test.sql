@@ -5,7 +5,7 @@
 -- a deep page costs what the first costs (bench/bench_pages.py times it).
 begin;
 \ir helpers/personas.psql
-select plan(16);
+select plan(18);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -112,6 +112,22 @@ select tests.authenticate_as_anon();
 select throws_ok($$select * from public.list_executions()$$, '42501', null, 'anon cannot list runs');
 select throws_ok($$select * from public.list_messages('c1000000-0000-0000-0000-000000000001')$$, '42501', null,
   'anon cannot list messages');
+
+-- the cursor rule lives once: every list decodes its cursor through
+-- page_cursor_position (and writes it with page_cursor), none parses it itself
+select is(array(select p.proname::text from pg_proc p
+                where p.pronamespace = 'public'::regnamespace and 'p_cursor' = any (p.proargnames)
+                order by 1),
+  array['list_conversations', 'list_executions', 'list_messages', 'page_cursor_position'],
+  'the functions that take a page cursor');
+select is(array(select p.proname::text from pg_proc p
+                where p.pronamespace = 'public'::regnamespace and 'p_cursor' = any (p.proargnames)
+                  and p.proname <> 'page_cursor_position'
+                  and (p.prosrc not like '%public.page_cursor_position(p_cursor, p_limit)%'
+                       or p.prosrc not like '%public.page_cursor(%'
+                       or p.prosrc ~ 'split_part|p_cursor::')
+                order by 1),
+  '{}'::text[], 'each list decodes its cursor only through page_cursor_position and writes it with page_cursor');
 
 select * from finish();
 rollback;
