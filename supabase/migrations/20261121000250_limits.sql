@@ -14,7 +14,8 @@
 --     the model reports (chat_private.record_assistant_reply ->
 --     scheduler.count_usage): refused up front (run_task_now, the chat
 --     function's turn_check), and a task that uses one up pauses itself
---     (scheduler.pause_for_budget, from record_outcome) until the next UTC
+--     (scheduler.pause_for_budget, from finish_executions, through
+--     scheduler.pause_with_notice in the task lifecycle) until the next UTC
 --     day (scheduler.resume_after_budget, pg_cron) or resume_task.
 
 -- The operator's settings, one row per limit. value is jsonb: a number, or

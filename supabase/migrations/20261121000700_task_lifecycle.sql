@@ -67,13 +67,41 @@ begin
 end
 $$;
 
+-- The scheduler pauses a task on its own (not its user) and says why: the
+-- task is paused like pause_task does it (its queued scheduled runs are
+-- cancelled), last_error is p_reason, p_state is merged into state, and the
+-- owner gets a task_paused notification about p_exec, the run that led to it
+-- (title: 'Scheduled task "<name>" paused', then p_until when given, e.g.
+-- 'until tomorrow'; body: p_reason). Returns the paused task.
+create or replace function scheduler.pause_with_notice(
+  p_exec public.agent_task_executions, p_reason text, p_state jsonb default '{}'::jsonb, p_until text default null
+) returns public.agent_tasks
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_task public.agent_tasks;
+begin
+  perform scheduler.pause_task(p_exec.task_id);
+  update public.agent_tasks t set
+    last_error = p_reason,
+    state = t.state || coalesce(p_state, '{}'::jsonb)
+  where t.id = p_exec.task_id
+  returning * into v_task;
+  perform scheduler.notify_user(p_exec, 'task_paused',
+    format('Scheduled task "%s" paused', v_task.name) || coalesce(' ' || p_until, ''), p_reason);
+  return v_task;
+end
+$$;
+
 -- A task whose run used up a daily budget (scheduler.budget_error: the
 -- user's tokens, the task's tokens or runs) pauses itself (called by
--- scheduler.finish_executions for each active task of a batch): its queued
--- scheduled runs are cancelled, last_error says which limit, the user is
--- notified (task_paused), and state.budget_paused_until (the next 00:00 UTC)
--- lets scheduler.resume_after_budget resume it then; resume_task resumes it
--- at once.
+-- scheduler.finish_executions for each active task of a batch) with
+-- pause_with_notice: last_error says which limit, and
+-- state.budget_paused_until (the next 00:00 UTC) lets
+-- scheduler.resume_after_budget resume it then; resume_task resumes it at
+-- once.
 create or replace function scheduler.pause_for_budget(p_exec public.agent_task_executions, p_now timestamptz)
 returns boolean
 language plpgsql
@@ -82,20 +110,13 @@ set search_path = ''
 as $$
 declare
   v_error text := scheduler.budget_error(p_exec.user_id, p_exec.task_id, p_now);
-  v_task public.agent_tasks;
 begin
   if v_error is null then
     return false;
   end if;
-  perform scheduler.pause_task(p_exec.task_id);
-  update public.agent_tasks t set
-    last_error = v_error,
-    state = t.state || jsonb_build_object(
-      'budget_paused_until', (scheduler.usage_day(p_now) + 1)::timestamp at time zone 'UTC')
-  where t.id = p_exec.task_id
-  returning * into v_task;
-  perform scheduler.notify_user(p_exec, 'task_paused',
-    format('Scheduled task "%s" paused until tomorrow', v_task.name), v_error);
+  perform scheduler.pause_with_notice(p_exec, v_error,
+    jsonb_build_object('budget_paused_until', (scheduler.usage_day(p_now) + 1)::timestamp at time zone 'UTC'),
+    'until tomorrow');
   return true;
 end
 $$;

@@ -1,10 +1,10 @@
 -- The helpers that state one rule each: the execution status vocabulary,
 -- the execution row constructor, the first next_run_at of a schedule, the
--- run time, the single finish path, the act-as context and the owner-only
--- policies.
+-- run time, the single finish path, the act-as context, the owner-only
+-- policies and the scheduler's own pause with its notice.
 begin;
 \ir helpers/personas.psql
-select plan(36);
+select plan(40);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -200,6 +200,35 @@ select is(
    from pg_policies where tablename = 'owned_scratch'),
   'Owners delete theirs: DELETE to authenticated; Owners see theirs: SELECT to authenticated',
   'it writes one policy per operation named, to authenticated, and none for the others');
+
+-- The scheduler's own pause, with its notice -------------------------------------------------
+select ok(not has_function_privilege('authenticated',
+            'scheduler.pause_with_notice(public.agent_task_executions, text, jsonb, text)', 'execute')
+          and not has_function_privilege('task_worker',
+            'scheduler.pause_with_notice(public.agent_task_executions, text, jsonb, text)', 'execute'),
+  'pause_with_notice is internal');
+update public.agent_tasks set status = 'active', state = '{"kept": 1}' where id = 'd1000000-0000-0000-0000-000000000001';
+insert into public.agent_task_executions
+select x.* from public.agent_tasks t
+cross join lateral scheduler.new_execution(t, 'schedule', '2031-01-01 09:00Z', '2031-01-01 09:00Z', now()) x
+where t.id = 'd1000000-0000-0000-0000-000000000001';
+select results_eq(
+  $$select p.status, p.last_error, p.state
+    from public.agent_tasks t
+    cross join lateral scheduler.new_execution(t, 'manual', now(), now(), now()) e
+    cross join lateral scheduler.pause_with_notice(e, 'too much of something', '{"why": "limit"}', 'until Monday') p
+    where t.id = 'd1000000-0000-0000-0000-000000000001'$$,
+  $$values ('paused'::text, 'too much of something'::text, '{"kept": 1, "why": "limit"}'::jsonb)$$,
+  'pause_with_notice pauses the task, says why in last_error and merges its state');
+select is((select status from public.agent_task_executions
+           where task_id = 'd1000000-0000-0000-0000-000000000001' and scheduled_for = '2031-01-01 09:00Z'),
+  'cancelled', 'its queued scheduled run is cancelled, as pause_task does');
+select results_eq(
+  $$select kind, title, body, data ->> 'task_id' from public.notifications
+    where user_id = tests.get_user_id('alice') and kind = 'task_paused'$$,
+  $$values ('task_paused'::text, 'Scheduled task "a" paused until Monday'::text, 'too much of something'::text,
+            'd1000000-0000-0000-0000-000000000001'::text)$$,
+  'and tells the owner why and until when');
 
 select * from finish();
 rollback;

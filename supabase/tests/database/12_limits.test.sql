@@ -4,7 +4,7 @@
 -- nothing (docs/security.md).
 begin;
 \ir helpers/personas.psql
-select plan(58);
+select plan(59);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -213,6 +213,11 @@ select results_eq(
   'the task that used up its budget pauses itself with a readable last_error, until the next UTC day');
 select is((select count(*)::integer from public.notifications where user_id = tests.get_user_id('alice') and kind = 'task_paused'),
   1, 'its owner is notified');
+select results_eq(
+  $$select title, body from public.notifications where user_id = tests.get_user_id('alice') and kind = 'task_paused'$$,
+  $$values ('Scheduled task "sixty" paused until tomorrow'::text,
+            'this task''s daily token budget is used up: 150 of 100 tokens today (max_tokens_per_day); it renews at 00:00 UTC'::text)$$,
+  'the notice says until when and which limit');
 select is(scheduler.resume_after_budget(), 0, 'it stays paused today');
 select is(scheduler.resume_after_budget(now() + interval '1 day'), 1, 'and resumes the next day');
 select is((select status from public.agent_tasks where name = 'sixty'), 'active',
