@@ -763,7 +763,9 @@ begin
       where e.id = any (v_ids) and e.attempt >= e.max_attempts
       returning e.*
     )
-    select * from failed f order by f.id
+    -- task by task in task-id order: record_outcome locks each run's task,
+    -- and tasks are locked in id order everywhere (finish_executions)
+    select * from failed f order by f.task_id, f.id
   loop
     perform scheduler.record_outcome(v_exec, p_now);
   end loop;
