@@ -576,7 +576,9 @@ $$;
 
 -- A cron task the planner cannot compute (croniter refused it although the
 -- database accepted it) goes to status 'error' with a readable last_error,
--- instead of silently never running. Guarded on schedule_version like apply_plan.
+-- instead of silently never running, and its owner is told (a task_failed
+-- notification naming the task, with no execution). Guarded on
+-- schedule_version like apply_plan.
 create or replace function scheduler.fail_plan(
   p_task_id uuid, p_schedule_version integer, p_error text
 ) returns boolean
@@ -584,12 +586,24 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_task public.agent_tasks;
+  v_about public.agent_task_executions;
 begin
   update public.agent_tasks set
     status = 'error',
     last_error = left('cannot compute the next run: ' || p_error, 2000)
-  where id = p_task_id and schedule_version = p_schedule_version and status = 'active';
-  return found;
+  where id = p_task_id and schedule_version = p_schedule_version and status = 'active'
+  returning * into v_task;
+  if not found then
+    return false;
+  end if;
+  v_about.user_id := v_task.user_id;
+  v_about.task_id := v_task.id;
+  v_about.conversation_id := v_task.conversation_id;
+  perform scheduler.notify_user(v_about, 'task_failed',
+    format('Scheduled task "%s" stopped: its schedule cannot be computed', v_task.name), v_task.last_error);
+  return true;
 end
 $$;
 

@@ -3,7 +3,7 @@
 -- known state.
 begin;
 \ir helpers/personas.psql
-select plan(99);
+select plan(100);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -448,5 +448,12 @@ select results_eq(
   $$select status, last_error from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f1'$$,
   $$values ('error'::text, 'cannot compute the next run: croniter refused it'::text)$$,
   'a task the planner cannot compute is visibly in error with a readable reason');
+select results_eq(
+  $$select kind, title, body, data ->> 'task_id', data ->> 'execution_id' from public.notifications
+    where data ->> 'task_id' = 'd1000000-0000-0000-0000-0000000000f1'$$,
+  $$values ('task_failed'::text, 'Scheduled task "plan me" stopped: its schedule cannot be computed'::text,
+            'cannot compute the next run: croniter refused it'::text, 'd1000000-0000-0000-0000-0000000000f1'::text,
+            null::text)$$,
+  'and its owner is told, once');
 select * from finish();
 rollback;
