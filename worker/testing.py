@@ -5,15 +5,21 @@ relies on, with the same fences (status running, this worker, this attempt),
 in a dict instead of Postgres, so shutdown, abandon, claim coalescing and
 the finish batcher can be tested in milliseconds and deterministically. It
 uses the production batchers (worker.queue.FinishBatcher, StartBatcher) and
-records every call. It is not the database's semantics in full: the
-scheduling side (enqueue_due, the planner's calls) does nothing here, and the
-end-to-end tests run the real Postgres.
+records every call. The claim follows `scheduler.claim_executions`: every
+queued run gets a turn when it is added (`scheduler.assign_turn`), slots go
+round-robin by turn within the operator's `priority_class`, each user's slots
+to that user's own runs by priority, with the per-user cap and exclusive
+tasks (tests/integration/test_queue_contract.py compares the claim order with
+Postgres). It is not the database's semantics in full: the scheduling side
+(enqueue_due, the planner's calls) does nothing here, and the end-to-end tests
+run the real Postgres.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +57,12 @@ class MemoryExecution:
     attempt: int = 0
     max_attempts: int = 4
     priority: int = 0
+    # the operator's class: served before any lower one (agent_tasks.priority_class)
+    priority_class: int = 0
+    # overlap_policy skip or queue: never two runs of the task at once
+    exclusive: bool = False
+    # the fair-order position, given by InMemoryQueue.add as scheduler.assign_turn does
+    turn: int = 0
     timeout_seconds: int = 300
     scheduled_for: datetime = field(default_factory=lambda: datetime.now(UTC))
     run_after: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -135,10 +147,22 @@ class InMemoryQueue:
         ids = []
         for _ in range(n):
             execution = MemoryExecution(id=uuid.uuid4(), **fields)
+            execution.turn = self._next_turn(execution)
             self.executions[execution.id] = execution
             ids.append(execution.id)
         self.notify(CHANNEL_EXECUTIONS, "")
         return ids
+
+    def _queued(self) -> list[MemoryExecution]:
+        return [e for e in self.executions.values() if e.status is ExecutionStatus.QUEUED]
+
+    def _next_turn(self, new: MemoryExecution) -> int:
+        """scheduler.assign_turn: one past the user's last queued turn, never
+        behind the head (the lowest queued turn) of its class."""
+        queued = self._queued()
+        own = [e.turn + 1 for e in queued if e.user_id == new.user_id]
+        head = [e.turn for e in queued if e.priority_class == new.priority_class]
+        return max(max(own, default=0), min(head, default=0), 0)
 
     def notify(self, channel: str, payload: str) -> None:
         for listener in self._listeners:
@@ -199,12 +223,8 @@ class InMemoryQueue:
     async def claim(self, worker_id: str, limit: int, lease_seconds: int,
                     per_user_limit: int | None) -> list[ClaimedExecution]:
         self.claims.append(limit)
-        now = datetime.now(UTC)
-        ready = sorted((e for e in self.executions.values()
-                        if e.status is ExecutionStatus.QUEUED and e.run_after <= now),
-                       key=lambda e: (-e.priority, e.scheduled_for))[:limit]
         claimed = []
-        for e in ready:
+        for e in self._claimable(limit, per_user_limit, datetime.now(UTC)):
             e.status = ExecutionStatus.RUNNING
             e.worker_id = worker_id
             e.attempt += 1
@@ -218,6 +238,37 @@ class InMemoryQueue:
         if claimed:
             self.claimed_event.set()
         return claimed
+
+    def _claimable(self, limit: int, per_user_limit: int | None, now: datetime) -> list[MemoryExecution]:
+        """The rows scheduler.claim_executions picks, in the order it returns them."""
+        running = Counter(e.user_id for e in self.executions.values() if e.status is ExecutionStatus.RUNNING)
+        busy_tasks = {e.task_id for e in self.executions.values() if e.status is ExecutionStatus.RUNNING}
+
+        def ready(e: MemoryExecution) -> bool:
+            return e.run_after <= now and not (e.exclusive and e.task_id in busy_tasks)
+
+        queued = [e for e in self._queued() if ready(e)]
+        # the next `limit` turns (the claim index's order: class, turn, run_after), each a
+        # slot for its user; users at the cap take none
+        turns = sorted((e for e in queued if per_user_limit is None or running[e.user_id] < per_user_limit),
+                       key=lambda e: (-e.priority_class, e.turn, e.run_after))[:limit]
+        slots = Counter(e.user_id for e in turns)
+
+        def urgency(e: MemoryExecution) -> tuple[int, int, datetime]:
+            return (-e.priority_class, -e.priority, e.scheduled_for)
+
+        picked: list[MemoryExecution] = []
+        for user_id, n in slots.items():
+            # the user's slots go to its most urgent runs (ranked as user_rank); of an
+            # exclusive task only the earliest, and none past the per-user cap
+            mine = sorted((e for e in queued if e.user_id == user_id), key=urgency)[:n]
+            earliest: dict[uuid.UUID, MemoryExecution] = {}
+            for e in sorted(mine, key=lambda e: e.scheduled_for):
+                earliest.setdefault(e.task_id, e)
+            picked.extend(e for rank, e in enumerate(mine, start=1)
+                          if (not e.exclusive or earliest[e.task_id] is e)
+                          and (per_user_limit is None or rank + running[user_id] <= per_user_limit))
+        return sorted(picked, key=urgency)
 
     async def heartbeat(self, worker_id: str, ids: Sequence[uuid.UUID], lease_seconds: int,
                         in_flight: int) -> list[tuple[uuid.UUID, str]]:
