@@ -12,7 +12,13 @@ Non-streamed turns are sent with an asyncio aiohttp client by 1 and then 32
 concurrent callers for a fixed time each. Prints one JSON object:
 
     {"concurrency_1": {"rps", "p50_ms", "p99_ms", "n", "errors"},
-     "concurrency_32": {...}, "goals": {...}}
+     "concurrency_32": {...}, "db_transactions_per_turn", "goals": {...}}
+
+db_transactions_per_turn: the bench database's transactions (pg_stat_database)
+during the concurrency levels, warm-up included, divided by the turns answered
+in them. The function sends each transaction as one multi-statement query, so
+this is also its round trips per turn; the bench's own few reads add < 0.01.
+Counted 11 s after the load stops, when idle backends have reported.
 
 --deep-messages N (default 100,000; 0 skips it) adds one more phase: one
 caller whose conversation already holds N messages (inserted in bulk, not
@@ -61,6 +67,7 @@ from worker import stack  # noqa: E402
 NEW_CONVERSATION_EVERY = 20
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 MAX_SECONDS = 60.0
+STATS_IDLE_FLUSH_S = 11.0
 GOAL_P50_MS_AT_1 = 15.0
 GOAL_RPS_AT_32 = 400.0
 
@@ -79,6 +86,14 @@ def backend_pids(db_url: str, db_name: str) -> list[int]:
         rows = conn.execute("select pid from pg_stat_activity where datname = %s and application_name = %s",
                             (db_name, "chat-function")).fetchall()
     return [int(r[0]) for r in rows]
+
+
+def transactions(db_url: str, db_name: str) -> int:
+    """Committed and rolled-back transactions of the bench database so far (pg_stat_database)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        row = conn.execute("select xact_commit + xact_rollback from pg_stat_database where datname = %s",
+                           (db_name,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def function_times(db_url: str) -> dict[str, tuple[int, float, float]]:
@@ -115,7 +130,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 async def caller(session: aiohttp.ClientSession, url: str, headers: dict[str, str], agent_id: str,
                  stop_at: float, record_after: float, latencies: list[float], errors: list[str],
-                 keep_conversation: str | None = None) -> None:
+                 keep_conversation: str | None = None, answered: list[int] | None = None) -> None:
     """Turns until stop_at; a new conversation every NEW_CONVERSATION_EVERY turns,
     or always keep_conversation when given."""
     conversation_id: str | None = keep_conversation
@@ -140,13 +155,16 @@ async def caller(session: aiohttp.ClientSession, url: str, headers: dict[str, st
         if started >= record_after:
             latencies.append(elapsed_ms)
         turns += 1
+        if answered is not None:
+            answered[0] += 1
         if keep_conversation is None:
             conversation_id = None if turns % NEW_CONVERSATION_EVERY == 0 else data["conversation_id"]
 
 
 async def measure(url: str, identities: list[tuple[dict[str, str], str]], concurrency: int,
                   seconds: float, warmup: float, pids: dict[str, list[int]], db_url: str,
-                  db_name: str, keep_conversation: str | None = None) -> dict[str, Any]:
+                  db_name: str, keep_conversation: str | None = None,
+                  answered: list[int] | None = None) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
     # The load generator shares the 2 cores with what it measures: aiohttp (C
@@ -167,7 +185,7 @@ async def measure(url: str, identities: list[tuple[dict[str, str], str]], concur
 
         await asyncio.gather(snapshot_after_warmup(), *(
             caller(clients[i], url, identities[i][0], identities[i][1], stop_at, record_after, latencies, errors,
-                   keep_conversation)
+                   keep_conversation, answered)
             for i in range(concurrency)))
         # turns that started in the window; the window ends when the last one returns
         window_s = max(time.monotonic() - record_after, 1e-9)
@@ -250,16 +268,22 @@ def main(argv: list[str] | None = None) -> int:
                 agent = create_agent(conn, user, system_prompt="You are a helpful planning assistant.")
                 identities.append((fn.user_headers(user), str(agent)))
         results: dict[str, Any] = {}
+        xacts_before, answered = transactions(db_url, db_name), [0]
         for level in levels:
             pids = {"chat_function": [fn.proc.pid], "fake_llm": [llm_proc.pid], "client": [os.getpid()],
                     "postgres": []}
             before = function_times(db_url) if args.functions else {}
             results[f"concurrency_{level}"] = asyncio.run(
-                measure(fn.url, identities, level, seconds, args.warmup, pids, db_url, db_name))
+                measure(fn.url, identities, level, seconds, args.warmup, pids, db_url, db_name,
+                        answered=answered))
             if args.functions:
                 result = results[f"concurrency_{level}"]
                 result["sql_functions_ms_per_turn"] = function_deltas(before, function_times(db_url),
                                                                       max(result["n"], 1))
+        # an idle backend reports its counts after PGSTAT_IDLE_INTERVAL (10 s): wait for them
+        time.sleep(STATS_IDLE_FLUSH_S)
+        results["db_transactions_per_turn"] = round(
+            (transactions(db_url, db_name) - xacts_before) / max(answered[0], 1), 3)
         if args.deep_messages > 0:
             with psycopg.connect(db_url, autocommit=True) as conn:
                 user = create_user(conn)

@@ -4,7 +4,8 @@
 //   tx1 (as the user: role authenticated + the user's claims, so RLS decides)
 //       load agent, conversation and history, insert the user's message:
 //       chat_turn.user_turn_begin / chat_turn.act_as_turn_begin (security
-//       invoker);
+//       invoker); then, as service_role with the same claims, the agent's MCP
+//       integrations (mcp/store.ts, keyed on auth.uid());
 //   tx2 (as service_role with the user's claims) persist the reply:
 //       chat_private.save_reply, through chat_private.record_assistant_reply,
 //       which re-checks ownership.
@@ -20,6 +21,7 @@ import postgres from "postgres";
 import { DEFAULT_HISTORY_MESSAGES, MAX_HISTORY_MESSAGES } from "./history.ts";
 import * as lit from "../_shared/sql_literal.ts";
 import { type ExecutionStatus, FINISHED_EXECUTION_STATUSES } from "./execution_status.ts";
+import { integrationsStatement, type Loaded } from "./mcp/store.ts";
 
 export type Sql = postgres.Sql;
 export type Tx = postgres.TransactionSql;
@@ -79,6 +81,8 @@ export interface UserTurnStart {
   userMessage: { id: string; created_at: string } | null;
   /** Prior messages, newest first. */
   history: HistoryRow[];
+  /** The agent's integrations (null when not asked for, or the turn was refused). */
+  integrations: Loaded | null;
 }
 
 /** Rows of a multi-statement query: postgres.js returns one result per statement. */
@@ -107,6 +111,8 @@ export async function startUserTurn(sql: Sql, args: {
   message: string;
   rateLimit: number;
   rateWindowS: number;
+  /** Also load the agent's MCP integrations (the function has MCP set up). */
+  withIntegrations: boolean;
 }): Promise<UserTurnStart> {
   // set_config('role', …, true) is `set local role` (PostgREST does the same). In one
   // statement with rate_limit_hit: the function's EXECUTE privilege is checked when the
@@ -122,7 +128,8 @@ export async function startUserTurn(sql: Sql, args: {
              set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
       select * from chat_turn.user_turn_begin(current_setting('chat.rate_wait')::integer,
         ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}, ${lit.text(args.message)},
-        ${DEFAULT_LIMIT}, ${HISTORY_ROWS_MAX});`,
+        ${DEFAULT_LIMIT}, ${HISTORY_ROWS_MAX});
+      ${integrationsAfter(args.withIntegrations, args.agentId, "current_setting('chat.rate_wait')::integer = 0")}`,
   );
   const row = results[1][0] as {
     wait: number;
@@ -137,7 +144,23 @@ export async function startUserTurn(sql: Sql, args: {
     conversation: row.conversation,
     userMessage: row.user_message,
     history: row.history,
+    integrations: loadedAt(results, 3),
   };
+}
+
+/**
+ * The statements that end tx1 by loading the agent's integrations as
+ * service_role (the role set by the first takes effect from the second), when
+ * `guard` holds; nothing when not wanted.
+ */
+function integrationsAfter(wanted: boolean, agentId: string, guard: string): lit.Literal {
+  if (!wanted) return lit.fragment("");
+  return lit.fragment(lit.sqlText`select set_config('role', 'service_role', true);
+      ${integrationsStatement({ agentId }, lit.fragment(guard))}`);
+}
+
+function loadedAt(results: Record<string, unknown>[][], index: number): Loaded | null {
+  return (results[index]?.[0]?.loaded as Loaded | null | undefined) ?? null;
 }
 
 /** The task a scheduled turn runs, as the user sees it. */
@@ -176,6 +199,8 @@ export interface ActAsStart {
   history: HistoryRow[];
   /** The task being run (null: not the user's). */
   task: TaskRow | null;
+  /** The agent's integrations (null when not asked for, or the context was refused). */
+  integrations: Loaded | null;
 }
 
 /**
@@ -191,6 +216,8 @@ export async function startActAsTurn(sql: Sql, args: {
   conversationId: string;
   executionId: string;
   userMessageId: string;
+  /** Also load the agent's MCP integrations (the function has MCP set up). */
+  withIntegrations: boolean;
 }): Promise<ActAsStart> {
   // Each set_config('role', …) takes effect from the next statement: check_act_as's
   // EXECUTE privilege is checked as service_role, the reads run as the user.
@@ -204,7 +231,8 @@ export async function startActAsTurn(sql: Sql, args: {
       select set_config('role', 'authenticated', true), set_config('request.jwt.claims', ${lit.text(args.claims)}, true);
       select * from chat_turn.act_as_turn_begin(current_setting('chat.act_as') = 'ok',
         ${lit.uuid(args.agentId)}, ${lit.uuid(args.conversationId)}, ${lit.uuid(args.executionId)},
-        ${lit.uuid(args.userMessageId)}, ${DEFAULT_LIMIT}, ${HISTORY_ROWS_MAX});`,
+        ${lit.uuid(args.userMessageId)}, ${DEFAULT_LIMIT}, ${HISTORY_ROWS_MAX});
+      ${integrationsAfter(args.withIntegrations, args.agentId, "current_setting('chat.act_as') = 'ok'")}`,
   );
   const verdict = String(results[1][0].verdict);
   if (verdict !== "ok") {
@@ -217,6 +245,7 @@ export async function startActAsTurn(sql: Sql, args: {
       executionStatus: null,
       history: [],
       task: null,
+      integrations: null,
     };
   }
   const row = results[3][0] as {
@@ -237,6 +266,7 @@ export async function startActAsTurn(sql: Sql, args: {
     executionStatus: row.execution_status,
     history: row.history,
     task: row.task,
+    integrations: loadedAt(results, 5),
   };
 }
 

@@ -41,6 +41,7 @@ import {
 import { runSchedulerTool } from "./tools/execute.ts";
 import { withoutNul } from "../_shared/sql_literal.ts";
 import { EMPTY_TOOLBOX, type McpDeps, openToolbox, type Toolbox } from "./mcp/toolbox.ts";
+import type { Loaded } from "./mcp/store.ts";
 
 /** Model calls that may request tools; one more call then must answer in text. */
 export const MAX_TOOL_ROUNDS = 5;
@@ -99,6 +100,8 @@ interface Conversation {
   actAs: boolean;
   /** The task of a scheduled turn (its system prompt section). */
   task: TaskRow | null;
+  /** The agent's MCP integrations, loaded with the turn's first transaction. */
+  integrations: Loaded | null;
 }
 
 interface Reply {
@@ -129,6 +132,7 @@ export async function userTurn(
     message: request.message,
     rateLimit: deps.config.rateLimit,
     rateWindowS: deps.config.rateWindowSeconds,
+    withIntegrations: deps.mcp !== undefined,
   });
   if (start.wait > 0) {
     throw new ChatError(429, "rate_limited", `too many requests; retry in ${start.wait} s`, {
@@ -155,6 +159,7 @@ export async function userTurn(
     history,
     actAs: false,
     task: null,
+    integrations: start.integrations,
   }, options);
   return await finish(deps, { claims, userId: user.userId, conversationId }, start.userMessage.id, reply, null, options);
 }
@@ -163,7 +168,7 @@ export async function userTurn(
 export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: TurnOptions = {}): Promise<TurnResult> {
   const ctx = request.context;
   const claims = JSON.stringify({ sub: ctx.userId, role: "authenticated" });
-  const start = await startActAsTurn(deps.sql, { claims, ...ctx });
+  const start = await startActAsTurn(deps.sql, { claims, ...ctx, withIntegrations: deps.mcp !== undefined });
   const agent = checkActAsContext(ctx, {
     verdict: start.verdict,
     agent: start.agent,
@@ -190,6 +195,7 @@ export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: 
       history: start.history,
       actAs: true,
       task: start.task,
+      integrations: start.integrations,
     }, options);
     return await finish(
       deps,
@@ -283,7 +289,7 @@ function parsedArguments(raw: string): unknown {
 /** The model loop with the caller's MCP tools, closed whatever happens. */
 async function converse(deps: TurnDeps, conv: Conversation, options: TurnOptions): Promise<Reply> {
   const toolbox = deps.mcp
-    ? await openToolbox(deps.mcp, { claims: conv.claims, userId: conv.userId, agentId: conv.agent.id })
+    ? await openToolbox(deps.mcp, { claims: conv.claims, userId: conv.userId }, conv.integrations)
     : EMPTY_TOOLBOX;
   try {
     const reply = await converseWith(deps, conv, options, toolbox);

@@ -33,19 +33,30 @@ async function asOwner(sql: Sql, claims: string, statement: string): Promise<unk
   return results[1];
 }
 
-/** The caller's integrations enabled for an agent, or the one integration asked for. */
+/**
+ * The statement that loads the caller's integrations enabled for an agent, or
+ * the one integration asked for (column `loaded`, a Loaded; null when `when`,
+ * a SQL condition, is false). It runs as service_role with the caller's
+ * claims; a turn appends it to its first transaction (db.ts), so loading
+ * costs no round trip of its own.
+ */
+export function integrationsStatement(
+  target: { agentId: string } | { integrationId: string },
+  when: lit.Literal = lit.fragment("true"),
+): lit.Literal {
+  const agentId = "agentId" in target ? target.agentId : null;
+  const integrationId = "integrationId" in target ? target.integrationId : null;
+  return lit.fragment(lit.sqlText`select case when ${when}
+      then chat_private.integrations_for(${lit.uuid(agentId)}, ${lit.uuid(integrationId)}) end as loaded;`);
+}
+
+/** One integration, as `integrations test` loads it. */
 export async function loadIntegrations(
   sql: Sql,
   claims: string,
-  target: { agentId: string } | { integrationId: string },
+  target: { integrationId: string },
 ): Promise<Loaded> {
-  const agentId = "agentId" in target ? target.agentId : null;
-  const integrationId = "integrationId" in target ? target.integrationId : null;
-  const rows = await asOwner(
-    sql,
-    claims,
-    lit.sqlText`select chat_private.integrations_for(${lit.uuid(agentId)}, ${lit.uuid(integrationId)}) as loaded;`,
-  ) as { loaded: Loaded }[];
+  const rows = await asOwner(sql, claims, integrationsStatement(target).toSql()) as { loaded: Loaded }[];
   return rows[0].loaded;
 }
 

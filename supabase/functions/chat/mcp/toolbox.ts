@@ -15,7 +15,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import type { ToolDefinition } from "../../_shared/openai.ts";
 import type { Sql } from "../db.ts";
 import type { KeyRing } from "./crypto.ts";
-import { type IntegrationRow, loadIntegrations, recordStatus } from "./store.ts";
+import { type IntegrationRow, type Loaded, loadIntegrations, recordStatus } from "./store.ts";
 import { checkConnectTarget, type Resolver, resolveHost, type UrlPolicy } from "./url_policy.ts";
 
 /** Separates the integration's name from the server's tool name. */
@@ -170,13 +170,16 @@ export function resultText(content: unknown): string {
   }).join("\n");
 }
 
-/** Offer the tools of the caller's integrations enabled for this agent. */
+/**
+ * Offer the tools of the caller's integrations enabled for this agent, as the
+ * turn's first transaction loaded them (db.ts; store.ts integrationsStatement).
+ */
 export async function openToolbox(
   deps: McpDeps,
-  who: { claims: string; userId: string; agentId: string },
+  who: { claims: string; userId: string },
+  loaded: Loaded | null,
 ): Promise<Toolbox> {
-  const loaded = await loadIntegrations(deps.sql, who.claims, { agentId: who.agentId });
-  if (loaded.integrations.length === 0) return EMPTY_TOOLBOX;
+  if (!loaded || loaded.integrations.length === 0) return EMPTY_TOOLBOX;
   const opened: Opened[] = [];
   const unavailable: { server: string; error: string }[] = [];
   const secrets: string[] = [];
