@@ -9,6 +9,14 @@ Every tool call it served is kept (``GET /calls`` with the same bearer token)
 so a test can compare what the server saw with what the chat function
 stored.
 
+DNS rebinding: a web page whose name is made to resolve to this machine
+could otherwise reach the server from a browser. The SDK's transport security
+refuses every request whose ``Host`` is not one the server serves (421) or
+whose ``Origin`` is not such a host (403), before the bearer token is looked
+at: the loopback names with ``--port`` when ``--host`` is a loopback address,
+else ``--host:--port``, plus each ``--allow-host`` (a name it is reached by,
+behind a proxy).
+
     python -m worker.mcp_tickets --port 54331 --token SECRET
 """
 
@@ -24,10 +32,12 @@ from typing import Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 MAX_CALLS_KEPT = 1000
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 
 
 @dataclass
@@ -151,15 +161,44 @@ class BearerAuth:
         await send({"type": "http.response.body", "body": data})
 
 
-def app(token: str, today: dt.date | None = None) -> ASGIApp:
-    """The whole ASGI application: bearer auth in front of the MCP endpoint at /mcp."""
+def served_hosts(host: str, port: int, extra: list[str] | None = None) -> list[str]:
+    """The Host header values the server answers: host:port (the loopback names for a loopback
+    address; an IPv6 address in brackets) and every extra one as given."""
+    names = LOOPBACK_NAMES if host in (*LOOPBACK_NAMES, "::1") else (f"[{host}]" if ":" in host else host,)
+    return [f"{name}:{port}" for name in names] + list(extra or [])
+
+
+def transport_security(hosts: list[str]) -> TransportSecuritySettings:
+    """The SDK's DNS rebinding protection, allowing exactly `hosts` (and their http origins)."""
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=[f"http://{h}" for h in hosts])
+
+
+class HostCheck:
+    """The SDK's Host/Origin check (its own TransportSecurityMiddleware and statuses) in front of
+    every path, /calls and the bearer token included, so a rebound browser learns nothing."""
+
+    def __init__(self, app: ASGIApp, settings: TransportSecuritySettings) -> None:
+        self.app = app
+        self.security = TransportSecurityMiddleware(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = await self.security.validate_request(Request(scope))
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def app(token: str, hosts: list[str], today: dt.date | None = None) -> ASGIApp:
+    """The whole ASGI application: the Host/Origin check, then bearer auth in front of the MCP
+    endpoint at /mcp. `hosts`: the Host header values it answers (served_hosts)."""
     calls: list[dict[str, Any]] = []
     server = build_server(seed_tickets(today or dt.datetime.now(dt.UTC).date()), calls)
-    # the chat function reaches it by IP; DNS rebinding protection is for browsers on localhost
-    inner = server.streamable_http_app(
-        stateless_http=True, json_response=True,
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    return BearerAuth(inner, token, calls)
+    security = transport_security(hosts)
+    inner = server.streamable_http_app(stateless_http=True, json_response=True, transport_security=security)
+    return HostCheck(BearerAuth(inner, token, calls), security)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,10 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=54331)
     parser.add_argument("--token", default=os.environ.get("TICKETS_MCP_TOKEN", ""),
                         help="the bearer token clients must send (default: $TICKETS_MCP_TOKEN)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST:PORT",
+                        help="another Host header value to answer (a name in front of it); repeatable")
     args = parser.parse_args(argv)
     if not args.token:
         parser.error("a bearer token is required (--token or TICKETS_MCP_TOKEN)")
-    uvicorn.run(app(args.token), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app(args.token, served_hosts(args.host, args.port, args.allow_host)), host=args.host,
+                port=args.port, log_level="warning")
     return 0
 
 
