@@ -172,6 +172,21 @@ def test_chat_turn__calls_the_mcp_tool_and_stores_what_the_server_saw(
     assert "tickets__get_ticket" in offered and "tickets__list_tickets" not in offered
 
 
+def test_url_written_near_the_length_cap__connects_as_written(
+        chat_function: ChatFunction, db: psycopg.Connection[Any], alice: uuid.UUID, agent: uuid.UUID,
+        tickets: McpServer) -> None:
+    # 1,950 characters as written (the rule's cap is 2,000); the transport sends it percent-encoded,
+    # six times longer: the connect-time check judges the text that was written
+    url = tickets.url + "?note=" + "\u00e9" * (1950 - len(tickets.url) - len("?note="))
+    assert len(url) == 1950
+    connect(db, chat_function, alice, agent, "tickets", url, tickets.token)
+    seen_before = len(tickets.calls())
+    r = turn(chat_function, alice, agent, LIST_DIRECTIVE)
+    assert r.status_code == 200, r.text
+    (call,) = r.json()["message"]["tool_calls"]
+    assert call["status"] == "ok" and len(tickets.calls()) == seen_before + 1
+
+
 def test_scheduled_turn__gets_exactly_the_users_tools(
         chat_function: ChatFunction, llm: FakeLLM, db: psycopg.Connection[Any], alice: uuid.UUID,
         agent: uuid.UUID, tickets: McpServer) -> None:

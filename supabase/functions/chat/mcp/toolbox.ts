@@ -121,9 +121,12 @@ async function credentialHeaders(deps: McpDeps, userId: string, row: Integration
 /** Connect with the SDK; every HTTP request is checked against the URL policy after resolution. */
 async function connect(deps: McpDeps, row: IntegrationRow, headers: Record<string, string>, policy: UrlPolicy): Promise<Client> {
   const resolve = deps.resolve ?? resolveHost;
+  const written = new URL(row.server_url).href;
   const guardedFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
     const url = input instanceof Request ? input.url : String(input);
-    await checkConnectTarget(url, policy, resolve);
+    // the transport sends the URL as the parser serialises it (non-ASCII percent-encoded, so
+    // longer): the rule judges the text as written, as it did at write; any other URL as it is
+    await checkConnectTarget(url === written ? row.server_url : url, policy, resolve);
     // a redirect could lead anywhere: the policy is checked on the URL written, so refuse them
     return await fetch(input, { ...init, redirect: "error" });
   };

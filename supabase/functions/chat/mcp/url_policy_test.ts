@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { addressProblem, checkConnectTarget, STRICT_POLICY, UrlRefused } from "./url_policy.ts";
+import { addressProblem, checkConnectTarget, STRICT_POLICY, UrlRefused, urlProblem } from "./url_policy.ts";
 
 const LOCAL = { allow_http: true, allow_loopback: true, allow_private: false };
 
@@ -45,4 +45,18 @@ Deno.test("url_policy: a name is judged by what it resolves to, at connect time"
   await assert.rejects(() => checkConnectTarget("https://localhost/mcp", STRICT_POLICY, dns), /loopback/);
   await checkConnectTarget("http://127.0.0.1:9/mcp", LOCAL, dns);
   await checkConnectTarget("http://localhost:9/mcp", LOCAL, dns);
+});
+
+Deno.test("url_policy: connecting judges the host as fetch reads it, not only as written", async () => {
+  const dns = () => Promise.resolve(["93.184.216.34"]);
+  // the written rule (Postgres' inet) reads 0177 as decimal 177; fetch's URL parser as octal 127
+  assert.equal(urlProblem("https://0177.0.0.1/mcp", STRICT_POLICY), null);
+  await assert.rejects(
+    () => checkConnectTarget("https://0177.0.0.1/mcp", STRICT_POLICY, dns),
+    /loopback address \(the URL's host reads as 127\.0\.0\.1\)/,
+  );
+  // text the URL parser refuses reaches nothing: the written rule decides
+  assert.equal(urlProblem("https://mcp.example.com:99999/", STRICT_POLICY), null);
+  await checkConnectTarget("https://mcp.example.com:99999/", STRICT_POLICY, dns);
+  assert.match(urlProblem("https://mcp.example.com:99999/" + "a".repeat(2000), STRICT_POLICY) ?? "", /2000 characters/);
 });
