@@ -28,7 +28,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from typing import Any
@@ -104,6 +104,7 @@ class PlanPool:
     def __init__(self, budget_s: float) -> None:
         self.budget_s = budget_s
         self._executor: ProcessPoolExecutor | None = None
+        self._pass: Future[list[planner.Plan | str]] | None = None  # the latest pass sent to the child
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
@@ -122,26 +123,40 @@ class PlanPool:
         """For each row, its Plan or the readable reason it has none (in order)."""
         if not rows:
             return []
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool(), plan_batch, [dict(r) for r in rows], now, self.budget_s)
+        # the child's own future: it stays running when this coroutine is cancelled (shutdown)
+        self._pass = self._pool().submit(plan_batch, [dict(r) for r in rows], now, self.budget_s)
         try:
-            return await asyncio.wait_for(future, timeout=self.budget_s * len(rows) + PASS_SLACK_S)
+            return await asyncio.wait_for(asyncio.wrap_future(self._pass),
+                                          timeout=self.budget_s * len(rows) + PASS_SLACK_S)
         except (TimeoutError, BrokenProcessPool):
             self._kill()
             raise
 
     def _kill(self) -> None:
+        # the stuck child is not interrupted by shutdown(); end it (our own child, by its pid)
+        self._stop(kill=True)
+
+    def close(self) -> None:
+        """Stop the child process (a plan still running in it is cut short) and the pool's thread."""
+        self._stop(kill=self._pass is not None and not self._pass.done())
+
+    def _stop(self, kill: bool) -> None:
+        """End the pool and wait until its manager thread has ended.
+
+        Waiting is what keeps the worker's exit quiet: after shutdown(wait=False)
+        the manager thread closes its wakeup pipe while the interpreter's exit
+        hook (concurrent.futures.process._python_exit) may be writing to it, and
+        the exit printed "Exception ignored in: <module 'threading'> ... OSError:
+        [Errno 9] Bad file descriptor" (seen once in 40 worker stops). Once the
+        thread has ended, the hook finds the pipe closed and skips it. The wait
+        is short: an idle child exits at the pool's sentinel, a busy one is
+        killed first.
+        """
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        # the stuck child is not interrupted by shutdown(); end it (our own child, by its pid)
-        processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
-        for process in list(processes.values()):
-            process.kill()
-        executor.shutdown(wait=False, cancel_futures=True)
-
-    def close(self) -> None:
-        """Stop the child process."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        if kill:
+            processes: dict[int, Any] = getattr(executor, "_processes", None) or {}
+            for process in list(processes.values()):
+                process.kill()
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from worker import planner
 from worker.plan_pool import PlanPool, budget_message, plan_batch
@@ -74,11 +78,6 @@ def test_plan_pool__the_event_loop_keeps_running_while_a_heavy_task_is_planned()
 
 def test_plan_pool__the_child_dies_with_the_worker() -> None:
     """A SIGKILLed worker (the chaos tests kill them every 2 s) must not leave its planner child behind."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     script = (
         "import os, signal, time\n"
         "from worker.plan_pool import PlanPool\n"
@@ -100,3 +99,60 @@ def test_plan_pool__the_child_dies_with_the_worker() -> None:
     left = [pid for pid in children if os.path.exists(f"/proc/{pid}")
             and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
     assert left == [], f"planner children outlived their worker: {left}"
+
+
+# Python's exit hook for process pools (concurrent.futures.process._python_exit) writes to
+# each pool's wakeup pipe after checking that it is open; the pool's manager thread closes
+# that pipe when it ends. The sleep between the check and the write makes the race that once
+# printed a traceback at a worker's exit happen every time the thread is still running then.
+_STOP_AND_EXIT = """
+import asyncio, time
+from concurrent.futures import process
+from datetime import UTC, datetime
+from worker.plan_pool import PlanPool
+
+def slow_wakeup(self):
+    if not self._closed:
+        time.sleep(0.3)
+        self._writer.send_bytes(b"")
+
+process._ThreadWakeup.wakeup = slow_wakeup
+
+async def main():
+    pool = PlanPool(1.0)
+    pool.start()
+    now = datetime.now(UTC)
+    await pool.plan([{"id": 1, "schedule_version": 1, "cron_expression": "* * * * *", "timezone": "UTC",
+                      "created_at": now, "plan_from": now}], now)
+    pool.close()
+
+asyncio.run(main())
+"""
+
+
+def test_plan_pool__stopping_prints_no_traceback() -> None:
+    proc = subprocess.run([sys.executable, "-c", _STOP_AND_EXIT], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_plan_pool__close_cuts_a_running_pass_short() -> None:
+    """A worker stopping mid-pass does not wait for croniter: the busy child is ended."""
+
+    async def scenario() -> tuple[float, list[int]]:
+        pool = PlanPool(budget_s=5.0)
+        pool.start()
+        planning = asyncio.create_task(pool.plan([_row(HEAVY), _row(HEAVY)], NOW))
+        await asyncio.sleep(0.5)  # the child is inside croniter now
+        executor = pool._executor
+        assert executor is not None
+        children = list(getattr(executor, "_processes", {}))
+        planning.cancel()  # the worker's shutdown cancels its planner loop
+        started = time.monotonic()
+        pool.close()
+        return time.monotonic() - started, children
+
+    took, children = asyncio.run(scenario())
+    assert children and took < 2.0, f"close() waited {took:.2f} s for a pass of up to 10 s"
+    assert not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                   for pid in children)
