@@ -233,7 +233,8 @@ async function handle(req: Request): Promise<Response> {
 
 const server = Deno.serve({
   port: config.port,
-  // loopback unless told otherwise: the hosted platform routes to the function itself
+  // loopback unless told otherwise, under plain Deno. The hosted Edge Runtime ignores hostname
+  // and port (its Deno.serve listens on no socket): docs/security.md
   hostname: Deno.env.get("HOST") ?? "127.0.0.1",
   onListen: ({ hostname, port }) => console.log(`chat function listening on http://${hostname}:${port}`),
 }, handle);
