@@ -75,6 +75,11 @@ begin
   if v_host = 'localhost' or v_host like '%.localhost' then
     return case when v_policy.allow_loopback then null else 'server_url must not point at a loopback address' end;
   end if;
+  -- a leading zero: Postgres reads 0177 as decimal, URL parsers (fetch) as
+  -- octal, so the address written and the address reached would differ
+  if v_host ~ '(^|\.)0[0-9]' and v_host ~ '^[0-9.]+$' then
+    return 'server_url has a malformed IP address';
+  end if;
   if v_host ~ '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' or v_host like '%:%' then
     begin
       v_addr := v_host::inet;

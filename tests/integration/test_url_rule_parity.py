@@ -75,11 +75,8 @@ TOO_LONG = [
     "https://mcp.example.com/" + "é" * 1976,
     "https://mcp.example.com/" + "\U0001F600" * 1000,  # 1,024 characters, 2,024 UTF-16 units
 ]
-# The one URL they judge differently, on purpose. Postgres' inet reads a leading-zero part
-# as decimal (0177.0.0.1 is 177.0.0.1, a public address), the URL parser that fetch uses
-# reads it as octal (127.0.0.1): the write accepts it, and connecting, which judges the
-# host fetch would reach, refuses it. Agreeing here would mean connecting to the loopback;
-# the SQL rule refusing leading zeros outright would close the gap.
+# A leading-zero part: Postgres' inet reads 0177.0.0.1 as decimal (177.0.0.1), the URL parser
+# that fetch uses as octal (127.0.0.1); both sides refuse it, so what is stored is what is reached.
 LEADING_ZERO = "https://0177.0.0.1/"
 URLS = [LEADING_ZERO, *GOOD, *BAD_SCHEME, *CREDENTIALS, *LOOPBACK, *PRIVATE, *LINK_LOCAL_AND_RESERVED,
         *ODD_ENCODINGS, *TOO_LONG]
@@ -109,8 +106,7 @@ def ts_verdicts(policy: dict[str, bool]) -> list[str | None]:
 def test_url_rule__sql_and_the_chat_function_agree(conn: psycopg.Connection[Any], policy: dict[str, bool]) -> None:
     sql, ts = sql_verdicts(conn, policy), ts_verdicts(policy)
     differ = {url: (s, t) for url, s, t in zip(URLS, sql, ts, strict=True) if s != t}
-    expected = {} if policy["allow_loopback"] else {
-        LEADING_ZERO: (None, "server_url must not point at a loopback address (the URL's host reads as 127.0.0.1)")}
-    assert differ == expected, "\n".join(f"{url[:80]!r}: SQL {s!r}, TS {t!r}" for url, (s, t) in differ.items())
+    assert differ == {}, "\n".join(f"{url[:80]!r}: SQL {s!r}, TS {t!r}" for url, (s, t) in differ.items())
+    assert sql[URLS.index(LEADING_ZERO)] == "server_url has a malformed IP address"
     # the table reaches both sides of the rule under every policy
     assert sql.count(None) >= len(GOOD) and len(sql) - sql.count(None) >= 40

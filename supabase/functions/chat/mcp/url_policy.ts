@@ -140,6 +140,8 @@ export function urlProblem(raw: string, policy: UrlPolicy): string | null {
     host = m[1].replace(/\.+$/, "");
   }
   if (isLocalhostName(host)) return loopbackName(policy);
+  // a leading zero: Postgres reads 0177 as decimal, fetch's URL parser as octal
+  if (/(^|\.)0[0-9]/.test(host) && /^[0-9.]+$/.test(host)) return "server_url has a malformed IP address";
   if (/^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$/.test(host) || host.includes(":")) {
     return addressProblem(host, policy);
   }
@@ -178,8 +180,8 @@ export async function checkConnectTarget(raw: string, policy: UrlPolicy, resolve
     // the URL parser (and so fetch) refuses it as well (a port over 65535): it reaches nothing
     return;
   }
-  // the host fetch connects to, as the URL parser reads the text: it reads a few
-  // forms the written rule took literally differently (0177.0.0.1 is 127.0.0.1 to it)
+  // the host fetch connects to, as the URL parser reads the text (a second look: the
+  // written rule already refuses the forms known to read differently, such as 0177.0.0.1)
   const host = url.hostname.replace(/^\[|\]$/g, "").replace(/\.+$/, "").toLowerCase();
   if (isLocalhostName(host)) {
     const refused = loopbackName(policy);

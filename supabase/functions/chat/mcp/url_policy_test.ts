@@ -49,11 +49,12 @@ Deno.test("url_policy: a name is judged by what it resolves to, at connect time"
 
 Deno.test("url_policy: connecting judges the host as fetch reads it, not only as written", async () => {
   const dns = () => Promise.resolve(["93.184.216.34"]);
-  // the written rule (Postgres' inet) reads 0177 as decimal 177; fetch's URL parser as octal 127
-  assert.equal(urlProblem("https://0177.0.0.1/mcp", STRICT_POLICY), null);
+  // Postgres' inet reads 0177 as decimal 177, fetch's URL parser as octal 127: a leading
+  // zero is refused outright, written or connecting
+  assert.equal(urlProblem("https://0177.0.0.1/mcp", STRICT_POLICY), "server_url has a malformed IP address");
   await assert.rejects(
     () => checkConnectTarget("https://0177.0.0.1/mcp", STRICT_POLICY, dns),
-    /loopback address \(the URL's host reads as 127\.0\.0\.1\)/,
+    /malformed IP address/,
   );
   // text the URL parser refuses reaches nothing: the written rule decides
   assert.equal(urlProblem("https://mcp.example.com:99999/", STRICT_POLICY), null);
