@@ -97,7 +97,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.pool = make_pool(settings.database_url)
         await app.state.pool.open(wait=True, timeout=30)
-        app.state.hub = LiveHub(settings.database_url)
+        app.state.hub = LiveHub(settings.database_url, app.state.pool)
         app.state.hub.start()
         app.state.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                                                              sock_read=180))

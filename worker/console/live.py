@@ -19,9 +19,13 @@ import json
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
 
 CHANNEL = "console_live"
 RECONNECT_S = 1.0
@@ -32,12 +36,22 @@ WATCH_RENEW_S = 20
 log = logging.getLogger("agent_tasks.console.live")
 
 
+@contextlib.asynccontextmanager
+async def _connect(url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        yield conn
+
+
 class LiveHub:
     """Fan-out of `console_live` notifications to per-user queues."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, pool: AsyncConnectionPool[Any] | None = None) -> None:
         self.database_url = database_url
+        # the console's pool for the watch list (its own role, outside any user's
+        # transaction); without one, a connection per call
+        self.pool = pool
         self.console_id = uuid.uuid4()
+        self._published: list[uuid.UUID] | None = None
         self.subscribers: dict[uuid.UUID, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
         self.task: asyncio.Task[None] | None = None
         self.renewer: asyncio.Task[None] | None = None
@@ -71,16 +85,25 @@ class LiveHub:
         """Replace this console's watch list in the database with the owners subscribed now."""
         async with self._watch_lock:
             users = list(self.subscribers)
-            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
-                cur = await conn.execute("select scheduler.console_watch(%s, %s::uuid[], %s)",
-                                         (self.console_id, users, WATCH_TTL_S))
+            async with self._connection() as conn:
+                cur = conn.cursor(row_factory=tuple_row)
+                await cur.execute("select scheduler.console_watch(%s, %s::uuid[], %s)",
+                                  (self.console_id, users, WATCH_TTL_S))
                 row = await cur.fetchone()
+            self._published = users
             return int(row[0]) if row else 0
+
+    def _connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        if self.pool is not None:
+            return self.pool.connection()
+        return _connect(self.database_url)
 
     async def renew(self) -> None:
         """Keep the watch list alive while browsers listen (and let it lapse when they leave)."""
         while True:
             await asyncio.sleep(WATCH_RENEW_S)
+            if not self.subscribers and self._published == []:
+                continue  # nobody watched since the last (empty) list: nothing to renew
             try:
                 await self.publish_watch_list()
             except asyncio.CancelledError:
