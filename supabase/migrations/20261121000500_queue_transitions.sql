@@ -709,7 +709,7 @@ $$;
 -- put_back_running: the rescuers' one move, for a set of running executions
 -- whose worker is gone: back to the queue, runnable at once (their attempt
 -- used), while attempts remain, else failed with their task's bookkeeping
--- (record_outcome, in id order). p_reason is the error_kind and picks the
+-- (record_outcome, in task-id order). p_reason is the error_kind and picks the
 -- sentence: 'lease_expired' (the worker let its lease run out) or
 -- 'worker_lost' (the worker's database session ended). The rows are locked in
 -- id order (the one lock order of heartbeat, start, finish and the rescuers)

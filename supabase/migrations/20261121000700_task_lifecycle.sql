@@ -97,7 +97,8 @@ $$;
 
 -- A task whose run used up a daily budget (scheduler.budget_error: the
 -- user's tokens, the task's tokens or runs) pauses itself (called by
--- scheduler.finish_executions for each active task of a batch) with
+-- scheduler.finish_executions for the active tasks of a batch that can be
+-- over a budget) with
 -- pause_with_notice: last_error says which limit, and
 -- state.budget_paused_until (the next 00:00 UTC) lets
 -- scheduler.resume_after_budget resume it then; resume_task resumes it at
