@@ -39,7 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]
     port, token = stack.free_port(0), secrets.token_urlsafe(16)
     log = tmp_path_factory.mktemp("tickets") / "tickets.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "worker.mcp_tickets", "--port", str(port), "--token", token,
+        proc = subprocess.Popen([sys.executable, "-m", "worker.mcp_tickets", "--port", str(port),
+                                 # one argument, so a token that starts with "-" is not read as an option
+                                 f"--token={token}",
                                  "--allow-host", "tickets.internal:8443"],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
