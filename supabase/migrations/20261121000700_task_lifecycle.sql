@@ -3,6 +3,37 @@
 -- execution does to its task (record_outcome: counters, waiting for input,
 -- notifications) and the user's reply that resumes a task waiting for input.
 
+-- The keys of agent_tasks.state the lifecycle keeps for itself, next to the
+-- agent's own: the question a task waits on (record_outcome sets them, the
+-- owner's answer and resume_task clear them), complete_after_reply (a task
+-- whose schedule ended before its question) and budget_paused_until
+-- (pause_for_budget, read by resume_after_budget). An agent's report never
+-- sets them (apply_task_report drops them from state_update: an agent could
+-- otherwise mark a task its user paused for resuming at a time of its
+-- choosing), and the chat function neither shows them to the agent as its
+-- state nor accepts them in a report (supabase/functions/chat/tools/
+-- definitions.ts, LIFECYCLE_STATE_KEYS, checked against this list by
+-- tests/integration/test_lifecycle_state_keys.py).
+create or replace function scheduler.question_state_keys() returns text[]
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return array['pending_question', 'waiting_conversation_id', 'waiting_execution_id'];
+end
+$$;
+
+create or replace function scheduler.lifecycle_state_keys() returns text[]
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return scheduler.question_state_keys() || array['complete_after_reply', 'budget_paused_until'];
+end
+$$;
+
 -- Record a notification about one execution for its owner (failure, question,
 -- completion, success or a changed result).
 create or replace function scheduler.notify_user(
@@ -170,7 +201,9 @@ as $$
 declare
   v_task public.agent_tasks;
   v_status text := p_args ->> 'status';
-  v_update jsonb := case when jsonb_typeof(p_args -> 'state_update') = 'object' then p_args -> 'state_update'
+  -- the agent's keys only (scheduler.lifecycle_state_keys)
+  v_update jsonb := case when jsonb_typeof(p_args -> 'state_update') = 'object'
+                         then (p_args -> 'state_update') - scheduler.lifecycle_state_keys()
                          else '{}'::jsonb end;
   v_next timestamptz;
   v_complete boolean;
@@ -295,8 +328,7 @@ declare
 begin
   update public.agent_tasks set
     status = 'active',
-    state = state - 'pending_question' - 'waiting_conversation_id' - 'waiting_execution_id' - 'complete_after_reply'
-                  - 'budget_paused_until'
+    state = state - scheduler.lifecycle_state_keys()
   where id = p_task_id and status <> 'active'
   returning * into v_task;
   if not found then
@@ -351,7 +383,7 @@ begin
     for v_task in
       update public.agent_tasks t set
         status = 'active',
-        state = (t.state - 'pending_question' - 'waiting_conversation_id' - 'waiting_execution_id')
+        state = (t.state - scheduler.question_state_keys())
                 || jsonb_build_object('last_answer', left(new.content, 2000),
                                       'answered_at', new.created_at)
       where t.user_id = new.user_id and t.status = 'waiting_input'

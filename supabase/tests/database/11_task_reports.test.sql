@@ -5,7 +5,7 @@
 -- notification functions users call.
 begin;
 \ir helpers/personas.psql
-select plan(51);
+select plan(55);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -101,7 +101,8 @@ select is((select status from public.agent_tasks where id = 'd1000000-0000-0000-
   'enqueue_due completes a one-off as it enqueues its only run');
 select tests.run((select id from public.agent_task_executions where task_id = 'd1000000-0000-0000-0000-000000000002'),
   'needs_input', 'Which city?', tests.report('{"status": "needs_input", "question": "Which city?",
-                                                "state_update": {"asked": 1}}'),
+                                                "state_update": {"asked": 1,
+                                                  "waiting_conversation_id": "c1000000-0000-0000-0000-000000000001"}}'),
   '2030-01-03 09:00:05Z');
 select results_eq(
   $$select status, next_run_at, state ->> 'pending_question', (state ->> 'complete_after_reply')::boolean
@@ -110,6 +111,9 @@ select results_eq(
   'the question holds the one-off: waiting_input, to complete after the answer''s run');
 select is((select state -> 'asked' from public.agent_tasks where id = 'd1000000-0000-0000-0000-000000000002'), '1'::jsonb,
   'a needs_input report''s state_update is merged too');
+select is((select state ->> 'waiting_conversation_id' from public.agent_tasks
+           where id = 'd1000000-0000-0000-0000-000000000002'), 'c1000000-0000-0000-0000-000000000002',
+  'but not its keys the lifecycle keeps: the task waits in the run''s own conversation');
 select is(scheduler.enqueue_due('2030-01-03 10:00Z'), 0, 'no scheduled run while waiting');
 
 -- another user cannot answer it ------------------------------------------------------------
@@ -275,6 +279,24 @@ select is(public.mark_all_notifications_read(), 3, 'mark all marks the other thr
 select is(public.unread_notification_count(), 0, 'none is left unread');
 select tests.authenticate_as_anon();
 select throws_ok($$select public.unread_notification_count()$$, '42501', null, 'anon cannot count notifications');
+
+-- an agent's report never sets the lifecycle's keys ----------------------------------------
+select tests.clear_authentication();
+insert into public.agent_tasks (id, user_id, agent_id, name, prompt_template, schedule_type, interval_seconds,
+                                conversation_id) values
+  ('d1000000-0000-0000-0000-0000000000f1', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+   'Keys', 'Go on', 'interval', 3600, 'c1000000-0000-0000-0000-000000000001');
+select isnt(scheduler.enqueue_now('d1000000-0000-0000-0000-0000000000f1', 'manual', '2030-01-05 09:00Z'), null,
+  'a manual run of the task is queued');
+select tests.run((select id from public.agent_task_executions where task_id = 'd1000000-0000-0000-0000-0000000000f1'),
+  'succeeded', 'ok', tests.report('{"status": "continue", "state_update": {"c": 3,
+    "budget_paused_until": "2030-01-01T00:00:00Z", "complete_after_reply": true, "pending_question": "?"}}'),
+  '2030-01-05 09:00:05Z');
+select is((select state from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f1'), '{"c": 3}'::jsonb,
+  'a continue report sets its own keys and none of scheduler.lifecycle_state_keys()');
+select scheduler.pause_task('d1000000-0000-0000-0000-0000000000f1');
+select is(scheduler.resume_after_budget('2030-01-06Z'), 0,
+  'so a task its user paused is not resumed at a time the agent chose');
 
 select * from finish();
 rollback;

@@ -52,6 +52,21 @@ const RUN_TOOLS: ToolName[] = [REQUEST_USER_INPUT, REPORT_TASK_STATUS];
 /** The largest state_update accepted, as JSON text. */
 export const STATE_UPDATE_MAX_CHARS = 16000;
 
+/**
+ * The keys of a task's state the scheduler keeps for itself (the question a
+ * task waits on, completion after the answer, a budget pause): the database's
+ * scheduler.lifecycle_state_keys(), which drops them from every report
+ * (tests/integration/test_lifecycle_state_keys.py keeps the two lists equal).
+ * Never shown to the agent as its state; a report that sets one is refused.
+ */
+export const LIFECYCLE_STATE_KEYS: ReadonlySet<string> = new Set([
+  "pending_question",
+  "waiting_conversation_id",
+  "waiting_execution_id",
+  "complete_after_reply",
+  "budget_paused_until",
+]);
+
 const scheduleId: JsonSchema = { type: "string", format: "uuid", description: "The schedule's id (from list_schedules)." };
 const scheduleFields: Record<string, JsonSchema> = {
   name: { type: "string", minLength: 1, maxLength: 200, description: "Short name, e.g. 'Weekly goals review'." },
@@ -353,6 +368,11 @@ export function reportError(args: Record<string, unknown>, nowMs: number): strin
   if (args.final !== undefined && status !== "complete") return "final is for complete only";
   if (args.state_update !== undefined && JSON.stringify(args.state_update).length > STATE_UPDATE_MAX_CHARS) {
     return `state_update must be at most ${STATE_UPDATE_MAX_CHARS} characters of JSON`;
+  }
+  const reserved = Object.keys((args.state_update ?? {}) as Record<string, unknown>)
+    .filter((k) => LIFECYCLE_STATE_KEYS.has(k));
+  if (reserved.length > 0) {
+    return `state_update may not set ${reserved.join(", ")}: the scheduler keeps those keys`;
   }
   return null;
 }

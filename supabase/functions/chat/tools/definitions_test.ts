@@ -147,3 +147,12 @@ Deno.test("reportError__bounds_the_state_update", () => {
   assert.match(reportError(big, Date.now()) ?? "", /state_update must be at most/);
   assert.equal(reportError({ status: "continue", state_update: { small: 1 } }, Date.now()), null);
 });
+
+Deno.test("reportError__refuses_the_keys_the_scheduler_keeps", () => {
+  const report = { status: "continue", state_update: { step: 2, budget_paused_until: "2030-01-01T00:00:00Z" } };
+  assert.match(reportError(report, Date.now()) ?? "", /may not set budget_paused_until: the scheduler keeps/);
+  assert.match(
+    reportError({ status: "needs_input", question: "?", state_update: { waiting_conversation_id: "x" } }, Date.now()) ?? "",
+    /may not set waiting_conversation_id/,
+  );
+});

@@ -5,7 +5,7 @@
 // (scheduler.apply_task_report, record_outcome).
 
 import type { TaskRow } from "../db.ts";
-import { REPORT_TASK_STATUS } from "./definitions.ts";
+import { LIFECYCLE_STATE_KEYS, REPORT_TASK_STATUS } from "./definitions.ts";
 
 /** The arguments of an accepted report_task_status call. */
 export interface TaskReport {
@@ -58,16 +58,13 @@ export function scheduleInWords(task: TaskRow): string {
   return words;
 }
 
-/** The internal keys of state the lifecycle keeps (not the agent's). */
-const INTERNAL_STATE = new Set(["pending_question", "waiting_conversation_id", "waiting_execution_id", "complete_after_reply"]);
-
 /**
  * The system prompt section of a scheduled turn (after the agent's own): the
  * task's name, run number, schedule in words, its system_addon, its state
  * and how to use report_task_status.
  */
 export function scheduledTurnPrompt(task: TaskRow): string {
-  const state = Object.fromEntries(Object.entries(task.state ?? {}).filter(([k]) => !INTERNAL_STATE.has(k)));
+  const state = Object.fromEntries(Object.entries(task.state ?? {}).filter(([k]) => !LIFECYCLE_STATE_KEYS.has(k)));
   const why = task.trigger_type === "user_reply"
     ? "This run was started by the user's answer to your question (the latest user message before this one)."
     : `This is run ${task.run_count} of the task.`;

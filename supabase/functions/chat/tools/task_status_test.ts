@@ -13,7 +13,7 @@ const task: TaskRow = {
   timezone: "Europe/Berlin",
   ends_at: null,
   max_runs: null,
-  state: { step: 2, pending_question: "internal", complete_after_reply: true },
+  state: { step: 2, pending_question: "internal", complete_after_reply: true, budget_paused_until: "2030-01-01" },
   system_addon: null,
   trigger_type: "schedule",
 };
