@@ -38,6 +38,8 @@ insert into scheduler.limits (name, value, description) values
   ('max_message_metadata_bytes', '65536', 'largest chat_messages_v2.metadata (pg_column_size)'),
   ('max_agent_settings_bytes', '16384', 'largest agents.settings (pg_column_size)'),
   ('max_prompt_variables_bytes', '16384', 'largest agent_tasks.prompt_variables (pg_column_size)'),
+  ('max_task_state_bytes', '32768',
+   'largest agent_tasks.state an agent''s report may leave (pg_column_size); a larger state_update is not applied'),
   ('min_interval_seconds', '60', 'shortest interval schedule a user may set'),
   ('max_active_tasks_per_user', '100', 'active tasks one user may have'),
   ('max_retries', '5', 'largest max_retries a user may set'),

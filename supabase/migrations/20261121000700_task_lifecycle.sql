@@ -207,14 +207,27 @@ declare
                          else '{}'::jsonb end;
   v_next timestamptz;
   v_complete boolean;
+  v_too_large text;
 begin
   select * into v_task from public.agent_tasks t where t.id = p_exec.task_id for update;
   if not found then
     return;
   end if;
+  -- the state is shown to the agent at every run: a report may not grow it
+  -- past max_task_state_bytes (each report is small, their sum was not
+  -- bounded). Such a state_update is not applied and last_error says why;
+  -- the rest of the report is.
+  if v_update <> '{}'::jsonb then
+    v_too_large := scheduler.json_size_error('state', v_task.state || v_update, 'max_task_state_bytes');
+    if v_too_large is not null then
+      v_update := '{}'::jsonb;
+      v_too_large := 'the agent''s state_update was not applied: ' || v_too_large;
+    end if;
+  end if;
   if p_exec.status = 'needs_input' or v_status = 'needs_input' then
-    if v_update <> '{}'::jsonb then
-      update public.agent_tasks t set state = t.state || v_update where t.id = v_task.id;
+    if v_update <> '{}'::jsonb or v_too_large is not null then
+      update public.agent_tasks t set state = t.state || v_update, last_error = coalesce(v_too_large, t.last_error)
+      where t.id = v_task.id;
     end if;
     return;
   end if;
@@ -234,13 +247,14 @@ begin
       v_next := v_task.ends_at;
     end if;
   end if;
-  if v_update = '{}'::jsonb and not v_complete and v_next is null
+  if v_update = '{}'::jsonb and not v_complete and v_next is null and v_too_large is null
      and not (v_task.state ? 'complete_after_reply') then
     return;
   end if;
 
   update public.agent_tasks t set
     state = (t.state || v_update) - 'complete_after_reply',
+    last_error = coalesce(v_too_large, t.last_error),
     status = case when v_complete then 'completed' else t.status end,
     next_run_at = case when v_next is not null and t.status = 'active' and not v_complete then v_next
                        else t.next_run_at end

@@ -5,7 +5,7 @@
 -- notification functions users call.
 begin;
 \ir helpers/personas.psql
-select plan(55);
+select plan(60);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -297,6 +297,33 @@ select is((select state from public.agent_tasks where id = 'd1000000-0000-0000-0
 select scheduler.pause_task('d1000000-0000-0000-0000-0000000000f1');
 select is(scheduler.resume_after_budget('2030-01-06Z'), 0,
   'so a task its user paused is not resumed at a time the agent chose');
+
+-- a report may not grow the state past max_task_state_bytes ---------------------------------
+update scheduler.limits set value = '300' where name = 'max_task_state_bytes';
+insert into public.agent_tasks (id, user_id, agent_id, name, prompt_template, schedule_type, interval_seconds,
+                                conversation_id, state) values
+  ('d1000000-0000-0000-0000-0000000000f2', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001',
+   'Big', 'Go on', 'interval', 3600, 'c1000000-0000-0000-0000-000000000001', '{"kept": 1}');
+select isnt(scheduler.enqueue_now('d1000000-0000-0000-0000-0000000000f2', 'manual', '2030-01-05 09:00Z'), null,
+  'a manual run of the task is queued');
+select tests.run((select id from public.agent_task_executions where task_id = 'd1000000-0000-0000-0000-0000000000f2'),
+  'succeeded', 'ok', tests.report(jsonb_build_object('status', 'continue', 'next_run_at', '2030-01-05 12:00Z',
+                                                     'state_update', jsonb_build_object('big', repeat('x', 400)))),
+  '2030-01-05 09:00:05Z');
+select results_eq(
+  $$select state, next_run_at from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f2'$$,
+  $$values ('{"kept": 1}'::jsonb, '2030-01-05 12:00Z'::timestamptz)$$,
+  'a state_update that would pass the limit is not applied; the rest of the report is');
+select matches((select last_error from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f2'),
+  '^the agent''s state_update was not applied: state is [0-9]+ bytes; the limit is 300 bytes \(max_task_state_bytes\)$',
+  'and the task says why');
+select isnt(scheduler.enqueue_now('d1000000-0000-0000-0000-0000000000f2', 'manual', '2030-01-05 10:00Z'), null,
+  'another run is queued');
+select tests.run((select id from public.agent_task_executions
+                  where task_id = 'd1000000-0000-0000-0000-0000000000f2' and status = 'queued'),
+  'succeeded', 'ok', tests.report('{"status": "continue", "state_update": {"small": 2}}'), '2030-01-05 10:00:05Z');
+select is((select state from public.agent_tasks where id = 'd1000000-0000-0000-0000-0000000000f2'),
+  '{"kept": 1, "small": 2}'::jsonb, 'a state_update within the limit is applied');
 
 select * from finish();
 rollback;
