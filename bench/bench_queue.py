@@ -13,6 +13,8 @@ jobs, C concurrent workers, time until the queue is empty.
   one `scheduler.finish_execution` per row in a single psycopg pipeline (one
   network round trip, one transaction per row); `--finish single` awaits each
   `finish_execution` in turn. No HTTP, no chat: the queue only.
+  `--analyze-every S` runs ANALYZE on the executions table every S seconds
+  during ours' drain (statistics taken mid-burst rebuild every cached plan).
 - graphile-worker (npm, bench/peers/graphile_bench.js): add_jobs in bulk, a
   runner with concurrency C, until the N-th job completed.
 - Procrastinate (PyPI, bench/peers/procrastinate_bench.py): batch defer, one
@@ -163,24 +165,44 @@ async def _worker(url: str, worker_id: str, batch: int, finish: str,
                     counts["finished"] += int(ok)
 
 
+async def _analyze_every(url: str, seconds: float, stop: asyncio.Event, counts: dict[str, int]) -> None:
+    """Statistics taken during the drain, as autovacuum's analyze takes them
+    during a burst (2 % of the rows changed): every cached plan of the claim
+    and the finish is rebuilt from them."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=seconds)
+                return
+            except TimeoutError:
+                await conn.execute("analyze public.agent_task_executions")
+                counts["analyzes"] += 1
+
+
 async def _drain(url: str, concurrency: int, batch: int, finish: str,
-                 per_user_limit: int | None) -> dict[str, int]:
-    counts = {"claimed": 0, "finished": 0}
+                 per_user_limit: int | None, analyze_every: float = 0) -> dict[str, int]:
+    counts = {"claimed": 0, "finished": 0, "analyzes": 0}
+    stop = asyncio.Event()
+    analyzer = (asyncio.create_task(_analyze_every(url, analyze_every, stop, counts))
+                if analyze_every > 0 else None)
     await asyncio.gather(*(
         _worker(url, f"bench-{os.getpid()}-{w}", batch, finish, counts, per_user_limit)
         for w in range(concurrency)))
+    stop.set()
+    if analyzer is not None:
+        await analyzer
     return counts
 
 
 def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str,
              per_user_limit: int | None = None, users: int = 1, history: int = 0,
-             seeded: bool = False) -> dict[str, Any]:
+             seeded: bool = False, analyze_every: float = 0) -> dict[str, Any]:
     """One drain of N queued executions; `seeded`: the database is a copy of
     a template that seed_ours already filled (history included)."""
     if not seeded:
         seed_ours(url, n, TASKS, users, history)
     started = time.perf_counter()
-    counts = asyncio.run(_drain(url, concurrency, batch, finish, per_user_limit))
+    counts = asyncio.run(_drain(url, concurrency, batch, finish, per_user_limit, analyze_every))
     # a claim that found every queued row locked by a concurrent claim returns
     # nothing; those rows belong to that claim, so nothing should be left
     seconds = time.perf_counter() - started
@@ -201,6 +223,7 @@ def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str,
         "per_s": n / seconds, "seconds": seconds, "batch": batch, "finish": finish,
         "history_rows": history, "per_user_limit": per_user_limit, "users": users,
         "claimed": counts["claimed"], "finished": counts["finished"], "by_status": by_status,
+        "analyzes_during_drain": counts["analyzes"],
         "task_success_count_sum": success_sum, "exactly_once": exactly_once,
     }
 
@@ -313,6 +336,9 @@ def main() -> int:
     parser.add_argument("--per-user-limit", type=int, default=8,
                         help="claim_executions' p_per_user_limit (the worker's default is 8; 0 = off)")
     parser.add_argument("--users", type=int, default=1000, help="users owning the tasks (ours)")
+    parser.add_argument("--analyze-every", type=float, default=0, metavar="SECONDS",
+                        help="ours: ANALYZE agent_task_executions every SECONDS during the drain"
+                             " (statistics taken mid-burst, as autovacuum's analyze takes them); 0 = off")
     parser.add_argument("--unpinned", action="store_true",
                         help="ours with claim_executions' plan settings reset (the plan before)")
     parser.add_argument("--only", choices=SYSTEMS, action="append",
@@ -336,7 +362,7 @@ def main() -> int:
     def ours(batch: int) -> Any:
         return lambda url: run_ours(url, args.n, args.concurrency, batch, args.finish,
                                     args.per_user_limit or None, args.users, args.history,
-                                    seeded=True)
+                                    seeded=True, analyze_every=args.analyze_every)
 
     runners = {
         "ours": ours(args.batch),
@@ -414,6 +440,7 @@ def main() -> int:
         "concurrency": args.concurrency,
         "conditions": {
             "history_rows_ours": args.history, "claim_plan_settings_reset": args.unpinned,
+            "analyze_every_s_ours": args.analyze_every or None,
             "per_user_limit_ours": args.per_user_limit or None,
             "users_ours": args.users, "batch_ours": args.batch, "rounds": args.rounds,
             "load_average_end": os.getloadavg(), "cpus": os.cpu_count(),
