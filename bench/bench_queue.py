@@ -180,18 +180,22 @@ async def _analyze_every(url: str, seconds: float, stop: asyncio.Event, counts: 
 
 
 async def _drain(url: str, concurrency: int, batch: int, finish: str,
-                 per_user_limit: int | None, analyze_every: float = 0) -> dict[str, int]:
+                 per_user_limit: int | None, analyze_every: float = 0) -> tuple[dict[str, int], float]:
+    """The counts, and the seconds from the first claim until the queue is
+    empty (an analyze still running then is waited for outside that time)."""
     counts = {"claimed": 0, "finished": 0, "analyzes": 0}
     stop = asyncio.Event()
     analyzer = (asyncio.create_task(_analyze_every(url, analyze_every, stop, counts))
                 if analyze_every > 0 else None)
+    started = time.perf_counter()
     await asyncio.gather(*(
         _worker(url, f"bench-{os.getpid()}-{w}", batch, finish, counts, per_user_limit)
         for w in range(concurrency)))
+    seconds = time.perf_counter() - started
     stop.set()
     if analyzer is not None:
         await analyzer
-    return counts
+    return counts, seconds
 
 
 def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str,
@@ -201,11 +205,9 @@ def run_ours(url: str, n: int, concurrency: int, batch: int, finish: str,
     a template that seed_ours already filled (history included)."""
     if not seeded:
         seed_ours(url, n, TASKS, users, history)
-    started = time.perf_counter()
-    counts = asyncio.run(_drain(url, concurrency, batch, finish, per_user_limit, analyze_every))
+    counts, seconds = asyncio.run(_drain(url, concurrency, batch, finish, per_user_limit, analyze_every))
     # a claim that found every queued row locked by a concurrent claim returns
     # nothing; those rows belong to that claim, so nothing should be left
-    seconds = time.perf_counter() - started
     with psycopg.connect(url, autocommit=True) as conn:
         by_status = dict(conn.execute(
             "select status, count(*)::int from public.agent_task_executions group by 1").fetchall())
