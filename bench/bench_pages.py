@@ -1,12 +1,12 @@
-"""Keyset pages at depth 0 / 1k / 10k / 100k: conversations, messages, runs.
+"""Keyset pages at depth 0 / 1k / 10k / 100k: conversations, messages, runs, tasks.
 
-One user owns N conversations, one conversation with N messages and one task
-with N finished runs (plus 10 other users with 1,000 of each, so RLS has rows
-to hide), inserted in bulk. Each depth's cursor is the next_cursor of the row
+One user owns N conversations, one conversation with N messages, one task
+with N finished runs and N tasks (plus 10 other users with 1,000 of each, so
+RLS has rows to hide), inserted in bulk. Each depth's cursor is the next_cursor of the row
 at that depth; the pages are `public.list_conversations(null, 20, cursor)`,
 `public.list_messages(conversation, 20, cursor)`,
-`public.list_executions(task, 20, cursor)` and `public.list_executions(null,
-20, cursor)` (all the user's runs), called the way PostgREST calls them (one
+`public.list_executions(task, 20, cursor)`, `public.list_executions(null,
+20, cursor)` (all the user's runs) and `public.list_tasks(20, cursor)`, called the way PostgREST calls them (one
 transaction, `set local role authenticated`, the JWT claims in
 request.jwt.claims), in one session, after warm-up calls. Client wall time
 of the call only, p50 / p99 over --calls.
@@ -82,11 +82,19 @@ def seed(conn: psycopg.Connection[Any], n: int) -> dict[str, Any]:
             "        'pages', now() - interval '30 days', now() - interval '30 days', 1,"
             "        now() - interval '60 days' + make_interval(secs => g)"
             " from public.agent_tasks t cross join generate_series(1, %(n)s) g where t.user_id = %(u)s", args)
-    for table in ("conversation_sessions", "chat_messages_v2", "agent_task_executions"):
+        # N tasks in all, the others without runs (triggers off, as above)
+        conn.execute("set session_replication_role = replica")
+        conn.execute(
+            "insert into public.agent_tasks (user_id, agent_id, name, prompt_template, schedule_type, created_at)"
+            " select %(u)s, a.id, 'task ' || g, 'Say hello', 'manual', now() - make_interval(secs => g)"
+            " from public.agents a cross join generate_series(2, %(n)s) g where a.user_id = %(u)s", args)
+        conn.execute("set session_replication_role = origin")
+    for table in ("conversation_sessions", "chat_messages_v2", "agent_task_executions", "agent_tasks"):
         conn.execute(f"vacuum analyze public.{table}")
     conversation = conn.execute(
         "select conversation_id from public.chat_messages_v2 where user_id = %s limit 1", (owner,)).fetchone()
-    task = conn.execute("select id from public.agent_tasks where user_id = %s", (owner,)).fetchone()
+    task = conn.execute("select id from public.agent_tasks where user_id = %s and name = 'Pages'",
+                        (owner,)).fetchone()
     assert conversation is not None and task is not None
     return {"user": owner, "conversation": conversation[0], "task": task[0]}
 
@@ -108,6 +116,10 @@ LISTS: dict[str, tuple[str, str]] = {
     "all_runs": (
         "select id from public.list_executions(null, %(page)s, %(cursor)s)",
         "select created_at, id from public.agent_task_executions where user_id = %(user)s"
+        " order by created_at desc, id desc"),
+    "tasks": (
+        "select id from public.list_tasks(%(page)s, %(cursor)s)",
+        "select created_at, id from public.agent_tasks where user_id = %(user)s"
         " order by created_at desc, id desc"),
 }
 
@@ -174,8 +186,8 @@ def main() -> int:
         "conditions": {
             "load_average": os.getloadavg(), "cpus": os.cpu_count(), "calls": args.calls,
             "page_size": PAGE,
-            "notes": ("one user with N conversations, N messages in one conversation and N runs of one"
-                      " task, plus 10 users with 1,000 of each; each list as that user under RLS (set"
+            "notes": ("one user with N conversations, N messages in one conversation, N runs of one"
+                      " task and N tasks, plus 10 users with 1,000 of each; each list as that user under RLS (set"
                       " local role authenticated + JWT claims), one session, after warm-up; client"
                       " wall time of the call, not the transaction or the role switch; no"
                       " PostgREST/HTTP. The goal (< 2 ms p50 at 100k deep) is the issue's for the"

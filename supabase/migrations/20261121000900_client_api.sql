@@ -271,9 +271,9 @@ comment on function public.list_messages(uuid, integer, text) is
   'Messages of one of your conversations, newest first; keyset pagination via next_cursor.';
 
 -- Run history pages, newest first: one task's executions, or all of yours
--- when p_task_id is NULL. Internal fields (worker, error text) are not
--- listed; error_kind says what kind of failure it was. security invoker: RLS
--- decides which rows the caller sees.
+-- when p_task_id is NULL. The error users see (error, with error_kind) is
+-- listed; the worker and the worker's own text (error_detail) are not.
+-- security invoker: RLS decides which rows the caller sees.
 create or replace function public.list_executions(
   p_task_id uuid default null,
   p_limit integer default 20,
@@ -281,7 +281,8 @@ create or replace function public.list_executions(
 ) returns table (
   id uuid, task_id uuid, trigger_type text, status text, scheduled_for timestamptz,
   started_at timestamptz, finished_at timestamptz, duration_ms integer, attempt integer,
-  error_kind text, conversation_id uuid, created_at timestamptz, next_cursor text
+  error_kind text, error text, usage jsonb, conversation_id uuid, user_message_id uuid,
+  created_at timestamptz, next_cursor text
 )
 language plpgsql
 stable
@@ -299,7 +300,8 @@ begin
   if p_task_id is not null then
     return query
       select e.id, e.task_id, e.trigger_type, e.status, e.scheduled_for, e.started_at, e.finished_at,
-             e.duration_ms, e.attempt, e.error_kind, e.conversation_id, e.created_at,
+             e.duration_ms, e.attempt, e.error_kind, e.error, e.usage, e.conversation_id,
+             e.user_message_id, e.created_at,
              public.page_cursor(e.created_at, e.id)
       from public.agent_task_executions e
       where e.task_id = p_task_id and (e.created_at, e.id) < (v_after.at, v_after.id)
@@ -308,7 +310,8 @@ begin
   else
     return query
       select e.id, e.task_id, e.trigger_type, e.status, e.scheduled_for, e.started_at, e.finished_at,
-             e.duration_ms, e.attempt, e.error_kind, e.conversation_id, e.created_at,
+             e.duration_ms, e.attempt, e.error_kind, e.error, e.usage, e.conversation_id,
+             e.user_message_id, e.created_at,
              public.page_cursor(e.created_at, e.id)
       from public.agent_task_executions e
       where (e.created_at, e.id) < (v_after.at, v_after.id)
@@ -319,3 +322,39 @@ end
 $$;
 comment on function public.list_executions(uuid, integer, text) is
   'Run history of one of your tasks (or of all of them), newest first; keyset pagination via next_cursor.';
+
+-- Your tasks, newest first, with their agent's name (the console's schedule
+-- list). agent_tasks_user_idx holds (user_id, created_at desc, id desc), so
+-- after RLS's user_id the cursor is an index condition, as in the lists above.
+create or replace function public.list_tasks(
+  p_limit integer default 20,
+  p_cursor text default null
+) returns table (
+  id uuid, agent_id uuid, agent_name text, name text, status text, schedule_type text,
+  cron_expression text, interval_seconds integer, run_at timestamptz, timezone text,
+  next_run_at timestamptz, last_run_at timestamptz, run_count integer, success_count integer,
+  failure_count integer, last_error text, created_at timestamptz, next_cursor text
+)
+language plpgsql
+stable
+set search_path = ''
+set enable_bitmapscan = off
+as $$
+declare
+  v_after record;
+begin
+  v_after := public.page_cursor_position(p_cursor, p_limit);
+  return query
+    select t.id, t.agent_id, a.name, t.name, t.status, t.schedule_type, t.cron_expression,
+           t.interval_seconds, t.run_at, t.timezone, t.next_run_at, t.last_run_at, t.run_count,
+           t.success_count, t.failure_count, t.last_error, t.created_at,
+           public.page_cursor(t.created_at, t.id)
+    from public.agent_tasks t
+    join public.agents a on a.id = t.agent_id
+    where (t.created_at, t.id) < (v_after.at, v_after.id)
+    order by t.created_at desc, t.id desc
+    limit p_limit;
+end
+$$;
+comment on function public.list_tasks(integer, text) is
+  'Your tasks, newest first, with the agent''s name; keyset pagination via next_cursor.';

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import time
 import uuid
 
@@ -10,6 +12,7 @@ import jwt
 import pytest
 
 from tests.browser.conftest import Console
+from tests.conftest import create_agent, create_task, create_user
 from worker import stack
 from worker.console.auth import OPERATOR_COOKIE, USER_COOKIE
 
@@ -110,3 +113,48 @@ def test_operator__needs_the_operator_token_never_a_users(console: Console) -> N
         assert "pg_cron does not run in this database" in page.text  # a test copy, not cron.database_name
         # a user page is not an operator's: the operator cookie signs no user in
         assert client.get("/tasks", follow_redirects=False).status_code == 303
+
+
+def test_lists__tasks_and_runs_page_by_the_databases_cursor(console: Console, stack_state: stack.State) -> None:
+    """The schedule list and a task's runs are pages of public.list_tasks and
+    public.list_executions: 50 rows, then an "Older" link with next_cursor, and a
+    cursor the database cannot read is a page that does not exist."""
+    with console.db() as db:
+        email = f"carol-{uuid.uuid4().hex[:6]}@example.test"
+        uid = create_user(db, email)
+        agent = create_agent(db, uid, name="Carol's assistant")
+        tasks = [create_task(db, uid, agent, name=f"Task {i:02d}") for i in range(53)]
+        db.execute("""insert into public.agent_task_executions
+                        (task_id, user_id, agent_id, trigger_type, status, scheduled_for, created_at,
+                         attempt, worker_id, started_at, finished_at, error)
+                      select %s, %s, %s, 'manual', 'failed', t, t, 1, 'w', t, t, 'run ' || g
+                      from generate_series(1, 52) g,
+                           lateral (select now() - make_interval(mins => g) as t) x""",
+                   (tasks[0], uid, agent))
+    token = stack.user_token(stack_state, str(uid), email)
+    with _client(console, token) as client:
+        first = client.get("/tasks")
+        assert first.status_code == 200 and first.text.count('class="task status-') == 50
+        older = re.search(r'href="(/tasks\?cursor=[^"]+)"', first.text)
+        assert older is not None
+        second = client.get(html.unescape(older.group(1)))
+        assert second.status_code == 200 and second.text.count('class="task status-') == 3
+        assert "Older schedules" not in second.text
+        # newest first, so the second page holds the three created first
+        assert all(f"Task {i:02d}" in second.text for i in range(3))
+        assert "Task 03" not in second.text
+
+        runs = client.get(f"/tasks/{tasks[0]}/runs")
+        assert runs.status_code == 200 and runs.text.count('class="run status-') == 50
+        assert "run 1<" in runs.text and "run 51<" not in runs.text  # the newest run is "run 1"
+        older = re.search(r'href="(/tasks/[^"]+/runs\?cursor=[^"]+)"', runs.text)
+        assert older is not None
+        rest = client.get(html.unescape(older.group(1)))
+        assert rest.status_code == 200 and rest.text.count('class="run status-') == 2
+        assert "run 51<" in rest.text and "run 52<" in rest.text
+
+        assert client.get("/tasks", params={"cursor": "soon|x"}).status_code == 404
+        assert client.get(f"/tasks/{tasks[0]}/runs", params={"cursor": "soon|x"}).status_code == 404
+    # another user's task has no runs page at all
+    with _client(console, console.bob.token) as client:
+        assert client.get(f"/tasks/{tasks[0]}/runs").status_code == 404

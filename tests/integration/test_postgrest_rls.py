@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 TABLES = ["agents", "conversation_sessions", "chat_messages_v2", "agent_tasks",
           "agent_task_executions", "notifications"]
 CLIENT_RPC = ["run_task_now", "pause_task", "resume_task", "cancel_execution", "retry_execution",
-              "list_conversations", "list_messages", "list_executions"]
+              "list_conversations", "list_messages", "list_executions", "list_tasks"]
 
 
 @dataclass

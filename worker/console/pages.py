@@ -78,7 +78,7 @@ async def act(conn_cm: Any, statement: str, params: tuple[Any, ...]) -> dict[str
         raise Refused(sql_message(exc)) from exc
 
 
-# the keyset bound of a first page: above every (created_at, id)
+# the keyset bound of a first page of messages: above every (created_at, id)
 FIRST_PAGE = (datetime.max.replace(tzinfo=UTC), uuid.UUID(int=(1 << 128) - 1))
 
 
@@ -227,14 +227,24 @@ async def _agents(conn: Any) -> list[dict[str, Any]]:
         "select id, name from public.agents order by created_at, id")).fetchall())
 
 
-async def _conversation_list(conn: Any, agent_id: uuid.UUID, cursor: str | None, archived: bool,
-                             limit: int = 20) -> tuple[list[dict[str, Any]], str | None]:
-    rows = list(await (await conn.execute(
-        "select * from public.list_conversations(%s, %s, %s, %s)",
-        (agent_id, limit + 1, cursor, archived))).fetchall())
+async def _keyset_page(conn: Any, query: str, args: tuple[Any, ...], limit: int, cursor: str | None,
+                       *rest: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of one of the public list functions (`query` takes args, the page size, the cursor,
+    then rest): the rows, and the cursor of the next page when there is one. The database owns
+    the cursor's format; one it cannot read is a page that does not exist."""
+    try:
+        rows = list(await (await conn.execute(query, (*args, limit + 1, cursor or None, *rest))).fetchall())
+    except psycopg.errors.InvalidParameterValue:
+        raise NotFound from None
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (rows[-1]["next_cursor"] if more and rows else None)
+
+
+async def _conversation_list(conn: Any, agent_id: uuid.UUID, cursor: str | None, archived: bool,
+                             limit: int = 20) -> tuple[list[dict[str, Any]], str | None]:
+    return await _keyset_page(conn, "select * from public.list_conversations(%s, %s, %s, %s)", (agent_id,),
+                              limit, cursor, archived)
 
 
 def _agent_param(request: Request, agents: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -254,11 +264,8 @@ async def conversations(request: Request, user: User) -> Response:
         rows: list[dict[str, Any]] = []
         next_cursor: str | None = None
         if agent is not None:
-            try:
-                rows, next_cursor = await _conversation_list(conn, agent["id"], request.query_params.get("cursor"),
-                                                             archived)
-            except psycopg.errors.InvalidParameterValue:
-                raise NotFound from None
+            rows, next_cursor = await _conversation_list(conn, agent["id"], request.query_params.get("cursor"),
+                                                         archived)
     return page(request, "conversations.html", user, agents=agents, agent=agent, conversations=rows,
                 next_cursor=next_cursor, archived=archived, current=None)
 
@@ -281,6 +288,10 @@ async def conversation_new(request: Request, user: User) -> Response:
     return RedirectResponse(f"/c/{row['id']}", status_code=303)
 
 
+# The conversation view pages messages itself: it also reads the messages
+# after one (live updates, oldest first) and each scheduled message's task,
+# which public.list_messages (older pages only) does not give. The same
+# keyset on (created_at, id) and the same index.
 MESSAGE_SQL = """
     select m.id, m.role, m.content, m.metadata, m.tool_calls, m.execution_id, m.created_at,
            t.name as task_name, t.id as task_id
@@ -429,25 +440,13 @@ async def conversation_send(request: Request, user: User) -> Response:
 # --- schedules ----------------------------------------------------------------------
 
 
-TASK_LIST_SQL = """
-    select t.id, t.name, t.status, t.schedule_type, t.cron_expression, t.interval_seconds, t.run_at,
-           t.timezone, t.next_run_at, t.last_run_at, t.run_count, t.success_count, t.failure_count,
-           t.last_error, t.created_at, a.name as agent_name
-    from public.agent_tasks t join public.agents a on a.id = t.agent_id
-    where (t.created_at, t.id) < (%s, %s)
-    order by t.created_at desc, t.id desc
-    limit %s
-"""
-
-
 @signed_in
 async def tasks(request: Request, user: User) -> Response:
     size = request.app.state.settings.page_size
-    bound = parse_cursor(request.query_params.get("cursor")) or FIRST_PAGE
     async with as_user(pool(request), user) as conn:
-        rows = list(await (await conn.execute(TASK_LIST_SQL, (*bound, size + 1))).fetchall())
-    next_cursor = cursor_of(rows[size - 1]) if len(rows) > size else None
-    return page(request, "tasks.html", user, tasks=rows[:size], next_cursor=next_cursor)
+        rows, next_cursor = await _keyset_page(
+            conn, "select * from public.list_tasks(%s, %s)", (), size, request.query_params.get("cursor"))
+    return page(request, "tasks.html", user, tasks=rows, next_cursor=next_cursor)
 
 
 def _task_form_values(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
@@ -617,29 +616,19 @@ async def task_action(request: Request, user: User) -> Response:
     return back(request, "/tasks")
 
 
-RUNS_SQL = """
-    select e.id, e.status, e.trigger_type, e.attempt, e.scheduled_for, e.started_at, e.finished_at,
-           e.duration_ms, e.error, e.error_kind, e.usage, e.conversation_id, e.user_message_id, e.created_at
-    from public.agent_task_executions e
-    where e.task_id = %s and (e.created_at, e.id) < (%s, %s)
-    order by e.created_at desc, e.id desc
-    limit %s
-"""
-
-
 @signed_in
 async def task_runs(request: Request, user: User) -> Response:
     tid = path_uuid(request)
     size = request.app.state.settings.page_size
-    bound = parse_cursor(request.query_params.get("cursor")) or FIRST_PAGE
     async with as_user(pool(request), user) as conn:
         task = await (await conn.execute("select id, name, status from public.agent_tasks where id = %s",
                                           (tid,))).fetchone()
         if task is None:
             raise NotFound
-        rows = list(await (await conn.execute(RUNS_SQL, (tid, *bound, size + 1))).fetchall())
-    next_cursor = cursor_of(rows[size - 1]) if len(rows) > size else None
-    return page(request, "runs.html", user, task=task, runs=rows[:size], next_cursor=next_cursor)
+        rows, next_cursor = await _keyset_page(
+            conn, "select * from public.list_executions(%s, %s, %s)", (tid,), size,
+            request.query_params.get("cursor"))
+    return page(request, "runs.html", user, task=task, runs=rows, next_cursor=next_cursor)
 
 
 @signed_in

@@ -1,11 +1,11 @@
--- Keyset pages of message history and run history (public.list_messages,
--- public.list_executions): newest first, the cursor continues after the last
+-- Keyset pages of message history, run history and tasks (public.list_messages,
+-- public.list_executions, public.list_tasks): newest first, the cursor continues after the last
 -- row (ties on the timestamp go by id), another user's rows page exactly like
 -- rows that do not exist, and the cursor is an index condition under RLS, so
 -- a deep page costs what the first costs (bench/bench_pages.py times it).
 begin;
 \ir helpers/personas.psql
-select plan(18);
+select plan(24);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -75,6 +75,20 @@ select results_eq(
 select is_empty($$select id from public.list_executions('d2000000-0000-0000-0000-000000000003')$$,
   'bob''s task pages like one that does not exist');
 
+select ok(not exists (select 1 from pg_proc p, unnest(p.proargnames) a
+                      where p.oid = 'public.list_executions(uuid, integer, text)'::regprocedure
+                        and a in ('worker_id', 'error_detail')),
+  'a run page has the error users see, never the worker or the error''s detail');
+
+-- tasks -------------------------------------------------------------------------
+-- (inserted in one transaction: one created_at, so the order is the id's)
+select results_eq($$select name from public.list_tasks()$$, array['B', 'A'],
+  'alice''s tasks, newest first (a tie on created_at by id), none of bob''s');
+select results_eq($$select name from public.list_tasks(1, (select next_cursor from public.list_tasks(1)))$$,
+  array['A'], 'the next page continues after the cursor');
+select results_eq($$select agent_name from public.list_tasks(1)$$, array['Alice agent'],
+  'each task with its agent''s name');
+
 -- the cursor is an index condition under RLS ----------------------------------------
 select tests.clear_authentication();
 -- a handful of rows: take the cheapest paths away so the test asks whether
@@ -104,12 +118,19 @@ select matches(
     order by e.created_at desc, e.id desc limit 20$$),
   'agent_task_executions_user_history_idx.*\n.*Index Cond: \(\(user_id = .*ROW\(created_at, id\) <',
   'the run page of all tasks walks agent_task_executions_user_history_idx after RLS''s user_id');
+select matches(
+  tests.plan_of($$select id from public.agent_tasks t
+    where (t.created_at, t.id) < (now(), 'd1000000-0000-0000-0000-000000000002'::uuid)
+    order by t.created_at desc, t.id desc limit 20$$),
+  'agent_tasks_user_idx.*\n.*Index Cond: \(\(user_id = .*ROW\(created_at, id\) <',
+  'the task page walks agent_tasks_user_idx from the cursor after RLS''s user_id');
 reset enable_seqscan;
 reset enable_bitmapscan;
 reset enable_sort;
 
 select tests.authenticate_as_anon();
 select throws_ok($$select * from public.list_executions()$$, '42501', null, 'anon cannot list runs');
+select throws_ok($$select * from public.list_tasks()$$, '42501', null, 'anon cannot list tasks');
 select throws_ok($$select * from public.list_messages('c1000000-0000-0000-0000-000000000001')$$, '42501', null,
   'anon cannot list messages');
 
@@ -118,7 +139,7 @@ select throws_ok($$select * from public.list_messages('c1000000-0000-0000-0000-0
 select is(array(select p.proname::text from pg_proc p
                 where p.pronamespace = 'public'::regnamespace and 'p_cursor' = any (p.proargnames)
                 order by 1),
-  array['list_conversations', 'list_executions', 'list_messages', 'page_cursor_position'],
+  array['list_conversations', 'list_executions', 'list_messages', 'list_tasks', 'page_cursor_position'],
   'the functions that take a page cursor');
 select is(array(select p.proname::text from pg_proc p
                 where p.pronamespace = 'public'::regnamespace and 'p_cursor' = any (p.proargnames)
