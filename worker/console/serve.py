@@ -42,7 +42,10 @@ def settings_from_args(args: argparse.Namespace) -> ConsoleSettings:
         # the stack's chat function is needed only when no other is named (--chat-url)
         local = local_stack_settings(require_chat=not args.chat_url)
         overrides = {**local, **{k: v for k, v in overrides.items() if v}}
-    settings = ConsoleSettings.from_env(**overrides)
+    try:
+        settings = ConsoleSettings.from_env(**overrides)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     if not settings.chat_url:
         raise CliError("no chat function: pass --chat-url, or set CHAT_URL or SUPABASE_URL", EXIT_USAGE)
     if not (settings.jwks or settings.jwks_url or settings.jwt_secret):

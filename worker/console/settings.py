@@ -47,6 +47,23 @@ class ConsoleSettings:
             "operator_token": env.get("CONSOLE_OPERATOR_TOKEN") or None,
         }
         if env.get("CONSOLE_PAGE_SIZE"):
-            values["page_size"] = int(env["CONSOLE_PAGE_SIZE"])
+            values["page_size"] = page_size(env["CONSOLE_PAGE_SIZE"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+# The lists page through the public list functions, which return at most 100
+# rows (public.page_cursor_position); the console asks for one more than a
+# page to know whether there is a next one.
+PAGE_SIZE_MAX = 99
+
+
+def page_size(value: str) -> int:
+    """CONSOLE_PAGE_SIZE, checked: a whole number from 1 to PAGE_SIZE_MAX."""
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= PAGE_SIZE_MAX:
+        raise ValueError(f"CONSOLE_PAGE_SIZE must be a whole number from 1 to {PAGE_SIZE_MAX}, not {value!r}")
+    return size
