@@ -12,6 +12,13 @@ the breaker is half-open: the worker claims one run as a probe; its answer
 closes the breaker (the function answered, whatever the model said) or opens
 it again for twice as long (up to `cooldown_max_s`).
 
+Each pause is jittered: it lasts between half and all of the current cooldown
+("equal jitter"). Without it, every worker that met the same outage probes at
+the same instant when it ends, and a worker whose pause is a multiple of a
+flapping upstream's period probes into the outage every time (measured: a
+gateway down 3 s of every 5 s met the same run's 30 s probes in its down
+window six times in a row).
+
 Pure logic with an injectable clock, unit-tested in tests/unit/test_breaker.py;
 the runner logs each change and reports it to scheduler.workers
 (scheduler.report_chat_circuit), which `agent-tasks queue stats` shows.
@@ -20,6 +27,7 @@ the runner logs each change and reports it to scheduler.workers
 from __future__ import annotations
 
 import enum
+import random
 import time
 from collections.abc import Callable
 
@@ -43,11 +51,13 @@ class CircuitBreaker:
 
     def __init__(self, threshold: int = BREAKER_THRESHOLD, cooldown_min_s: float = BREAKER_COOLDOWN_MIN_S,
                  cooldown_max_s: float = BREAKER_COOLDOWN_MAX_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random) -> None:
         self.threshold = max(1, threshold)
         self.cooldown_min_s = cooldown_min_s
         self.cooldown_max_s = max(cooldown_min_s, cooldown_max_s)
         self._clock = clock
+        self._rand = rand
         self._failures = 0
         self._cooldown_s = cooldown_min_s
         self._open_until: float | None = None
@@ -92,14 +102,18 @@ class CircuitBreaker:
                 return False  # already open: the runs in flight when it opened come back one by one
             # the probe (or a run claimed before the breaker opened) failed: twice as long
             self._cooldown_s = min(self.cooldown_max_s, self._cooldown_s * 2)
-            self._open_until = self._clock() + self._cooldown_s
+            self._open()
             self._probing = False
             return True
         if self._failures >= self.threshold:
             self._cooldown_s = self.cooldown_min_s
-            self._open_until = self._clock() + self._cooldown_s
+            self._open()
             return True
         return False
+
+    def _open(self) -> None:
+        """Pause the claims for half to all of the current cooldown (equal jitter)."""
+        self._open_until = self._clock() + self._cooldown_s * (0.5 + 0.5 * self._rand())
 
     def record_answer(self) -> bool:
         """The function answered (success or a failure of the model or the run). Returns True

@@ -175,9 +175,10 @@ def _time_stranded(db_url: str, ids: list[Any], since: float, limit_s: float) ->
 def run_scenario(scenario: str, chat: ChatFunction, llm: FakeLLM, log_dir: Path, *, tasks: int, per_task: int,
                  workers: int = 3, fault_every_s: float = 3.0, lease_s: int = 30, concurrency: int = 8,
                  model_latency_ms: int = 300, deadline_s: float = 240.0,
-                 rescue_at_once: bool = False) -> dict[str, Any]:
+                 rescue_at_once: bool = False, first_fault_s: float | None = None) -> dict[str, Any]:
     """Run tasks * per_task executions on `workers` worker processes while `scenario`'s fault
-    strikes every `fault_every_s`, until every execution is terminal; return the report.
+    strikes `first_fault_s` (default `fault_every_s`) after the start, then `fault_every_s` after
+    the end of the previous one, until every execution is terminal; return the report.
 
     `rescue_at_once` (terminate_backends): right after each termination, rescue_dead_workers
     with no grace, as a tick does on a loaded machine when the workers re-attach their LISTEN
@@ -274,8 +275,10 @@ def run_scenario(scenario: str, chat: ChatFunction, llm: FakeLLM, log_dir: Path,
 
         def chaos() -> None:
             try:
-                while not stop.wait(fault_every_s):
+                wait_s = fault_every_s if first_fault_s is None else first_fault_s
+                while not stop.wait(wait_s):
                     strike()
+                    wait_s = fault_every_s
             except BaseException as exc:
                 failures.append(exc)
 
@@ -321,7 +324,8 @@ def run_scenario(scenario: str, chat: ChatFunction, llm: FakeLLM, log_dir: Path,
         conditions["db_pool_size"] = 1
     return {
         "scenario": scenario, "tasks": tasks, "executions": total, "workers": workers,
-        "worker_concurrency": concurrency, "fault_every_s": fault_every_s, "lease_s": lease_s,
+        "worker_concurrency": concurrency, "first_fault_s": fault_every_s if first_fault_s is None else first_fault_s,
+        "fault_every_s": fault_every_s, "lease_s": lease_s,
         "model_latency_ms": model_latency_ms, "faults": faults[0], "elapsed_s": round(elapsed_s, 1),
         **conditions, **report,
         "lost": total - sum(n for s, n in report["statuses"].items() if s in ("succeeded", "failed", "timed_out")),

@@ -84,8 +84,11 @@ def test_chaos__backends_terminated__runs_rescued_mid_turn_pay_the_model_once(
 
 def test_chaos__a_3_second_chat_outage_fails_no_run(
         chat_function: ChatFunction, llm: FakeLLM, tmp_path: Path) -> None:
-    report = run_scenario("chat_outage", chat_function, llm, tmp_path, tasks=20, per_task=4, fault_every_s=2.0,
-                          lease_s=LEASE_S, concurrency=4, model_latency_ms=350)
+    # the first outage 2 s in (mid-load), then one every 7 s (3 s down, 4 s up) until the last run
+    # is done: with 3 s down of every 5 s, a breaker paused up to 30 s could probe into the outage
+    # nine times in a row (~1 %)
+    report = run_scenario("chat_outage", chat_function, llm, tmp_path, tasks=20, per_task=4, first_fault_s=2.0,
+                          fault_every_s=4.0, lease_s=LEASE_S, concurrency=4, model_latency_ms=350)
     assert_nothing_lost_nothing_paid_twice(report, 80)
     assert report["faults"] >= 1, report
     assert report["model_calls_per_run"] == {1: 80}, report

@@ -5,6 +5,11 @@ from __future__ import annotations
 from worker.breaker import CircuitBreaker, CircuitState
 
 
+def full() -> float:
+    """The jitter's top: each pause lasts the whole cooldown."""
+    return 1.0
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 100.0
@@ -15,7 +20,7 @@ class Clock:
 
 def test_breaker__opens_after_threshold_unreachable_in_a_row() -> None:
     clock = Clock()
-    b = CircuitBreaker(threshold=3, cooldown_min_s=1.0, cooldown_max_s=8.0, clock=clock)
+    b = CircuitBreaker(threshold=3, cooldown_min_s=1.0, cooldown_max_s=8.0, clock=clock, rand=full)
     assert not b.record_unreachable("refused") and not b.record_unreachable("refused")
     assert b.state is CircuitState.CLOSED and b.claim_limit(5) == 5
     assert b.record_unreachable("refused")
@@ -33,7 +38,7 @@ def test_breaker__an_answer_between_failures_resets_the_count() -> None:
 
 def test_breaker__half_open_lets_one_probe_through_then_closes_on_an_answer() -> None:
     clock = Clock()
-    b = CircuitBreaker(threshold=1, cooldown_min_s=1.0, clock=clock)
+    b = CircuitBreaker(threshold=1, cooldown_min_s=1.0, clock=clock, rand=full)
     b.record_unreachable("503 from the gateway")
     clock.now += 1.0
     assert b.state is CircuitState.HALF_OPEN and b.claim_limit(8) == 1
@@ -44,7 +49,7 @@ def test_breaker__half_open_lets_one_probe_through_then_closes_on_an_answer() ->
 
 def test_breaker__a_failed_probe_doubles_the_cooldown_up_to_the_cap() -> None:
     clock = Clock()
-    b = CircuitBreaker(threshold=1, cooldown_min_s=1.0, cooldown_max_s=3.0, clock=clock)
+    b = CircuitBreaker(threshold=1, cooldown_min_s=1.0, cooldown_max_s=3.0, clock=clock, rand=full)
     b.record_unreachable("x")
     waits = []
     for _ in range(3):
@@ -59,3 +64,32 @@ def test_breaker__a_failed_probe_doubles_the_cooldown_up_to_the_cap() -> None:
     assert b.record_answer()
     b.record_unreachable("x")
     assert b.reopen_in_s() == 1.0, "a new outage starts from the shortest cooldown"
+
+
+def test_breaker__each_pause_is_half_to_all_of_the_cooldown() -> None:
+    # equal jitter: workers that met one outage do not all probe at the same instant, and a
+    # pause cannot lock onto the period of a flapping upstream
+    clock = Clock()
+    draws = iter([0.0, 0.5, 1.0])
+    b = CircuitBreaker(threshold=1, cooldown_min_s=2.0, cooldown_max_s=8.0, clock=clock, rand=lambda: next(draws))
+    b.record_unreachable("x")
+    assert b.reopen_in_s() == 1.0, "half of the 2 s cooldown"
+    clock.now += 1.0
+    assert b.claim_limit(4) == 1, "half-open once the jittered pause is over"
+    b.probe_claimed(1)
+    b.record_unreachable("x")
+    assert b.reopen_in_s() == 3.0, "three quarters of the doubled 4 s cooldown"
+    clock.now += 3.0
+    b.probe_claimed(1)
+    b.record_unreachable("x")
+    assert b.reopen_in_s() == 8.0, "all of the 8 s cap"
+
+
+def test_breaker__pauses_of_many_workers_spread_over_the_window() -> None:
+    pauses = set()
+    for _ in range(200):
+        b = CircuitBreaker(threshold=1, cooldown_min_s=30.0, cooldown_max_s=30.0, clock=Clock())
+        b.record_unreachable("x")
+        pauses.add(round(b.reopen_in_s(), 3))
+    assert min(pauses) >= 15.0 and max(pauses) <= 30.0
+    assert len(pauses) > 100, "200 workers opened by one outage probe at different instants"
