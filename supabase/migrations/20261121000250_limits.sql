@@ -42,6 +42,8 @@ insert into scheduler.limits (name, value, description) values
    'largest agent_tasks.state an agent''s report may leave (pg_column_size); a larger state_update is not applied'),
   ('min_interval_seconds', '60', 'shortest interval schedule a user may set'),
   ('max_active_tasks_per_user', '100', 'active tasks one user may have'),
+  ('max_queued_runs_per_task', '10',
+   'runs of one exclusive task (overlap_policy skip or queue) that may wait behind its running one; later occurrences are skipped, run now and retry refused'),
   ('max_retries', '5', 'largest max_retries a user may set'),
   ('run_now_per_minute', '10', 'run_task_now calls per user per minute (agent tools included)'),
   ('retry_per_minute', '10', 'retry_execution calls per user per minute'),

@@ -14,7 +14,8 @@
 -- (overlap_policy skip or queue) come from the task, and a skipped
 -- occurrence gets its reason. p_skip is NULL for a queued run, or why the
 -- occurrence is recorded as skipped: 'overlap' (the previous run is still
--- active), 'misfire' (later than misfire_grace_seconds) or 'missed' (passed
+-- active), 'backlog' (max_queued_runs_per_task runs already wait: error_kind
+-- overlap), 'misfire' (later than misfire_grace_seconds) or 'missed' (passed
 -- while no scheduler ran); any other reason fails the error_kind CHECK on
 -- insert. Every INSERT of executions selects its rows:
 -- `insert into public.agent_task_executions select x.* from ... scheduler.new_execution(...) x`.
@@ -62,17 +63,46 @@ begin
     null, null, null, null,                              -- resolved_prompt, user_message_id, assistant_message_id, output
     case p_skip                                          -- error
       when 'overlap' then 'skipped: the previous run was still active (overlap_policy = skip)'
+      when 'backlog' then format('skipped: %s runs of this task were already waiting (max_queued_runs_per_task)',
+                                 scheduler.limit_int('max_queued_runs_per_task'))
       when 'misfire' then 'skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = skip)'
       when 'missed' then format('skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = %s)',
                                 p_task.misfire_policy)
     end,
     null,                                                -- error_detail (set from error by a trigger)
-    case when p_skip = 'missed' then 'misfire' else p_skip end,  -- error_kind
+    case p_skip when 'missed' then 'misfire' when 'backlog' then 'overlap' else p_skip end,  -- error_kind
     null,                                                -- usage
     p_retry_of,
     null,                                                -- cancel_requested_at
     now(), now()                                         -- created_at, updated_at
   )::public.agent_task_executions;
+end
+$$;
+
+-- How many more runs of a task may wait in the queue: the room left under
+-- max_queued_runs_per_task for an exclusive task (overlap_policy skip or
+-- queue: its runs wait one behind the other, so a schedule faster than its
+-- runs would pile them up without end, and every claim walks past the pile),
+-- NULL when there is no bound (an 'allow' task, or the limit unset). The
+-- planner skips the occurrences beyond it (enqueue_due, apply_plan: reason
+-- 'backlog'); run_task_now and retry_execution are refused (PT409).
+-- Counts at most the limit's rows (agent_task_executions_active_task_idx).
+create or replace function scheduler.backlog_room(p_task_id uuid, p_overlap_policy text)
+returns integer
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_max integer := least(scheduler.limit_int('max_queued_runs_per_task'), 2147483647);
+begin
+  if p_overlap_policy = 'allow' or v_max is null then
+    return null;
+  end if;
+  return greatest(0, v_max - (select count(*) from (
+    select 1 from public.agent_task_executions e
+    where e.task_id = p_task_id and e.status = 'queued'
+    limit v_max) q));
 end
 $$;
 
@@ -352,7 +382,11 @@ begin
     select d.*, mp.run as run_occ, mp.skipped as missed_occ, g.last_due,
            (d.overlap_policy = 'skip' and exists (
               select 1 from public.agent_task_executions e
-              where e.task_id = d.id and e.status in ('queued', 'running'))) as overlapping
+              where e.task_id = d.id and e.status in ('queued', 'running'))) as overlapping,
+           -- an exclusive task's runs beyond the backlog's room are skipped
+           -- (overlap_policy skip queues several only when catching up)
+           case when d.overlap_policy = 'queue' or (d.overlap_policy = 'skip' and d.steps > 1)
+                then scheduler.backlog_room(d.id, d.overlap_policy) end as room
     from due d
     cross join lateral (
       select array_agg(o order by o) as due_occ, max(o) as last_due
@@ -375,7 +409,8 @@ begin
       where d.max_runs is null or r.n <= d.max_runs - d.run_count
     ) r
     cross join lateral scheduler.new_execution(d.task, 'schedule', r.o, r.o, v_now,
-                                               case when d.overlapping then 'overlap' end) x
+                                               case when d.overlapping then 'overlap'
+                                                    when r.n > d.room then 'backlog' end) x
     on conflict (task_id, scheduled_for) do nothing
     returning e.task_id, e.status
   ),
@@ -527,6 +562,7 @@ declare
   v_plan record;
   v_run timestamptz[];
   v_queued integer := 0;
+  v_room integer;
   v_complete boolean := p_complete;
 begin
   select * into v_task from public.agent_tasks
@@ -540,6 +576,15 @@ begin
   select * into v_plan from scheduler.misfire_plan(v_task.misfire_policy, v_task.misfire_grace_seconds,
                                                    p_due, v_now, p_more);
   v_run := v_plan.run;
+  -- runs beyond the backlog's room are recorded as skipped, not queued
+  v_room := scheduler.backlog_room(p_task_id, v_task.overlap_policy);
+  if cardinality(v_run) > v_room then
+    insert into public.agent_task_executions
+    select x.* from unnest(v_run[v_room + 1:]) s
+    cross join lateral scheduler.new_execution(v_task, 'schedule', s, s, v_now, 'backlog') x
+    on conflict (task_id, scheduled_for) do nothing;
+    v_run := v_run[1:v_room];
+  end if;
   if v_task.max_runs is not null and cardinality(v_run) >= v_task.max_runs - v_task.run_count then
     -- later occurrences are past the task's last run
     v_run := v_run[1:greatest(0, v_task.max_runs - v_task.run_count)];

@@ -4,8 +4,9 @@
 -- security definer: executions are written only through the queue's guarded
 -- transitions, never by a client directly. run_task_now and retry_execution
 -- are rate limited per user (scheduler.action_rate_check, SQLSTATE PT429:
--- PostgREST answers 429) and refused when a budget is used up
--- (scheduler.enqueue_now).
+-- PostgREST answers 429), refused when a budget is used up
+-- (scheduler.enqueue_now) and when an exclusive task's backlog is full
+-- (scheduler.refuse_full_backlog, PT409: 409).
 
 create or replace function scheduler.owned_task(p_task_id uuid) returns public.agent_tasks
 language plpgsql
@@ -49,15 +50,33 @@ begin
 end
 $$;
 
+-- A run nobody scheduled may not wait behind a full backlog of an exclusive
+-- task (scheduler.backlog_room): refused with PT409 (PostgREST: HTTP 409).
+create or replace function scheduler.refuse_full_backlog(p_task public.agent_tasks) returns void
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  if scheduler.backlog_room(p_task.id, p_task.overlap_policy) = 0 then
+    raise exception 'task "%" already has % runs waiting for the one before them (max_queued_runs_per_task); try again once one has run',
+      p_task.name, scheduler.limit_int('max_queued_runs_per_task') using errcode = 'PT409';
+  end if;
+end
+$$;
+
 -- Run a task now, whatever its schedule. Returns the new execution's id.
 create or replace function public.run_task_now(p_task_id uuid) returns uuid
 language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_task public.agent_tasks := scheduler.owned_task(p_task_id);
 begin
-  perform scheduler.owned_task(p_task_id);
   perform scheduler.action_rate_check('run_now');
+  perform scheduler.refuse_full_backlog(v_task);
   return scheduler.enqueue_now(p_task_id, 'manual');
 end
 $$;
@@ -107,9 +126,13 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+declare
+  v_task public.agent_tasks;
 begin
-  perform scheduler.owned_execution(p_execution_id);
+  select t.* into v_task from public.agent_tasks t
+  where t.id = (scheduler.owned_execution(p_execution_id)).task_id;
   perform scheduler.action_rate_check('retry');
+  perform scheduler.refuse_full_backlog(v_task);
   return scheduler.retry_execution(p_execution_id);
 end
 $$;

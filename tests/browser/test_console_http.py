@@ -158,3 +158,28 @@ def test_lists__tasks_and_runs_page_by_the_databases_cursor(console: Console, st
     # another user's task has no runs page at all
     with _client(console, console.bob.token) as client:
         assert client.get(f"/tasks/{tasks[0]}/runs").status_code == 404
+
+
+def test_run_now__a_full_backlog_is_refused_with_its_reason(console: Console, stack_state: stack.State) -> None:
+    """Run now on an exclusive task with max_queued_runs_per_task runs waiting is a 409
+    naming the limit (a page for a form, JSON otherwise); nothing is queued."""
+    with console.db() as db:
+        email = f"dave-{uuid.uuid4().hex[:6]}@example.test"
+        uid = create_user(db, email)
+        task = create_task(db, uid, create_agent(db, uid), name="Nightly digest")  # overlap_policy skip
+        limit = db.execute("select scheduler.limit_int('max_queued_runs_per_task') as n").fetchone()["n"]
+        # due in an hour: the suite's worker leaves them queued
+        for _ in range(limit):
+            db.execute("select scheduler.enqueue_now(%s, 'manual', now() + interval '1 hour')", (task,))
+    token = stack.user_token(stack_state, str(uid), email)
+    with _client(console, token) as client:
+        page = client.post(f"/tasks/{task}/run", headers={"accept": "text/html"})
+        assert page.status_code == 409
+        assert f"already has {limit} runs waiting" in html.unescape(page.text)
+        assert "max_queued_runs_per_task" in page.text
+        api = client.post(f"/tasks/{task}/run", headers={"accept": "application/json"})
+        assert api.status_code == 409 and api.json()["error"]["code"] == "refused"
+    with console.db() as db:
+        queued = db.execute("select count(*) as n from public.agent_task_executions where task_id = %s",
+                            (task,)).fetchone()["n"]
+    assert queued == limit
