@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,47 @@ def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on `port` (/proc/net/tcp and tcp6)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is ADDR:PORT in hex; state 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def listens(pid: int | None, port: int) -> bool:
+    """Whether a process of the session `pid` leads (a service `_spawn` started, and any child
+    of it) listens on `port`. An open port alone may be another checkout's service: two stacks
+    starting at the same moment can both find a port free, and the one whose bind fails would
+    otherwise take the other's service for its own (Linux /proc; elsewhere: the port is open)."""
+    if not pid or not _pid_alive(pid):
+        return False
+    if not Path("/proc/net/tcp").exists():
+        return port_open(port)
+    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not sockets:
+        return False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(proc.name)) != pid:
+                continue
+            if any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir()):
+                return True
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return False
 
 
 def database_url(state: State, dbname: str = MAIN_DB, user: str = "postgres") -> str:
@@ -535,6 +577,13 @@ def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
+        # a service this process started and that exited is a zombie until reaped, and a
+        # zombie still answers kill(0): reap it (waited 60 s for a service that died at once)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (started by an earlier command): its parent reaps it
+    try:
         os.kill(pid, 0)
     except OSError:
         return False
@@ -550,9 +599,10 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str]) -> int:
 
 
 def _wait_port(port: int, name: str, pid: int) -> None:
+    """Until the service `pid` itself listens on `port` (not merely: something does)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if port_open(port):
+        if listens(pid, port):
             return
         if not _pid_alive(pid):
             break
@@ -560,6 +610,30 @@ def _wait_port(port: int, name: str, pid: int) -> None:
     log = LOG_DIR / f"{name}.log"
     tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
     raise StackError(f"{name} did not start on port {port}; log tail:\n{tail}")
+
+
+# attempts at starting a service, each on a port found free just before
+SERVE_ATTEMPTS = 3
+
+
+def _serve(name: str, preferred: int, command: Callable[[int], tuple[list[str], dict[str, str]]]) -> tuple[int, int]:
+    """Start service `name` on `preferred` when it is free, else on any free port, and return
+    (port, pid) once it listens there itself. Another program can take the port between the
+    check and the bind (another checkout's stack starting at the same moment): the service
+    then exits, and it starts again on another port."""
+    for attempt in range(SERVE_ATTEMPTS):
+        port = free_port(preferred if attempt == 0 else 0)
+        cmd, env = command(port)
+        pid = _spawn(name, cmd, env)
+        try:
+            _wait_port(port, name, pid)
+            return port, pid
+        except StackError:
+            _stop_pid(pid)
+            if attempt == SERVE_ATTEMPTS - 1:
+                raise
+            _log(f"{name} could not listen on port {port}; trying another")
+    raise AssertionError("unreachable")
 
 
 def deno_binary() -> str:
@@ -636,32 +710,30 @@ def _start_fake_llm(state: State) -> None:
     if not FAKE_LLM.exists():
         return
     digest = code_digest(FAKE_LLM.parent)
-    if state.llm_port and _pid_alive(state.llm_pid) and port_open(state.llm_port):
+    if state.llm_port and listens(state.llm_pid, state.llm_port):
         if state.llm_digest == digest:
             return
         _log("the fake model's code changed: restarting it")
         _stop_pid(state.llm_pid)
-    state.llm_port = free_port(state.llm_port or 54329)
     state.llm_digest = digest
-    state.llm_pid = _spawn("fake-llm", [sys.executable, str(FAKE_LLM), "--port", str(state.llm_port)],
-                           dict(os.environ))
-    _wait_port(state.llm_port, "fake-llm", state.llm_pid)
+    state.llm_port, state.llm_pid = _serve(
+        "fake-llm", state.llm_port or 54329,
+        lambda port: ([sys.executable, str(FAKE_LLM), "--port", str(port)], dict(os.environ)))
     _log(f"NO OPENAI_API_KEY: replies come from the local FAKE model at http://127.0.0.1:{state.llm_port}/v1")
 
 
 def _start_tickets(state: State) -> None:
     """The demo's and the tests' MCP server (Streamable HTTP, bearer token)."""
     digest = code_digest(TICKETS_MCP.parent) if TICKETS_MCP.exists() else ""
-    if state.tickets_port and _pid_alive(state.tickets_pid) and port_open(state.tickets_port):
+    if state.tickets_port and listens(state.tickets_pid, state.tickets_port):
         if state.tickets_digest == digest:
             return
         _stop_pid(state.tickets_pid)
-    state.tickets_port = free_port(state.tickets_port or 54331)
     state.tickets_digest = digest
-    state.tickets_pid = _spawn("tickets-mcp", [sys.executable, "-m", "worker.mcp_tickets",
-                                               "--port", str(state.tickets_port)],
-                               {**os.environ, "TICKETS_MCP_TOKEN": state.tickets_token})
-    _wait_port(state.tickets_port, "tickets-mcp", state.tickets_pid)
+    state.tickets_port, state.tickets_pid = _serve(
+        "tickets-mcp", state.tickets_port or 54331,
+        lambda port: ([sys.executable, "-m", "worker.mcp_tickets", "--port", str(port)],
+                      {**os.environ, "TICKETS_MCP_TOKEN": state.tickets_token}))
     _log(f"tickets MCP server on http://127.0.0.1:{state.tickets_port}/mcp")
 
 
@@ -673,19 +745,21 @@ def _start_chat(state: State) -> None:
     if not CHAT_FUNCTION.exists():
         return
     digest = code_digest(CHAT_FUNCTION.parents[1])
-    if state.chat_port and _pid_alive(state.chat_pid) and port_open(state.chat_port):
+    if state.chat_port and listens(state.chat_pid, state.chat_port):
         if state.chat_digest == digest:
             return
         _log("the chat function's code changed: restarting it")
         _stop_pid(state.chat_pid)
-    # the same port when it is free again: a running worker keeps its CHAT_URL
-    state.chat_port = free_port(state.chat_port or 54321)
     state.chat_digest = digest
-    deno = deno_binary()
-    cmd = [deno, "run", "--allow-net", "--allow-env", "--allow-read",
+    cmd = [deno_binary(), "run", "--allow-net", "--allow-env", "--allow-read",
            "--config", str(CHAT_FUNCTION.parent / "deno.json"), str(CHAT_FUNCTION)]
-    state.chat_pid = _spawn("chat", cmd, chat_env(state))
-    _wait_port(state.chat_port, "chat", state.chat_pid)
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        state.chat_port = port  # chat_env reads it (PORT)
+        return cmd, chat_env(state)
+
+    # the same port when it is free again: a running worker keeps its CHAT_URL
+    state.chat_port, state.chat_pid = _serve("chat", state.chat_port or 54321, command)
     _log(f"chat function on http://127.0.0.1:{state.chat_port}/functions/v1/chat")
 
 
