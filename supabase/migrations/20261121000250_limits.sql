@@ -52,7 +52,13 @@ insert into scheduler.limits (name, value, description) values
   ('allowed_models', '["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-4.1"]',
    'models a user may set on an agent (null: any)'),
   ('max_output_tokens', '4096', 'largest agents.settings.max_tokens a user may set'),
-  ('max_history_token_budget', '32000', 'largest agents.settings.history_token_budget a user may set');
+  ('max_history_token_budget', '32000', 'largest agents.settings.history_token_budget a user may set'),
+  -- retention (scheduler.purge_expired, the purge job): null keeps the rows
+  ('history_retention_days', '30',
+   'finished executions older than this many days are deleted (their messages stay in the conversations)'),
+  ('notification_retention_days', '90', 'notifications older than this many days are deleted, read or not'),
+  ('token_usage_retention_days', '400',
+   'daily token counts (scheduler.token_usage) older than this many days are deleted; budgets read today''s');
 
 -- A numeric limit (NULL when unset: no limit). stable: read once per statement.
 -- (PL/pgSQL, as the hot path's helpers: its plan is kept for the session;
@@ -111,6 +117,7 @@ comment on table scheduler.token_usage is
 alter table scheduler.token_usage enable row level security;
 revoke all on scheduler.token_usage from public, anon, authenticated;
 grant select on scheduler.token_usage to service_role;
+-- a day's rows across users (also the purge job's walk, scheduler.purge_expired)
 create index token_usage_day_idx on scheduler.token_usage (day);
 
 -- The UTC day a moment counts toward, and the moment that day ends.

@@ -356,6 +356,8 @@ create table public.notifications (
 comment on table public.notifications is 'Alerts for a user: failed runs, questions from agents, completed tasks, successes and changed results (per task notify_on).';
 create index notifications_user_idx on public.notifications (user_id, created_at desc);
 create index notifications_unread_idx on public.notifications (user_id) where read_at is null;
+-- the purge job's walk (scheduler.purge_expired)
+create index notifications_created_idx on public.notifications (created_at);
 
 -- One NOTIFY per statement (not per row) when executions become claimable.
 create or replace function scheduler.notify_executions_queued() returns trigger

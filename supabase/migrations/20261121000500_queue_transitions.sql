@@ -933,9 +933,11 @@ as $$
 $$;
 
 -- Delete finished executions older than p_older_than (their messages stay in
--- the conversation; execution_id there is set to NULL by the foreign key).
+-- the conversation; execution_id there is set to NULL by the foreign key):
+-- the oldest p_limit of them (NULL: all), walking agent_task_executions_finished_idx.
+-- The purge job (scheduler.purge_expired) deletes a batch at a time.
 create or replace function scheduler.purge_history(
-  p_older_than interval default '30 days', p_now timestamptz default null
+  p_older_than interval default '30 days', p_now timestamptz default null, p_limit integer default null
 ) returns integer
 language plpgsql
 security definer
@@ -945,7 +947,10 @@ declare
   v_count integer;
 begin
   delete from public.agent_task_executions e
-  where e.finished_at < coalesce(p_now, now()) - p_older_than;
+  where e.id in (select x.id from public.agent_task_executions x
+                 where x.finished_at < coalesce(p_now, now()) - p_older_than
+                 order by x.finished_at
+                 limit p_limit);
   get diagnostics v_count = row_count;
   return v_count;
 end
@@ -998,7 +1003,7 @@ grant execute on function
   scheduler.cancel_execution(uuid, text, timestamptz),
   scheduler.register_worker(text, text, integer, integer),
   scheduler.unregister_worker(text),
-  scheduler.purge_history(interval, timestamptz),
+  scheduler.purge_history(interval, timestamptz, integer),
   scheduler.queue_stats(),
   scheduler.is_terminal(text),
   scheduler.is_finishing(text),

@@ -70,8 +70,16 @@ def test_pg_cron__jobs_live_in_the_main_database(stack_state: stack.State) -> No
         "agent-tasks-enqueue-due": ("* * * * *", stack.MAIN_DB, True),
         "agent-tasks-rescue-expired": ("* * * * *", stack.MAIN_DB, True),
         "agent-tasks-resume-after-budget": ("* * * * *", stack.MAIN_DB, True),
-        "agent-tasks-purge": ("17 3 * * *", stack.MAIN_DB, True),
+        "agent-tasks-purge": ("*/5 * * * *", stack.MAIN_DB, True),
     }
+
+
+def test_pg_cron__the_purge_jobs_command_runs(stack_state: stack.State) -> None:
+    """The purge job's own text, as pg_cron sends it (one simple query, two statements)."""
+    with psycopg.connect(stack.database_url(stack_state), autocommit=True) as c:
+        row = c.execute("select command from cron.job where jobname = 'agent-tasks-purge'").fetchone()
+        assert row is not None and "scheduler.purge_expired()" in row[0]
+        c.execute(row[0])  # raises if either statement fails
 
 
 def test_pg_cron__migrations_apply_cleanly_without_it(conn: psycopg.Connection[dict[str, Any]]) -> None:
