@@ -10,10 +10,10 @@
 -- token_usage_retention_days; NULL keeps them), at most p_batch of each kind
 -- per call, oldest first, each kind along an index of its age. Run every 5
 -- minutes, so a call is a short transaction whatever the backlog (a batch
--- of 5,000 executions with two messages each: 0.5-0.8 s), where one
+-- of 5,000 executions with two messages each: 0.5-0.85 s), where one
 -- statement over a large history holds the cluster's vacuum horizon for its
--- whole run (300,000 such executions: 26 s), the hot queue table's dead rows
--- included. Returns what it deleted: {executions, notifications, token_usage}.
+-- whole run (300,000 such executions: 28 s; bench/bench_purge.py), the hot
+-- queue table's dead rows included. Returns what it deleted: {executions, notifications, token_usage}.
 create or replace function scheduler.purge_expired(p_batch integer default 5000, p_now timestamptz default null)
 returns jsonb
 language plpgsql
