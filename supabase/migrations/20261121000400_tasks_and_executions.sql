@@ -263,9 +263,14 @@ create index agent_task_executions_conversation_idx
 -- retry_of is set null when its execution is purged: find those by index
 create index agent_task_executions_retry_of_idx
   on public.agent_task_executions (retry_of) where retry_of is not null;
--- the purge
+-- the purge, and the figures of what finished lately (scheduler.queue_stats)
 create index agent_task_executions_finished_idx
   on public.agent_task_executions (finished_at) where finished_at is not null;
+-- the operator's latest failures (the console's operator page): only failed
+-- rows, so the list does not walk every success before them (102 ms at
+-- 1,000,000 finished rows and none failed)
+create index agent_task_executions_failed_idx
+  on public.agent_task_executions (finished_at desc) where status in ('failed', 'timed_out');
 -- Autovacuum for the churn, not the size. Every claim and finish leaves a dead
 -- row version (and dead entries at the head of the claim index), every enqueue
 -- and outcome updates its task. The default threshold (20% of the table) is

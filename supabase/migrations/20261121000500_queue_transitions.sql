@@ -971,19 +971,33 @@ as $$
   where w.id = p_worker_id
 $$;
 
--- Queue figures for operators and the CLI.
-create or replace function scheduler.queue_stats()
+-- Queue figures for operators and the CLI: every queued and running
+-- execution, and those finished within p_finished_within (by status) along
+-- agent_task_executions_finished_idx. Counting the whole history cost a scan
+-- of it at every look (166 ms at 1,000,000 rows, growing with them).
+create or replace function scheduler.queue_stats(p_finished_within interval default '24 hours')
 returns table (status text, count bigint, oldest timestamptz, next_run_after timestamptz)
 language sql
 stable
 security definer
 set search_path = ''
+-- the plan cannot see the window and guesses a seventh of the history:
+-- starting parallel workers for it cost 8 ms of the 12 at 1,000,000 rows
+set max_parallel_workers_per_gather = 0
 as $$
-  select e.status, count(*), min(e.scheduled_for),
-         min(e.run_after) filter (where e.status = 'queued')
-  from public.agent_task_executions e
-  group by e.status
-  order by e.status
+  select s.* from (
+    select e.status, count(*) as count, min(e.scheduled_for) as oldest,
+           min(e.run_after) filter (where e.status = 'queued') as next_run_after
+    from public.agent_task_executions e
+    where e.status in ('queued', 'running')
+    group by e.status
+    union all
+    select e.status, count(*), min(e.scheduled_for), null
+    from public.agent_task_executions e
+    where e.finished_at >= now() - p_finished_within
+    group by e.status
+  ) s
+  order by s.status
 $$;
 
 grant select on scheduler.workers to task_worker, service_role;
@@ -1004,7 +1018,7 @@ grant execute on function
   scheduler.register_worker(text, text, integer, integer),
   scheduler.unregister_worker(text),
   scheduler.purge_history(interval, timestamptz, integer),
-  scheduler.queue_stats(),
+  scheduler.queue_stats(interval),
   scheduler.is_terminal(text),
   scheduler.is_finishing(text),
   scheduler.execution_statuses()
