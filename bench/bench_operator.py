@@ -1,12 +1,13 @@
-"""The operator's reads at depth: the console's operator page and `agent-tasks queue stats`.
+"""The operator's reads at depth: the console's operator page and the CLI's queue and executions.
 
 One fresh database per history size (bench_queue.seed_ours: 1,000 queued
 runs of 1,000 tasks over 100 users, and H finished executions, finished 30
 days ago, none failed: the failures list's worst case, where a walk by age
 would pass every success). Each of the operator page's queries
 (worker.console.pages.OPERATOR_QUERIES: queue figures, workers, running
-runs, latest failures) and the CLI's oldest-claimable query, --calls times
-after warm-up in one session: client wall time p50.
+runs, latest failures), the CLI's oldest-claimable query and its executions
+list (all, and --status failed) and one poll of `executions tail`, --calls
+times after warm-up in one session: client wall time p50.
 
 Prints one JSON object. Not a test: figures are noisy on a shared machine.
 
@@ -22,10 +23,12 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_queue import seed_ours  # noqa: E402
 
-from worker import stack  # noqa: E402
+from worker import cli, stack  # noqa: E402
 from worker.console.pages import OPERATOR_QUERIES  # noqa: E402
 
 # the CLI's `queue stats` besides scheduler.queue_stats (worker/cli.py)
@@ -44,14 +47,23 @@ WARMUP = 3
 
 
 def measure(url: str, calls: int) -> dict[str, float]:
-    queries: dict[str, str] = {**OPERATOR_QUERIES, "cli_oldest_ready": OLDEST_READY}
     out: dict[str, float] = {}
-    with psycopg.connect(url, autocommit=True) as conn:
-        for name, query in queries.items():
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        since = conn.execute("select now() - interval '1 minute' as t").fetchone()
+        assert since is not None
+        reads: dict[str, Callable[[], Any]] = {
+            **{name: (lambda q=query: conn.execute(q).fetchall()) for name, query in OPERATOR_QUERIES.items()},
+            "cli_oldest_ready": lambda: conn.execute(OLDEST_READY).fetchall(),
+            # `agent-tasks executions list` (default 50) and one poll of `executions tail`
+            "cli_executions_list": lambda: cli._executions(conn, None, None, 50),
+            "cli_executions_list_failed": lambda: cli._executions(conn, None, "failed", 50),
+            "cli_executions_tail_poll": lambda: cli._executions(conn, None, None, 500, since["t"]),
+        }
+        for name, read in reads.items():
             times = []
             for i in range(WARMUP + calls):
                 t0 = time.perf_counter()
-                conn.execute(query).fetchall()
+                read()
                 if i >= WARMUP:
                     times.append((time.perf_counter() - t0) * 1000)
             out[name] = round(statistics.median(times), 2)

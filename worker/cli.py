@@ -346,21 +346,35 @@ EXEC_COLUMNS = ["id", "task", "trigger_type", "status", "attempt", "scheduled_fo
                 "duration_ms", "worker_id", "error"]
 
 
+# The latest changed executions: the queue (queued, running: all of them, by the partial index
+# of active rows) and the newest finished ones (by finished_at, the last change of a finished
+# run, along agent_task_executions_finished_idx, or _failed_idx for failures), each branch
+# written with only the filters given, so each is an index condition in any plan. One ordering
+# by updated_at over the whole history scanned and sorted all of it at every call, every 0.5 s
+# under `executions tail` (bench/bench_operator.py).
+EXECUTION_COLUMNS_SQL = """e.id, t.name as task, e.task_id, e.trigger_type, e.status, e.attempt, e.max_attempts,
+    e.scheduled_for, e.started_at, e.finished_at, e.duration_ms, e.worker_id, e.conversation_id, e.error,
+    e.error_kind, e.output, e.updated_at"""
+ACTIVE_STATUSES = ("queued", "running")
+
+
 def _executions(conn: psycopg.Connection[dict[str, Any]], task: str | None, status: str | None,
                 limit: int, since: datetime | None = None) -> list[dict[str, Any]]:
-    return conn.execute(
-        """
-        select e.id, t.name as task, e.task_id, e.trigger_type, e.status, e.attempt, e.max_attempts,
-               e.scheduled_for, e.started_at, e.finished_at, e.duration_ms, e.worker_id,
-               e.conversation_id, e.error, e.error_kind, e.output, e.updated_at
-        from public.agent_task_executions e
-        join public.agent_tasks t on t.id = e.task_id
-        where (%(task)s::uuid is null or e.task_id = %(task)s::uuid)
-          and (%(status)s::text is null or e.status = %(status)s)
-          and (%(since)s::timestamptz is null or e.updated_at > %(since)s)
-        order by e.updated_at desc
-        limit %(limit)s
-        """, {"task": task, "status": status, "limit": limit, "since": since}).fetchall()
+    branches: list[tuple[list[str], str]] = []
+    if status is None or status in ACTIVE_STATUSES:
+        branches.append((["x.status in ('queued', 'running')"] + (["x.updated_at > %(since)s"] if since else []),
+                         ""))
+    if status not in ACTIVE_STATUSES:
+        branches.append((["x.finished_at is not null"] + (["x.finished_at > %(since)s"] if since else []),
+                         " order by x.finished_at desc limit %(limit)s"))
+    parts = []
+    for where, order in branches:
+        where += ["x.task_id = %(task)s::uuid"] if task else []
+        where += ["x.status = %(status)s"] if status else []
+        parts.append(f"(select x.* from public.agent_task_executions x where {' and '.join(where)}{order})")
+    query = (f"select {EXECUTION_COLUMNS_SQL} from ({' union all '.join(parts)}) e"
+             " join public.agent_tasks t on t.id = e.task_id order by e.updated_at desc limit %(limit)s")
+    return conn.execute(query, {"task": task, "status": status, "limit": limit, "since": since}).fetchall()
 
 
 def cmd_executions_list(args: argparse.Namespace) -> int:

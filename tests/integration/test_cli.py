@@ -342,3 +342,59 @@ def test_worker_check__one_line_per_problem(tmp_path: Path) -> None:
     out = json.loads(proc.stdout)
     assert out["ok"] is False and out["error"]["code"] == "database_unreachable"
     assert [(c["name"], c["ok"]) for c in out["checks"]] == [("database", False), ("chat", False)]
+
+
+def _history(conn: psycopg.Connection[Any]) -> tuple[uuid.UUID, uuid.UUID, dict[str, uuid.UUID]]:
+    """Two tasks' executions: one claimed (running), one waiting (queued), and runs finished
+    2 days, 2 hours and 10 seconds ago, one of them failed (written directly, as finished
+    history is: their last change is their finish)."""
+    uid = create_user(conn)
+    agent = create_agent(conn, uid)
+    task, other = (create_task(conn, uid, agent, overlap_policy="allow", name=n) for n in ("Digest", "Other"))
+    ids: dict[str, uuid.UUID] = {}
+    for name, t, status, ago in [("old", task, "succeeded", "2 days"), ("failed", task, "failed", "2 hours"),
+                                 ("recent", other, "succeeded", "10 seconds")]:
+        ids[name] = conn.execute(
+            "insert into public.agent_task_executions (task_id, user_id, agent_id, trigger_type, status,"
+            " scheduled_for, attempt, worker_id, started_at, finished_at, created_at, updated_at)"
+            " select %s, %s, %s, 'manual', %s, at, 1, 'w', at, at, at, at"
+            " from (select now() - %s::interval as at) x returning id",
+            (t, uid, agent, status, ago)).fetchone()["id"]
+    ids["claimed"] = conn.execute("select scheduler.enqueue_now(%s) as id", (task,)).fetchone()["id"]
+    ids["waiting"] = conn.execute("select scheduler.enqueue_now(%s) as id", (other,)).fetchone()["id"]
+    claimed = conn.execute("select id from scheduler.claim_executions('w-cli', 1, 60)").fetchone()
+    assert claimed is not None and claimed["id"] == ids["claimed"], "the first queued is claimed first"
+    return task, other, ids
+
+
+def test_executions_list__the_queue_and_the_newest_finished_runs(capsys: pytest.CaptureFixture[str],
+                                                                 conn: psycopg.Connection[Any],
+                                                                 db_url: str) -> None:
+    task, other, ids = _history(conn)
+    by_id = {v: k for k, v in ids.items()}
+
+    def listed(*args: str) -> list[str]:
+        code, rows, _ = run_cli(capsys, db_url, "executions", "list", *args)
+        assert code == cli.EXIT_OK
+        return [by_id[uuid.UUID(r["id"])] for r in rows]
+
+    # newest change first, the queue and the history together
+    assert listed() == ["claimed", "waiting", "recent", "failed", "old"]
+    assert listed("--limit", "2") == ["claimed", "waiting"]
+    assert listed("--status", "failed") == ["failed"]
+    assert listed("--status", "queued") == ["waiting"]
+    assert listed("--status", "running") == ["claimed"]
+    assert listed("--status", "succeeded") == ["recent", "old"]
+    assert listed("--task", str(task)) == ["claimed", "failed", "old"]
+    assert listed("--task", str(other), "--status", "succeeded") == ["recent"]
+
+
+def test_executions_tail__prints_what_changed_in_the_last_minute(capsys: pytest.CaptureFixture[str],
+                                                                 conn: psycopg.Connection[Any], db_url: str) -> None:
+    _, _, ids = _history(conn)
+    code = cli.main(["executions", "tail", "--duration", "0.3", "--json", "--database-url", db_url])
+    out, _ = capsys.readouterr()
+    assert code == cli.EXIT_OK
+    seen = [uuid.UUID(json.loads(line)["id"]) for line in out.splitlines()]
+    # oldest change first; what finished hours ago is not a change of the last minute
+    assert seen == [ids["recent"], ids["waiting"], ids["claimed"]]
