@@ -31,6 +31,7 @@ from rich.table import Table
 
 from worker import __version__
 from worker.errors import ERROR_CODES, EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, CliError, one_line
+from worker.status import ExecutionStatus
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -355,14 +356,16 @@ EXEC_COLUMNS = ["id", "task", "trigger_type", "status", "attempt", "scheduled_fo
 EXECUTION_COLUMNS_SQL = """e.id, t.name as task, e.task_id, e.trigger_type, e.status, e.attempt, e.max_attempts,
     e.scheduled_for, e.started_at, e.finished_at, e.duration_ms, e.worker_id, e.conversation_id, e.error,
     e.error_kind, e.output, e.updated_at"""
-ACTIVE_STATUSES = ("queued", "running")
+ACTIVE_STATUSES = tuple(s.value for s in ExecutionStatus if not s.is_terminal)  # the queue: queued, running
+# written out (our own constants), so that even a generic plan matches the partial index's predicate
+ACTIVE_SQL = "x.status in (" + ", ".join(f"'{s}'" for s in ACTIVE_STATUSES) + ")"
 
 
 def _executions(conn: psycopg.Connection[dict[str, Any]], task: str | None, status: str | None,
                 limit: int, since: datetime | None = None) -> list[dict[str, Any]]:
     branches: list[tuple[list[str], str]] = []
     if status is None or status in ACTIVE_STATUSES:
-        branches.append((["x.status in ('queued', 'running')"] + (["x.updated_at > %(since)s"] if since else []),
+        branches.append(([ACTIVE_SQL] + (["x.updated_at > %(since)s"] if since else []),
                          ""))
     if status not in ACTIVE_STATUSES:
         branches.append((["x.finished_at is not null"] + (["x.finished_at > %(since)s"] if since else []),
