@@ -63,7 +63,7 @@ begin
     null, null, null, null,                              -- resolved_prompt, user_message_id, assistant_message_id, output
     case p_skip                                          -- error
       when 'overlap' then 'skipped: the previous run was still active (overlap_policy = skip)'
-      when 'backlog' then format('skipped: %s runs of this task were already waiting (max_queued_runs_per_task)',
+      when 'backlog' then format('skipped: the task already had %s waiting to run (max_queued_runs_per_task)',
                                  scheduler.limit_int('max_queued_runs_per_task'))
       when 'misfire' then 'skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = skip)'
       when 'missed' then format('skipped: occurrence missed by more than misfire_grace_seconds (misfire_policy = %s)',

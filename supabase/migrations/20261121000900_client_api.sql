@@ -60,7 +60,7 @@ set search_path = ''
 as $$
 begin
   if scheduler.backlog_room(p_task.id, p_task.overlap_policy) = 0 then
-    raise exception 'task "%" already has % runs waiting for the one before them (max_queued_runs_per_task); try again once one has run',
+    raise exception 'task "%" already has % waiting to run, the most max_queued_runs_per_task allows; try again once one has run',
       p_task.name, scheduler.limit_int('max_queued_runs_per_task') using errcode = 'PT409';
   end if;
 end

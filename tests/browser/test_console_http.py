@@ -175,7 +175,7 @@ def test_run_now__a_full_backlog_is_refused_with_its_reason(console: Console, st
     with _client(console, token) as client:
         page = client.post(f"/tasks/{task}/run", headers={"accept": "text/html"})
         assert page.status_code == 409
-        assert f"already has {limit} runs waiting" in html.unescape(page.text)
+        assert f"already has {limit} waiting to run" in html.unescape(page.text)
         assert "max_queued_runs_per_task" in page.text
         api = client.post(f"/tasks/{task}/run", headers={"accept": "application/json"})
         assert api.status_code == 409 and api.json()["error"]["code"] == "refused"

@@ -198,3 +198,27 @@ def test_budget__the_agents_tools_meet_the_same_limits(chat_function: ChatFuncti
     finally:
         _limit(db, "run_now_per_minute", 10)
         _limit(db, "max_active_tasks_per_user", 100)
+
+
+def test_backlog__the_agents_run_now_meets_the_bound(chat_function: ChatFunction, llm: FakeLLM,
+                                                      db: psycopg.Connection[Any]) -> None:
+    """An exclusive task's backlog through the chat tools: run_schedule_now is refused once
+    max_queued_runs_per_task runs wait, with the limit named, and nothing more is queued."""
+    user = create_user(db)
+    agent = create_agent(db, user)
+    task = create_task(db, user, agent)  # overlap_policy skip: its runs wait one behind the other
+    try:
+        _limit(db, "max_queued_runs_per_task", 1)
+        first, conversation = _tool_result(chat_function, user, agent, "run_schedule_now",
+                                           {"schedule_id": str(task)})
+        assert first["status"] == "ok", first
+        second, _ = _tool_result(chat_function, user, agent, "run_schedule_now", {"schedule_id": str(task)},
+                                 conversation)
+        assert second["status"] == "error", second
+        assert "already has 1 waiting to run" in json.dumps(second["result"])
+        assert "max_queued_runs_per_task" in json.dumps(second["result"])
+        queued = db.execute("select count(*) as n from public.agent_task_executions where task_id = %s",
+                            (task,)).fetchone()
+        assert queued == {"n": 1}
+    finally:
+        _limit(db, "max_queued_runs_per_task", 10)

@@ -37,7 +37,7 @@ select is(array(select status || ' ' || coalesce(error_kind, '-') from public.ag
   'five occurrences of a task whose runs never end: three wait, two are skipped');
 select is((select array_agg(distinct error) from public.agent_task_executions
            where task_id = 'b1000000-0000-0000-0000-000000000001' and status = 'skipped'),
-  array['skipped: 3 runs of this task were already waiting (max_queued_runs_per_task)'],
+  array['skipped: the task already had 3 waiting to run (max_queued_runs_per_task)'],
   'a skipped occurrence says why, naming the limit');
 select is((select run_count from public.agent_tasks where id = 'b1000000-0000-0000-0000-000000000001'), 3,
   'skipped occurrences are not runs');
@@ -72,7 +72,7 @@ select is((select count(*)::integer from public.agent_task_executions
 
 select tests.authenticate_as('alice');
 select throws_ok($$select public.run_task_now('b1000000-0000-0000-0000-000000000001')$$, 'PT409',
-  'task "every minute, slower than that" already has 3 runs waiting for the one before them (max_queued_runs_per_task); try again once one has run',
+  'task "every minute, slower than that" already has 3 waiting to run, the most max_queued_runs_per_task allows; try again once one has run',
   'run now on a full backlog is refused naming the limit (PostgREST answers 409)');
 select throws_ok($$select public.run_task_now('b2000000-0000-0000-0000-000000000002')$$, 'PT409', null,
   'an overlap_policy skip task queues its runs by hand one behind the other too');
