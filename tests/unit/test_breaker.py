@@ -66,23 +66,21 @@ def test_breaker__a_failed_probe_doubles_the_cooldown_up_to_the_cap() -> None:
     assert b.reopen_in_s() == 1.0, "a new outage starts from the shortest cooldown"
 
 
-def test_breaker__each_pause_is_half_to_all_of_the_cooldown() -> None:
-    # equal jitter: workers that met one outage do not all probe at the same instant, and a
-    # pause cannot lock onto the period of a flapping upstream
+def test_breaker__pauses_below_the_cap_are_exact_and_at_the_cap_jittered() -> None:
+    # doubling pauses cannot lock onto a flapping upstream's period; a constant one (the cap) can
     clock = Clock()
     draws = iter([0.0, 0.5, 1.0])
     b = CircuitBreaker(threshold=1, cooldown_min_s=2.0, cooldown_max_s=8.0, clock=clock, rand=lambda: next(draws))
+    waits = []
     b.record_unreachable("x")
-    assert b.reopen_in_s() == 1.0, "half of the 2 s cooldown"
-    clock.now += 1.0
-    assert b.claim_limit(4) == 1, "half-open once the jittered pause is over"
-    b.probe_claimed(1)
-    b.record_unreachable("x")
-    assert b.reopen_in_s() == 3.0, "three quarters of the doubled 4 s cooldown"
-    clock.now += 3.0
-    b.probe_claimed(1)
-    b.record_unreachable("x")
-    assert b.reopen_in_s() == 8.0, "all of the 8 s cap"
+    for _ in range(4):
+        waits.append(b.reopen_in_s())
+        clock.now += b.reopen_in_s()
+        assert b.claim_limit(4) == 1, "half-open once the pause is over"
+        b.probe_claimed(1)
+        b.record_unreachable("x")
+    assert waits == [2.0, 4.0, 4.0, 6.0], "2 and 4 exact; at the 8 s cap half (draw 0) and three quarters (0.5)"
+    assert b.reopen_in_s() == 8.0, "and all of it (draw 1)"
 
 
 def test_breaker__pauses_of_many_workers_spread_over_the_window() -> None:

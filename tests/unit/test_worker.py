@@ -388,8 +388,7 @@ async def test_outage__unreachable_function_spends_no_attempt_and_opens_the_brea
 
     chat = Outage()
     worker = Worker(settings(retry_min_s=0.0, retry_base_s=0.0), chat=chat, queue=queue)
-    # a pause of 0.2-0.4 s (jittered): longer than the 0.1 s below that watches for claims
-    worker.breaker.cooldown_min_s = worker.breaker._cooldown_s = 0.4
+    worker.breaker.cooldown_min_s = worker.breaker._cooldown_s = 0.2
     async with running(worker):
         await until(lambda: queue.circuit_reports[:1] == [(True, "chat function unreachable: refused")],
                     "the breaker to open and be reported")
