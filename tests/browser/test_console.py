@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -16,7 +17,9 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import Console, Person, shot, signed_in
+from tests.conftest import create_agent, create_user
 from tests.e2e.workers import wait_for
+from worker import stack
 
 pytestmark = pytest.mark.e2e
 
@@ -437,4 +440,38 @@ def test_schedules__every_type_toggle_edit_cancel_retry_delete_and_the_shortcut(
     expect(page.locator("tr.task", has_text="Slow one")).to_have_count(0)
     with console.db() as conn:
         assert conn.execute("select 1 from public.agent_tasks where id = %s", (slow,)).fetchone() is None
+    context.close()
+
+
+def test_live_region__a_change_during_a_re_read_is_shown(browser: Browser, console: Console,
+                                                        stack_state: stack.State) -> None:
+    """A change that arrives while the live region is being re-read: the newer re-read's rows
+    show. Each re-read used to swap the element it was scheduled for; when the older re-read
+    swapped it first, the newer one landed on a detached element and its rows never showed.
+    Here every re-read resolves 1 s after the server answered (a slow network), so the second
+    change always arrives while the first re-read is in flight."""
+    with console.db() as conn:
+        email = f"erin-{uuid.uuid4().hex[:6]}@example.test"
+        uid = create_user(conn, email)
+        erin = Person(uid, email, create_agent(conn, uid), stack.user_token(stack_state, str(uid), email))
+    context = signed_in(browser, console, erin)
+    context.add_init_script("""
+        const fetchNow = window.fetch.bind(window);
+        window.fetch = async (url, init) => {
+          const res = await fetchNow(url, init);
+          if (init && init.headers && init.headers["x-live"]) await new Promise((r) => setTimeout(r, 1000));
+          return res;
+        };""")
+    page = context.new_page()
+    page.goto("/notifications")
+    page.wait_for_function("document.body.dataset.liveReady === '1'")
+    page.wait_for_timeout(1500)  # the re-read every (re)connection starts is over
+    with console.db() as conn:
+        conn.execute("insert into public.notifications (user_id, kind, title) values (%s, 'info', 'First change')",
+                     (uid,))
+        time.sleep(0.5)  # its re-read started 150 ms after the event and resolves 1 s later
+        conn.execute("insert into public.notifications (user_id, kind, title) values (%s, 'info', 'Second change')",
+                     (uid,))
+    expect(page.locator("li.note", has_text="Second change")).to_have_count(1, timeout=10_000)
+    expect(page.locator("li.note", has_text="First change")).to_have_count(1)
     context.close()

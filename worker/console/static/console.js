@@ -35,16 +35,26 @@
   }
 
   // --- live regions: re-read the page and swap the region (rendered under the user's RLS) ----
+  // Events coalesce for 150 ms per region. Re-reads can overlap (an event arrives while one is in
+  // flight): only the latest one started may swap, and it swaps whatever element holds the
+  // region's id by then. Swapping the element captured when the event came lost the newer
+  // re-read whenever an older one had swapped first (its target was already detached).
   const pending = new Map();
+  const started = new Map();
   function refreshRegion(region) {
-    if (pending.has(region.id)) return;
-    pending.set(region.id, setTimeout(async () => {
-      pending.delete(region.id);
+    const id = region.id;
+    if (pending.has(id)) return;
+    pending.set(id, setTimeout(async () => {
+      pending.delete(id);
+      const seq = (started.get(id) || 0) + 1;
+      started.set(id, seq);
       const res = await fetch(location.pathname + location.search, { headers: { "x-live": "1" } });
-      if (!res.ok) return;
+      if (!res.ok || started.get(id) !== seq) return;  // a later re-read has newer rows
       const doc = new DOMParser().parseFromString(await res.text(), "text/html");
-      const fresh = doc.getElementById(region.id);
-      if (fresh) region.replaceWith(document.importNode(fresh, true));
+      if (started.get(id) !== seq) return;
+      const fresh = doc.getElementById(id);
+      const current = document.getElementById(id);
+      if (fresh && current) current.replaceWith(document.importNode(fresh, true));
     }, 150));
   }
 
