@@ -188,7 +188,7 @@ create trigger chat_messages_v2_guard_move before update on public.chat_messages
   execute function scheduler.guard_chat_message();
 
 -- The conversation's counters, preview and title are kept by
--- scheduler.chat_message_after_insert (migration 20261121000600_client_api.sql:
+-- scheduler.chat_message_after_insert (migration 20261121000700_task_lifecycle.sql:
 -- one AFTER INSERT trigger that also resumes a task waiting for the user).
 
 -- A message's user_id is its conversation's owner; its metadata within the size cap.
