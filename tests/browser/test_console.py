@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import Console, Person, shot, signed_in
 from tests.conftest import create_agent, create_user
+from tests.e2e.conftest import FakeLLM
 from tests.e2e.workers import wait_for
 from worker import stack
 
@@ -474,4 +475,21 @@ def test_live_region__a_change_during_a_re_read_is_shown(browser: Browser, conso
                      (uid,))
     expect(page.locator("li.note", has_text="Second change")).to_have_count(1, timeout=10_000)
     expect(page.locator("li.note", has_text="First change")).to_have_count(1)
+    context.close()
+
+
+def test_chat__the_agent_is_told_the_time_in_the_browsers_zone(browser: Browser, console: Console,
+                                                               fake_llm: FakeLLM) -> None:
+    """The page sends the browser's time zone with each message; the chat function puts the
+    time in that zone at the end of the system prompt, so "tomorrow at 9" means the user's 9."""
+    context = signed_in(browser, console, console.bob, timezone_id="Asia/Tokyo")
+    page = context.new_page()
+    _new_conversation(page)
+    marker = f"tz-{uuid.uuid4().hex[:8]}"
+    _send(page, f"Remind me tomorrow at 9 {marker}")
+    expect(page.locator("article.msg.assistant").last).to_contain_text(marker)
+    [request] = [r for r in fake_llm.requests()
+                 if any(marker in str(m.get("content")) for m in r["messages"] if m["role"] == "user")]
+    now = request["messages"][0]["content"].split("\n\n")[-1]
+    assert "in the user's time zone, Asia/Tokyo (UTC+09:00)" in now, now
     context.close()

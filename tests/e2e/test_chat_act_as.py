@@ -68,6 +68,9 @@ def test_act_as__persists_the_reply_with_the_execution_id(chat_function: ChatFun
     assert task_section.startswith('You are running the scheduled task "Scheduled check-in", '
                                    "which runs only when started by hand.\nThis is run 1 of the task.")
     assert "The task's state (kept from run to run): {}" in task_section
+    # and last, the time in the task's zone (a manual task's default, UTC)
+    assert task_section.split("\n\n")[-1].startswith("Current date and time: ")
+    assert task_section.endswith("The task's time zone is UTC.")
     # scheduled runs may ask the user a question and report on the task
     assert {"request_user_input", "report_task_status"} <= {t["function"]["name"] for t in request["tools"]}
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
@@ -71,8 +73,11 @@ def test_user_turn__sends_system_prompt_and_history_oldest_first(
     assert turn(chat_function, alice, agent, "I like tea.", cid).status_code == 200
     assert turn(chat_function, alice, agent, "What do I like?", cid).status_code == 200
     sent = llm.requests()[-1]["messages"]
-    assert [(m["role"], m["content"]) for m in sent] == [
-        ("system", "You are a concise planning assistant."),
+    # the agent's prompt, then the time (no time zone sent: UTC, and the model is told so)
+    agent_prompt, now = sent[0]["content"].split("\n\n")
+    assert (sent[0]["role"], agent_prompt) == ("system", "You are a concise planning assistant.")
+    assert now.startswith("Current date and time: ") and "The user's time zone is not known" in now
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [
         ("user", "My name is Ada."), ("assistant", "Echo: My name is Ada."),
         ("user", "I like tea."), ("assistant", "Echo: I like tea."),
         ("user", "What do I like?"),
@@ -91,8 +96,40 @@ def test_user_turn__history_window_follows_agent_settings(chat_function: ChatFun
     turn(chat_function, alice, short, "two", cid)
     turn(chat_function, alice, short, "three", cid)
     request = llm.requests()[-1]
-    assert [m["content"] for m in request["messages"]] == ["two", "Echo: two", "three"]
+    # an agent without a prompt of its own still gets the time
+    assert request["messages"][0]["role"] == "system"
+    assert request["messages"][0]["content"].startswith("Current date and time: ")
+    assert [m["content"] for m in request["messages"][1:]] == ["two", "Echo: two", "three"]
     assert request["temperature"] == 0.3 and request["max_tokens"] == 77
+
+
+def test_user_turn__the_prompt_tells_the_time_in_the_users_zone(chat_function: ChatFunction, llm: FakeLLM,
+                                                                alice: uuid.UUID, agent: uuid.UUID) -> None:
+    before = datetime.now(UTC)
+    r = turn(chat_function, alice, agent, "Remind me tomorrow at 9", timezone="Asia/Tokyo")
+    after = datetime.now(UTC)
+    assert r.status_code == 200, r.text
+    now = llm.requests()[-1]["messages"][0]["content"].split("\n\n")[-1]
+    # the wall clock in Tokyo (UTC+09:00, no daylight saving) and in UTC, to the minute
+    tokyo = ZoneInfo("Asia/Tokyo")
+    shown = {f"{t.astimezone(tokyo):%A}, {t.astimezone(tokyo).day} {t.astimezone(tokyo):%B %Y, %H:%M}"
+             for t in (before, after)}
+    assert any(f"Current date and time: {s} in the user's time zone, Asia/Tokyo (UTC+09:00); " in now
+               for s in shown), now
+    assert any(f"{t:%Y-%m-%dT%H:%M}Z in UTC" in now for t in (before, after)), now
+    assert 'timezone "Asia/Tokyo"' in now
+
+
+def test_user_turn__a_bad_time_zone_is_refused_and_nothing_is_stored(chat_function: ChatFunction, llm: FakeLLM,
+                                                                     db: psycopg.Connection[Any], alice: uuid.UUID,
+                                                                     agent: uuid.UUID) -> None:
+    for bad in ("Mars/Olympus_Mons", 9, "Europe/Berlin'; select 1"):
+        r = turn(chat_function, alice, agent, "Remind me at 9", timezone=bad)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "invalid_body" and r.json()["error"]["field"] == "timezone"
+    assert llm.requests() == []
+    stored = db.execute("select count(*) as n from public.chat_messages_v2 where user_id = %s", (alice,)).fetchone()
+    assert stored is not None and stored["n"] == 0
 
 
 def test_user_turn__history_token_budget_drops_the_oldest(chat_function: ChatFunction, llm: FakeLLM,

@@ -408,8 +408,10 @@ async def conversation_send(request: Request, user: User) -> Response:
     try:
         body = await request.json()
         message = body["message"]
-    except (ValueError, KeyError, TypeError):
-        return error_json(400, "invalid_body", "send {\"message\": \"...\"}")
+        # the browser's time zone, checked by the chat function (400 invalid_body, field timezone)
+        zone = body.get("timezone")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return error_json(400, "invalid_body", "send {\"message\": \"...\", \"timezone\"?: \"Europe/Berlin\"}")
     if not isinstance(message, str) or not message.strip():
         return error_json(400, "invalid_body", "the message is empty")
     if len(message) > MESSAGE_LIMIT:
@@ -419,7 +421,8 @@ async def conversation_send(request: Request, user: User) -> Response:
     session: aiohttp.ClientSession = request.app.state.http
     upstream = await session.post(
         request.app.state.settings.chat_url,
-        json={"agent_id": str(conv["agent_id"]), "conversation_id": str(cid), "message": message, "stream": True},
+        json={"agent_id": str(conv["agent_id"]), "conversation_id": str(cid), "message": message,
+              "stream": True, **({"timezone": zone} if zone is not None else {})},
         headers={"Authorization": f"Bearer {user.token}", "Accept": "text/event-stream"})
     if upstream.status != 200 or not upstream.content_type.startswith("text/event-stream"):
         payload = await upstream.read()

@@ -1,6 +1,7 @@
 // Request bodies of the two paths, checked before any database work.
 
 import { ChatError, invalidBody } from "../_shared/errors.ts";
+import { canonicalTimeZone } from "./time_context.ts";
 
 /** Same limit as the chat_messages_v2 check constraint (characters, not bytes). */
 export const MAX_MESSAGE_CHARS = 10_000;
@@ -14,6 +15,8 @@ export interface UserTurnRequest {
   conversationId: string | null;
   message: string;
   stream: boolean;
+  /** The user's IANA time zone (canonical), when the client sent one: the prompt's time section. */
+  timeZone: string | null;
 }
 
 export interface ActAsContext {
@@ -108,7 +111,15 @@ function optionalBool(obj: Record<string, unknown>, key: string): boolean {
   return value;
 }
 
-/** `{agent_id, conversation_id?, message, stream?}` from a signed-in user. */
+function optionalTimeZone(obj: Record<string, unknown>, key: string): string | null {
+  const value = obj[key];
+  if (value === undefined || value === null) return null;
+  const zone = typeof value === "string" ? canonicalTimeZone(value) : null;
+  if (zone === null) throw invalidBody(key, `${key} must be an IANA time zone name, such as "Europe/Berlin"`);
+  return zone;
+}
+
+/** `{agent_id, conversation_id?, message, stream?, timezone?}` from a signed-in user. */
 export function parseUserBody(body: unknown): UserTurnRequest {
   const obj = asObject(body);
   if (obj.context !== undefined) {
@@ -127,7 +138,13 @@ export function parseUserBody(body: unknown): UserTurnRequest {
       field: "message",
     });
   }
-  return { agentId, conversationId, message, stream: optionalBool(obj, "stream") };
+  return {
+    agentId,
+    conversationId,
+    message,
+    stream: optionalBool(obj, "stream"),
+    timeZone: optionalTimeZone(obj, "timezone"),
+  };
 }
 
 /** `{context: {...}, stream?}` from the worker; the scheduler already wrote the user message. */

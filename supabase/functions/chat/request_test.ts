@@ -27,8 +27,24 @@ Deno.test("parseUserBody__accepts_a_turn", () => {
     conversationId: null,
     message: "hi",
     stream: false,
+    timeZone: null,
   });
   assert.equal(parseUserBody({ agent_id: ID, conversation_id: ID, message: "hi", stream: true }).stream, true);
+});
+
+Deno.test("parseUserBody__takes_the_users_time_zone_by_its_canonical_name", () => {
+  const zone = (timezone: unknown) => parseUserBody({ agent_id: ID, message: "hi", timezone }).timeZone;
+  assert.equal(zone("Europe/Berlin"), "Europe/Berlin");
+  assert.equal(zone("america/new_york"), "America/New_York");
+  assert.equal(zone("Asia/Kolkata"), "Asia/Kolkata");
+  assert.equal(zone(null), null);
+  for (const bad of ["Mars/Olympus_Mons", "", "Europe/Berlin; drop table", "+01:00", 5, ["UTC"], "A".repeat(65)]) {
+    assert.deepEqual(refusal(() => parseUserBody({ agent_id: ID, message: "hi", timezone: bad })), [
+      400,
+      "invalid_body",
+      "timezone",
+    ], String(bad));
+  }
 });
 
 Deno.test("parseUserBody__refuses_bad_bodies_naming_the_field", () => {

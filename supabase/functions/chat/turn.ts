@@ -42,6 +42,7 @@ import { runSchedulerTool } from "./tools/execute.ts";
 import { withoutNul } from "../_shared/sql_literal.ts";
 import { EMPTY_TOOLBOX, type McpDeps, openToolbox, type Toolbox } from "./mcp/toolbox.ts";
 import type { Loaded } from "./mcp/store.ts";
+import { timeContext } from "./time_context.ts";
 
 /** Model calls that may request tools; one more call then must answer in text. */
 export const MAX_TOOL_ROUNDS = 5;
@@ -102,6 +103,8 @@ interface Conversation {
   task: TaskRow | null;
   /** The agent's MCP integrations, loaded with the turn's first transaction. */
   integrations: Loaded | null;
+  /** The zone the user's words are in: the client's (user turns) or the task's (scheduled runs). */
+  timeZone: string | null;
 }
 
 interface Reply {
@@ -160,6 +163,7 @@ export async function userTurn(
     actAs: false,
     task: null,
     integrations: start.integrations,
+    timeZone: request.timeZone,
   }, options);
   return await finish(deps, { claims, userId: user.userId, conversationId }, start.userMessage.id, reply, null, options);
 }
@@ -196,6 +200,7 @@ export async function actAsTurn(deps: TurnDeps, request: ActAsRequest, options: 
       actAs: true,
       task: start.task,
       integrations: start.integrations,
+      timeZone: start.task?.timezone ?? null,
     }, options);
     return await finish(
       deps,
@@ -310,8 +315,10 @@ async function converseWith(deps: TurnDeps, conv: Conversation, options: TurnOpt
   const systemPrompt = conv.task
     ? [conv.agent.system_prompt, scheduledTurnPrompt(conv.task)].filter((p) => p.trim() !== "").join("\n\n")
     : conv.agent.system_prompt;
+  // the time last: what comes before it is the same from turn to turn (a provider's prompt cache)
+  const now = timeContext(new Date(), conv.timeZone, conv.actAs ? "task" : "user");
   const messages: PromptMessage[] = buildPrompt(
-    [systemPrompt, toolbox.promptSection].filter((p) => p.trim() !== "").join("\n\n"),
+    [systemPrompt, toolbox.promptSection, now].filter((p) => p.trim() !== "").join("\n\n"),
     window,
   );
   const tools = [...toolsFor({ actAs: conv.actAs, enabled: settings.tools }), ...toolbox.definitions];

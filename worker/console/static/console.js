@@ -153,7 +153,8 @@
     try {
       const res = await fetch(`/c/${chat.dataset.conversation}/send`, {
         method: "POST", headers: { "content-type": "application/json", accept: "text/event-stream" },
-        body: JSON.stringify({ message: text }),
+        // the browser's time zone: the agent reads "tomorrow at 9" in it
+        body: JSON.stringify({ message: text, timezone: Intl.DateTimeFormat().resolvedOptions().timeZone }),
       });
       if (!res.ok || !(res.headers.get("content-type") || "").startsWith("text/event-stream")) {
         let message = `the message was not sent (${res.status})`;
