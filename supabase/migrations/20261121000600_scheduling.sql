@@ -204,6 +204,12 @@ begin
       raise exception '%', v_error using errcode = '22023';
     end if;
   end if;
+  -- the window, readably (the CHECK agent_tasks_window stays the last word)
+  if new.ends_at <= new.starts_at
+     and (tg_op = 'INSERT' or new.starts_at is distinct from old.starts_at or new.ends_at is distinct from old.ends_at) then
+    raise exception 'ends_at (%) must be later than the start of the schedule (%)', new.ends_at, new.starts_at
+      using errcode = '22023', hint = 'leave either empty for an open window';
+  end if;
   if tg_op = 'INSERT' or new.prompt_template is distinct from old.prompt_template
      or new.prompt_variables is distinct from old.prompt_variables then
     -- the size cap first: every writer meets it (scheduler.limits)

@@ -95,7 +95,8 @@ def test_journey__schedule_run_live_chat_tools_conversations_notifications(brows
     page.select_option("#conversation_id", conv_id)
     shot(page, "desktop-schedule-form")
     page.click("#save-task")
-    page.wait_for_url("**/tasks?saved=*")
+    page.wait_for_url("**/tasks?created=*")
+    expect(page.locator("#notice")).to_have_text("Schedule “Daily summary” created.")
     row = page.locator("tr.task", has_text="Daily summary")
     expect(row).to_contain_text("0 9 * * 1-5")
     expect(row).to_contain_text("Asia/Tokyo")
@@ -111,7 +112,7 @@ def test_journey__schedule_run_live_chat_tools_conversations_notifications(brows
     chat.goto(f"/c/{conv_id}")
     chat.wait_for_function("document.body.dataset.liveReady === '1'")
     page.locator("tr.task", has_text="Daily summary").locator("button.run-now").click()
-    page.wait_for_url(f"**/tasks/{task_id}/runs")
+    page.wait_for_url(f"**/tasks/{task_id}/runs?queued=*")
     _wait_run(console, task_id)
     expect(page.locator("tr.run .status.succeeded")).to_have_count(1)  # live, no reload
     scheduled = chat.locator("article.msg.user.scheduled")
@@ -259,7 +260,7 @@ def test_mobile_390__the_main_pages_fit_and_work(browser: Browser, console: Cons
     expect(page.locator("#cron-next li")).to_have_count(5)
     page.goto("/tasks")
     page.locator("tr.task", has_text="Phone task").locator("button.run-now").click()
-    page.wait_for_url(f"**/tasks/{task_id}/runs")
+    page.wait_for_url(f"**/tasks/{task_id}/runs?queued=*")
     _wait_run(console, task_id)
     expect(page.locator("tr.run .status.succeeded")).to_have_count(1)
     page.goto(f"/c/{conv_id}")
@@ -392,7 +393,7 @@ def test_schedules__every_type_toggle_edit_cancel_retry_delete_and_the_shortcut(
     page.fill("#prompt_variables", "TEAM=platform")
     page.select_option("#conversation_mode", "new_per_run")
     page.click("#save-task")
-    page.wait_for_url("**/tasks?saved=*")
+    page.wait_for_url("**/tasks?created=*")
     page.goto("/tasks/new")
     page.fill("#name", "Once at new year")
     page.check("input[name=schedule_type][value=once]")
@@ -403,7 +404,7 @@ def test_schedules__every_type_toggle_edit_cancel_retry_delete_and_the_shortcut(
     expect(page.locator("#error-prompt_template")).to_contain_text("UNKNOWN")  # the database's refusal
     page.fill("#prompt_template", "Happy new year")
     page.click("#save-task")
-    page.wait_for_url("**/tasks?saved=*")
+    page.wait_for_url("**/tasks?created=*")
     with console.db() as conn:
         rows = {r["name"]: r for r in conn.execute(
             "select name, schedule_type, interval_seconds, run_at, timezone, prompt_variables, conversation_mode"
@@ -427,7 +428,7 @@ def test_schedules__every_type_toggle_edit_cancel_retry_delete_and_the_shortcut(
     slow = _create_task(console, console.alice, name="Slow one", prompt_template="[[sleep:2500]] slowly")
     page.goto("/tasks")
     page.locator("tr.task", has_text="Slow one").locator("button.run-now").click()
-    page.wait_for_url(f"**/tasks/{slow}/runs")
+    page.wait_for_url(f"**/tasks/{slow}/runs?queued=*")
     expect(page.locator("tr.run .status.running")).to_have_count(1, timeout=10_000)
     page.locator("tr.run").first.locator("button.danger").click()
     expect(page.locator("tr.run .status.cancelled")).to_have_count(1)
@@ -492,4 +493,75 @@ def test_chat__the_agent_is_told_the_time_in_the_browsers_zone(browser: Browser,
                  if any(marker in str(m.get("content")) for m in r["messages"] if m["role"] == "user")]
     now = request["messages"][0]["content"].split("\n\n")[-1]
     assert "in the user's time zone, Asia/Tokyo (UTC+09:00)" in now, now
+    context.close()
+
+
+def test_schedule_form__every_option_enabled_box_and_what_each_save_did(browser: Browser,
+                                                                          console: Console) -> None:
+    """The form sets what the table holds (description, window, run cap, overlap and misfire
+    rules, notifications, instructions), creates a schedule paused when Enabled is off, says what
+    each save and run now did, and shows the database's refusal of a bad window next to it."""
+    context = signed_in(browser, console, console.bob)
+    page = context.new_page()
+    page.goto("/tasks/new")
+    page.fill("#name", "Options galore")
+    page.fill("#description", "Checks the build every morning")
+    page.uncheck("#enabled")
+    page.fill("#cron_expression", "30 7 * * 1-5")
+    page.fill("#timezone", "Europe/Berlin")
+    page.fill("#starts_at", "2030-01-01T00:00")
+    page.fill("#ends_at", "2030-06-30T18:00")
+    page.fill("#max_runs", "5")
+    page.fill("#prompt_template", "How is the build?")
+    page.fill("#system_addon", "Answer in one line.")
+    page.select_option("#overlap_policy", "queue")
+    page.select_option("#misfire_policy", "skip")
+    page.uncheck("input[name=notify_on][value=failure]")
+    page.check("input[name=notify_on][value=success]")
+    page.check("input[name=notify_on][value=change]")
+    page.click("#save-task")
+    page.wait_for_url("**/tasks?created=*")
+    expect(page.locator("#notice")).to_have_text(
+        "Schedule “Options galore” created. It is paused: it runs once you enable it.")
+    with console.db() as conn:
+        task = conn.execute("select * from public.agent_tasks where user_id = %s and name = 'Options galore'",
+                            (console.bob.id,)).fetchone()
+    assert task is not None
+    assert (task["description"], task["system_addon"], task["max_runs"]) == (
+        "Checks the build every morning", "Answer in one line.", 5)
+    assert (task["overlap_policy"], task["misfire_policy"], task["notify_on"]) == (
+        "queue", "skip", ["success", "change"])
+    assert task["starts_at"].isoformat() == "2029-12-31T23:00:00+00:00"  # Berlin's midnight
+    assert task["ends_at"].isoformat() == "2030-06-30T16:00:00+00:00"  # summer time
+    assert task["status"] == "paused" and task["next_run_at"] is None
+
+    # the edit form shows every option back; Enabled on resumes it; the notice says "saved"
+    page.goto(f"/tasks/{task['id']}/edit")
+    expect(page.locator("#ends_at")).to_have_value("2030-06-30T18:00")
+    expect(page.locator("#overlap_policy")).to_have_value("queue")
+    expect(page.locator("input[name=notify_on][value=change]")).to_be_checked()
+    expect(page.locator("#enabled")).not_to_be_checked()
+    page.check("#enabled")
+    page.click("#save-task")
+    page.wait_for_url("**/tasks?saved=*")
+    expect(page.locator("#notice")).to_have_text("Schedule “Options galore” saved.")
+    with console.db() as conn:
+        row = conn.execute("select status, next_run_at from public.agent_tasks where id = %s",
+                           (task["id"],)).fetchone()
+    assert row is not None and row["status"] == "active" and row["next_run_at"] is not None
+
+    # a window that ends before it starts is refused, and nothing changes
+    page.goto(f"/tasks/{task['id']}/edit")
+    page.fill("#ends_at", "2029-06-30T18:00")
+    page.click("#save-task")
+    expect(page.locator("#error-ends_at")).to_contain_text("must be later than the start of the schedule")
+    with console.db() as conn:
+        row = conn.execute("select ends_at from public.agent_tasks where id = %s", (task["id"],)).fetchone()
+    assert row is not None and row["ends_at"].isoformat() == "2030-06-30T16:00:00+00:00"
+
+    # run now: the runs page says what happens next
+    page.goto("/tasks")
+    page.locator("tr.task", has_text="Options galore").locator("button.run-now").click()
+    page.wait_for_url(f"**/tasks/{task['id']}/runs?queued=*")
+    expect(page.locator("#notice")).to_contain_text("Run queued")
     context.close()

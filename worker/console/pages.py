@@ -45,9 +45,15 @@ TASK_PRESETS: dict[str, dict[str, Any]] = {
                     "prompt_variables": {"REPO": "my-org/my-repo"}},
 }
 TIMEZONES = sorted(available_timezones())
-TASK_FIELDS = ["name", "schedule_type", "cron_expression", "interval_seconds", "run_at", "timezone",
-               "prompt_template", "prompt_variables", "priority", "max_retries", "timeout_seconds",
+TASK_FIELDS = ["name", "description", "schedule_type", "cron_expression", "interval_seconds", "run_at", "timezone",
+               "starts_at", "ends_at", "max_runs", "prompt_template", "prompt_variables", "system_addon", "priority",
+               "max_retries", "timeout_seconds", "overlap_policy", "misfire_policy", "notify_on",
                "conversation_mode", "conversation_id"]
+# what the form offers for notify_on (a question is always notified)
+NOTIFY_CHOICES = [("failure", "a run fails"), ("success", "every run succeeds"),
+                  ("change", "a reply differs from the last one")]
+# statuses whose "Enabled" box the form shows: on = active (or waiting for an answer), off = paused
+ENABLED_STATUSES = ("active", "waiting_input", "paused")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -449,7 +455,28 @@ async def tasks(request: Request, user: User) -> Response:
     async with as_user(pool(request), user) as conn:
         rows, next_cursor = await _keyset_page(
             conn, "select * from public.list_tasks(%s, %s)", (), size, request.query_params.get("cursor"))
-    return page(request, "tasks.html", user, tasks=rows, next_cursor=next_cursor)
+        notice = await _task_notice(conn, request)
+    return page(request, "tasks.html", user, tasks=rows, next_cursor=next_cursor, notice=notice)
+
+
+async def _task_notice(conn: Any, request: Request) -> str | None:
+    """What the last form did ("Schedule “X” created."), named by the redirect's query; a task that
+    is not the user's (or gone) gets no notice."""
+    for key, done in (("created", "created"), ("saved", "saved")):
+        raw = request.query_params.get(key)
+        if raw is None:
+            continue
+        try:
+            tid = uuid.UUID(raw)
+        except ValueError:
+            return None
+        row = await (await conn.execute("select name, status from public.agent_tasks where id = %s",
+                                        (tid,))).fetchone()
+        if row is None:
+            return None
+        paused = " It is paused: it runs once you enable it." if row["status"] == "paused" else ""
+        return f"Schedule “{row['name']}” {done}.{paused}"
+    return None
 
 
 def _task_form_values(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
@@ -458,6 +485,11 @@ def _task_form_values(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
     kind = str(form.get("schedule_type", "manual"))
     values: dict[str, Any] = {
         "name": str(form.get("name", "")).strip(),
+        "description": str(form.get("description", "")).strip() or None,
+        "system_addon": str(form.get("system_addon", "")).strip() or None,
+        "overlap_policy": str(form.get("overlap_policy", "skip")),
+        "misfire_policy": str(form.get("misfire_policy", "run_once")),
+        "notify_on": [str(v) for v in form.getlist("notify_on")],
         "schedule_type": kind,
         "timezone": str(form.get("timezone", "UTC")).strip() or "UTC",
         "prompt_template": str(form.get("prompt_template", "")),
@@ -483,6 +515,20 @@ def _task_form_values(form: FormData) -> tuple[dict[str, Any], dict[str, str]]:
             values[name] = int(str(form.get(name, "")))
         except ValueError:
             errors[name] = "a whole number"
+    raw_max = str(form.get("max_runs", "")).strip()
+    try:
+        values["max_runs"] = int(raw_max) if raw_max else None
+    except ValueError:
+        errors["max_runs"] = "a whole number, or empty for no limit"
+    # the window, in the task's time zone like run_at (the zone is checked by the database)
+    for name in ("starts_at", "ends_at"):
+        raw = str(form.get(name, "")).strip()
+        try:
+            edge = datetime.fromisoformat(raw) if raw else None
+            values[name] = (edge if edge is None or edge.tzinfo
+                            else edge.replace(tzinfo=ZoneInfo(values["timezone"])))
+        except (ValueError, KeyError):
+            errors[name] = "a date and time, e.g. 2026-12-24T09:00, or empty"
     variables: dict[str, str] = {}
     for line in str(form.get("prompt_variables", "")).splitlines():
         if not line.strip():
@@ -509,13 +555,11 @@ async def _task_form_context(conn: Any, task: dict[str, Any]) -> dict[str, Any]:
     convs = list(await (await conn.execute(
         "select id, coalesce(title, 'Untitled') as title from public.conversation_sessions"
         " where agent_id = %s and deleted_at is null order by activity_at desc limit 50", (agent_id,))).fetchall())
-    run_at = task.get("run_at")
-    run_at_local = ""
-    if isinstance(run_at, datetime):
-        zone = ZoneInfo(task["timezone"]) if render.zone_ok(str(task.get("timezone"))) else UTC
-        run_at_local = run_at.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+    zone = ZoneInfo(task["timezone"]) if render.zone_ok(str(task.get("timezone"))) else UTC
+    local = {f"{name}_local": value.astimezone(zone).strftime("%Y-%m-%dT%H:%M") if isinstance(value, datetime) else ""
+             for name in ("run_at", "starts_at", "ends_at") for value in [task.get(name)]}
     return {"agents": agents, "agent_id": agent_id, "conversations": convs, "cron_presets": CRON_PRESETS,
-            "run_at_local": run_at_local,
+            **local, "notify_choices": NOTIFY_CHOICES, "enabled_statuses": ENABLED_STATUSES,
             "task_presets": TASK_PRESETS, "timezones": TIMEZONES, "builtin_variables": BUILTIN_VARIABLES}
 
 
@@ -523,7 +567,10 @@ def _task_defaults(preset: str | None) -> dict[str, Any]:
     task: dict[str, Any] = {"name": "", "schedule_type": "cron", "cron_expression": "0 9 * * *",
                             "interval_seconds": 3600, "run_at": None, "timezone": "UTC", "prompt_template": "",
                             "prompt_variables": {}, "priority": 0, "max_retries": 3, "timeout_seconds": 300,
-                            "conversation_mode": "reuse", "conversation_id": None}
+                            "conversation_mode": "reuse", "conversation_id": None, "description": None,
+                            "system_addon": None, "overlap_policy": "skip", "misfire_policy": "run_once",
+                            "notify_on": ["failure"], "max_runs": None, "starts_at": None, "ends_at": None,
+                            "status": "active"}
     task.update(TASK_PRESETS.get(preset or "", {}))
     return task
 
@@ -560,6 +607,9 @@ async def task_save(request: Request, user: User) -> Response:
     except ValueError:
         agent_id = None
         errors["agent_id"] = "pick an agent"
+    # the "Enabled" box: pause_task / resume_task after the write, in its transaction
+    enabled = form.get("enabled") is not None
+    shows_enabled = form.get("enabled_shown") is not None
     saved: Any = None
     async with as_user(pool(request), user) as conn:
         if not errors:
@@ -585,6 +635,12 @@ async def task_save(request: Request, user: User) -> Response:
                             f"insert into public.agent_tasks ({', '.join(columns)})"
                             f" values ({', '.join(['%s'] * len(columns))}) returning id",
                             list(columns.values()))).fetchone()
+                    if shows_enabled:
+                        await conn.execute(
+                            "select case when t.status = 'paused' and %(on)s then public.resume_task(t.id)"
+                            "            when t.status in ('active', 'waiting_input') and not %(on)s"
+                            "              then public.pause_task(t.id) end"
+                            " from public.agent_tasks t where t.id = %(id)s", {"on": enabled, "id": saved["id"]})
             except psycopg.errors.ForeignKeyViolation as exc:
                 errors["conversation_id" if "conversation" in (exc.diag.constraint_name or "")
                        else "agent_id"] = "not found"
@@ -593,12 +649,13 @@ async def task_save(request: Request, user: User) -> Response:
                     raise
                 errors[field_of(exc, [*TASK_FIELDS, "agent_id"])] = sql_message(exc)
         if errors:
-            task = dict(values, agent_id=agent_id, id=tid)
+            task = dict(values, agent_id=agent_id, id=tid,
+                        status=("active" if enabled else "paused") if shows_enabled else None)
             context = await _task_form_context(conn, task)
     if errors:
         return page(request, "task_form.html", user, status=422, task=task, errors=errors, editing=editing,
                     **context)
-    return RedirectResponse(f"/tasks?saved={saved['id']}", status_code=303)
+    return RedirectResponse(f"/tasks?{'saved' if editing else 'created'}={saved['id']}", status_code=303)
 
 
 @signed_in
@@ -615,7 +672,7 @@ async def task_action(request: Request, user: User) -> Response:
     if row is None:
         raise NotFound
     if action == "run":
-        return RedirectResponse(f"/tasks/{tid}/runs", status_code=303)
+        return RedirectResponse(f"/tasks/{tid}/runs?queued={row['id']}", status_code=303)
     return back(request, "/tasks")
 
 
@@ -631,7 +688,9 @@ async def task_runs(request: Request, user: User) -> Response:
         rows, next_cursor = await _keyset_page(
             conn, "select * from public.list_executions(%s, %s, %s)", (tid,), size,
             request.query_params.get("cursor"))
-    return page(request, "runs.html", user, task=task, runs=rows, next_cursor=next_cursor)
+    notice = ("Run queued: its reply will appear in the task's conversation."
+              if request.query_params.get("queued") else None)
+    return page(request, "runs.html", user, task=task, runs=rows, next_cursor=next_cursor, notice=notice)
 
 
 @signed_in

@@ -3,7 +3,7 @@
 -- time zone, template variables) with readable messages.
 begin;
 \ir helpers/personas.psql
-select plan(44);
+select plan(45);
 
 select tests.create_user('alice');
 insert into public.agents (id, user_id, name)
@@ -119,7 +119,11 @@ select throws_ok(
 select throws_ok(
   $$insert into public.agent_tasks (agent_id, name, prompt_template, schedule_type, starts_at, ends_at)
     values ('a1000000-0000-0000-0000-000000000001', 'x', 'p', 'manual', '2030-02-01Z', '2030-01-01Z')$$,
-  '23514', null, 'a schedule that ends before it starts is rejected');
+  '22023', null, 'a schedule that ends before it starts is rejected');
+select throws_like(
+  $$insert into public.agent_tasks (agent_id, name, prompt_template, schedule_type, starts_at, ends_at)
+    values ('a1000000-0000-0000-0000-000000000001', 'x', 'p', 'manual', '2030-01-01Z', '2030-01-01Z')$$,
+  'ends_at (%) must be later than the start of the schedule (%)', 'an empty window is refused, naming ends_at');
 select throws_ok(
   $$insert into public.agent_tasks (agent_id, name, prompt_template, schedule_type, overlap_policy)
     values ('a1000000-0000-0000-0000-000000000001', 'x', 'p', 'manual', 'sometimes')$$,
