@@ -6,7 +6,8 @@ RLS has rows to hide), inserted in bulk. Each depth's cursor is the next_cursor 
 at that depth; the pages are `public.list_conversations(null, 20, cursor)`,
 `public.list_messages(conversation, 20, cursor)`,
 `public.list_executions(task, 20, cursor)`, `public.list_executions(null,
-20, cursor)` (all the user's runs) and `public.list_tasks(20, cursor)`, called the way PostgREST calls them (one
+20, cursor)` (all the user's runs), `public.list_tasks(20, cursor)` and
+`public.list_tasks(20, cursor, agent)` (one agent's), called the way PostgREST calls them (one
 transaction, `set local role authenticated`, the JWT claims in
 request.jwt.claims), in one session, after warm-up calls. Client wall time
 of the call only, p50 / p99 over --calls.
@@ -93,10 +94,10 @@ def seed(conn: psycopg.Connection[Any], n: int) -> dict[str, Any]:
         conn.execute(f"vacuum analyze public.{table}")
     conversation = conn.execute(
         "select conversation_id from public.chat_messages_v2 where user_id = %s limit 1", (owner,)).fetchone()
-    task = conn.execute("select id from public.agent_tasks where user_id = %s and name = 'Pages'",
+    task = conn.execute("select id, agent_id from public.agent_tasks where user_id = %s and name = 'Pages'",
                         (owner,)).fetchone()
     assert conversation is not None and task is not None
-    return {"user": owner, "conversation": conversation[0], "task": task[0]}
+    return {"user": owner, "conversation": conversation[0], "task": task[0], "agent": task[1]}
 
 
 # each list: its page call, and the owner's rows in page order as (timestamp, id)
@@ -120,6 +121,10 @@ LISTS: dict[str, tuple[str, str]] = {
     "tasks": (
         "select id from public.list_tasks(%(page)s, %(cursor)s)",
         "select created_at, id from public.agent_tasks where user_id = %(user)s"
+        " order by created_at desc, id desc"),
+    "agent_tasks": (
+        "select id from public.list_tasks(%(page)s, %(cursor)s, %(agent)s)",
+        "select created_at, id from public.agent_tasks where agent_id = %(agent)s"
         " order by created_at desc, id desc"),
 }
 

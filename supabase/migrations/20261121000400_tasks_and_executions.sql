@@ -159,7 +159,10 @@ create index agent_tasks_to_plan_idx on public.agent_tasks (plan_from)
   where status = 'active' and next_run_at is null and schedule_type = 'cron';
 -- the task list (public.list_tasks): keyset on (created_at, id) after user_id
 create index agent_tasks_user_idx on public.agent_tasks (user_id, created_at desc, id desc);
-create index agent_tasks_agent_idx on public.agent_tasks (agent_id, user_id);
+-- one agent's tasks (public.list_tasks with p_agent_id): keyset on (created_at,
+-- id) after agent and user; its (agent_id, user_id) prefix also serves the
+-- cascade from agents
+create index agent_tasks_agent_idx on public.agent_tasks (agent_id, user_id, created_at desc, id desc);
 create index agent_tasks_conversation_idx on public.agent_tasks (conversation_id) where conversation_id is not null;
 create trigger agent_tasks_set_updated_at before update on public.agent_tasks
   for each row execute function scheduler.set_updated_at();

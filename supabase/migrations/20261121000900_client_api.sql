@@ -347,11 +347,16 @@ comment on function public.list_executions(uuid, integer, text) is
   'Run history of one of your tasks (or of all of them), newest first; keyset pagination via next_cursor.';
 
 -- Your tasks, newest first, with their agent's name (the console's schedule
--- list). agent_tasks_user_idx holds (user_id, created_at desc, id desc), so
--- after RLS's user_id the cursor is an index condition, as in the lists above.
+-- list), all of them or one agent's. agent_tasks_user_idx holds (user_id,
+-- created_at desc, id desc) and agent_tasks_agent_idx (agent_id, user_id,
+-- created_at desc, id desc), so after RLS's user_id the cursor is an index
+-- condition either way, as in the lists above. One branch per case, the other
+-- switched off by a one-time filter: an "agent is null or agent_id = agent"
+-- condition would leave a cached generic plan no index to start from.
 create or replace function public.list_tasks(
   p_limit integer default 20,
-  p_cursor text default null
+  p_cursor text default null,
+  p_agent_id uuid default null
 ) returns table (
   id uuid, agent_id uuid, agent_name text, name text, status text, schedule_type text,
   cron_expression text, interval_seconds integer, run_at timestamptz, timezone text,
@@ -372,12 +377,20 @@ begin
            t.interval_seconds, t.run_at, t.timezone, t.next_run_at, t.last_run_at, t.run_count,
            t.success_count, t.failure_count, t.last_error, t.created_at,
            public.page_cursor(t.created_at, t.id)
-    from public.agent_tasks t
+    from (
+      (select x.* from public.agent_tasks x
+       where p_agent_id is null and (x.created_at, x.id) < (v_after.at, v_after.id)
+       order by x.created_at desc, x.id desc limit p_limit)
+      union all
+      -- another user's agent pages like one that does not exist: RLS leaves no row
+      (select x.* from public.agent_tasks x
+       where x.agent_id = p_agent_id and (x.created_at, x.id) < (v_after.at, v_after.id)
+       order by x.created_at desc, x.id desc limit p_limit)
+    ) t
     join public.agents a on a.id = t.agent_id
-    where (t.created_at, t.id) < (v_after.at, v_after.id)
     order by t.created_at desc, t.id desc
     limit p_limit;
 end
 $$;
-comment on function public.list_tasks(integer, text) is
-  'Your tasks, newest first, with the agent''s name; keyset pagination via next_cursor.';
+comment on function public.list_tasks(integer, text, uuid) is
+  'Your tasks (all, or one agent''s), newest first, with the agent''s name; keyset pagination via next_cursor.';

@@ -148,7 +148,7 @@ grant execute on function
   public.list_conversations(uuid, integer, text, boolean),
   public.list_messages(uuid, integer, text),
   public.list_executions(uuid, integer, text),
-  public.list_tasks(integer, text),
+  public.list_tasks(integer, text, uuid),
   public.page_cursor_position(text, integer),
   public.page_cursor(timestamptz, uuid),
   public.validate_schedule(text, text, text, text, jsonb)

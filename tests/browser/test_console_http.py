@@ -160,6 +160,43 @@ def test_lists__tasks_and_runs_page_by_the_databases_cursor(console: Console, st
         assert client.get(f"/tasks/{tasks[0]}/runs").status_code == 404
 
 
+def test_lists__one_agents_schedules_page_by_its_own_cursor(console: Console, stack_state: stack.State) -> None:
+    """/tasks?agent= is public.list_tasks(p_agent_id): only that agent's schedules, its "Older"
+    link keeps the agent, another user's agent shows nothing (like one that does not exist), and
+    the conversation list links to the agent's schedules."""
+    with console.db() as db:
+        email = f"dan-{uuid.uuid4().hex[:6]}@example.test"
+        uid = create_user(db, email)
+        planner = create_agent(db, uid, name="Planner")
+        writer = create_agent(db, uid, name="Writer")
+        for i in range(52):
+            create_task(db, uid, planner, name=f"Plan {i:02d}")
+        create_task(db, uid, writer, name="Draft the newsletter")
+    token = stack.user_token(stack_state, str(uid), email)
+    with _client(console, token) as client:
+        everything = client.get("/tasks")
+        assert everything.status_code == 200 and 'id="agent-filter"' in everything.text
+        assert "Draft the newsletter" in everything.text
+        plans = client.get("/tasks", params={"agent": str(planner)})
+        assert plans.status_code == 200 and plans.text.count('class="task status-') == 50
+        assert "Draft the newsletter" not in plans.text
+        older = re.search(r'href="(/tasks\?cursor=[^"]+)" id="more-tasks"', plans.text)
+        assert older is not None and f"agent={planner}" in html.unescape(older.group(1))
+        rest = client.get(html.unescape(older.group(1)))
+        assert rest.status_code == 200 and rest.text.count('class="task status-') == 2
+        assert "Plan 00" in rest.text and "Plan 01" in rest.text and "Draft the newsletter" not in rest.text
+        writers = client.get("/tasks", params={"agent": str(writer)})
+        assert writers.text.count('class="task status-') == 1 and "Draft the newsletter" in writers.text
+        # another user's agent: an empty list, exactly like an agent that does not exist
+        theirs = client.get("/tasks", params={"agent": str(console.bob.agent_id)})
+        nobody = client.get("/tasks", params={"agent": str(uuid.uuid4())})
+        assert theirs.status_code == nobody.status_code == 200
+        assert theirs.text.count('class="task status-') == nobody.text.count('class="task status-') == 0
+        assert client.get("/tasks", params={"agent": "not-a-uuid"}).status_code == 404
+        conversations = client.get("/conversations", params={"agent": str(writer)})
+        assert f'href="/tasks?agent={writer}" id="agent-schedules"' in conversations.text
+
+
 def test_run_now__a_full_backlog_is_refused_with_its_reason(console: Console, stack_state: stack.State) -> None:
     """Run now on an exclusive task with max_queued_runs_per_task runs waiting is a 409
     naming the limit (a page for a form, JSON otherwise); nothing is queued."""

@@ -453,10 +453,20 @@ async def conversation_send(request: Request, user: User) -> Response:
 async def tasks(request: Request, user: User) -> Response:
     size = request.app.state.settings.page_size
     async with as_user(pool(request), user) as conn:
+        agents = await _agents(conn)
+        # ?agent=: one agent's schedules (an id that is not one of the user's agents: none, like any
+        # other agent that does not exist)
+        wanted = request.query_params.get("agent")
+        try:
+            agent_id = uuid.UUID(wanted) if wanted else None
+        except ValueError:
+            raise NotFound from None
         rows, next_cursor = await _keyset_page(
-            conn, "select * from public.list_tasks(%s, %s)", (), size, request.query_params.get("cursor"))
+            conn, "select * from public.list_tasks(%s, %s, %s)", (), size, request.query_params.get("cursor"),
+            agent_id)
         notice = await _task_notice(conn, request)
-    return page(request, "tasks.html", user, tasks=rows, next_cursor=next_cursor, notice=notice)
+    return page(request, "tasks.html", user, tasks=rows, next_cursor=next_cursor, notice=notice,
+                agents=agents, agent_id=agent_id)
 
 
 async def _task_notice(conn: Any, request: Request) -> str | None:

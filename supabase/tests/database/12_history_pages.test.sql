@@ -5,13 +5,14 @@
 -- a deep page costs what the first costs (bench/bench_pages.py times it).
 begin;
 \ir helpers/personas.psql
-select plan(24);
+select plan(28);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
 insert into public.agents (id, user_id, name) values
   ('a1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'), 'Alice agent'),
-  ('a2000000-0000-0000-0000-000000000002', tests.get_user_id('bob'), 'Bob agent');
+  ('a2000000-0000-0000-0000-000000000002', tests.get_user_id('bob'), 'Bob agent'),
+  ('a3000000-0000-0000-0000-000000000003', tests.get_user_id('alice'), 'Alice helper');
 insert into public.conversation_sessions (id, user_id, agent_id) values
   ('c1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001'),
   ('c2000000-0000-0000-0000-000000000002', tests.get_user_id('bob'), 'a2000000-0000-0000-0000-000000000002');
@@ -26,7 +27,8 @@ insert into public.chat_messages_v2 (id, conversation_id, user_id, role, content
 insert into public.agent_tasks (id, user_id, agent_id, name, prompt_template, schedule_type, overlap_policy) values
   ('d1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001', 'A', 'p', 'manual', 'allow'),
   ('d1000000-0000-0000-0000-000000000002', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001', 'B', 'p', 'manual', 'allow'),
-  ('d2000000-0000-0000-0000-000000000003', tests.get_user_id('bob'), 'a2000000-0000-0000-0000-000000000002', 'C', 'p', 'manual', 'allow');
+  ('d2000000-0000-0000-0000-000000000003', tests.get_user_id('bob'), 'a2000000-0000-0000-0000-000000000002', 'C', 'p', 'manual', 'allow'),
+  ('d1000000-0000-0000-0000-000000000004', tests.get_user_id('alice'), 'a3000000-0000-0000-0000-000000000003', 'D', 'p', 'manual', 'allow');
 insert into public.agent_task_executions (id, task_id, user_id, agent_id, trigger_type, scheduled_for, created_at) values
   ('e1000000-0000-0000-0000-000000000001', 'd1000000-0000-0000-0000-000000000001', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001', 'manual', '2030-01-01 09:00Z', '2030-01-01 09:00Z'),
   ('e1000000-0000-0000-0000-000000000002', 'd1000000-0000-0000-0000-000000000002', tests.get_user_id('alice'), 'a1000000-0000-0000-0000-000000000001', 'manual', '2030-01-01 09:01Z', '2030-01-01 09:01Z'),
@@ -82,12 +84,21 @@ select ok(not exists (select 1 from pg_proc p, unnest(p.proargnames) a
 
 -- tasks -------------------------------------------------------------------------
 -- (inserted in one transaction: one created_at, so the order is the id's)
-select results_eq($$select name from public.list_tasks()$$, array['B', 'A'],
+select results_eq($$select name from public.list_tasks()$$, array['D', 'B', 'A'],
   'alice''s tasks, newest first (a tie on created_at by id), none of bob''s');
 select results_eq($$select name from public.list_tasks(1, (select next_cursor from public.list_tasks(1)))$$,
-  array['A'], 'the next page continues after the cursor');
-select results_eq($$select agent_name from public.list_tasks(1)$$, array['Alice agent'],
+  array['B'], 'the next page continues after the cursor');
+select results_eq($$select agent_name from public.list_tasks(2)$$, array['Alice helper', 'Alice agent'],
   'each task with its agent''s name');
+select results_eq(
+  $$select name from public.list_tasks(p_agent_id => 'a1000000-0000-0000-0000-000000000001')$$,
+  array['B', 'A'], 'one agent''s tasks');
+select results_eq(
+  $$select name from public.list_tasks(1, (select next_cursor from public.list_tasks(1, null,
+      'a1000000-0000-0000-0000-000000000001')), 'a1000000-0000-0000-0000-000000000001')$$,
+  array['A'], 'one agent''s next page continues after the cursor');
+select is_empty($$select id from public.list_tasks(p_agent_id => 'a2000000-0000-0000-0000-000000000002')$$,
+  'bob''s agent pages like one that does not exist');
 
 -- the cursor is an index condition under RLS ----------------------------------------
 select tests.clear_authentication();
@@ -124,6 +135,13 @@ select matches(
     order by t.created_at desc, t.id desc limit 20$$),
   'agent_tasks_user_idx.*\n.*Index Cond: \(\(user_id = .*ROW\(created_at, id\) <',
   'the task page walks agent_tasks_user_idx from the cursor after RLS''s user_id');
+select matches(
+  tests.plan_of($$select id from public.agent_tasks t
+    where t.agent_id = 'a1000000-0000-0000-0000-000000000001'
+      and (t.created_at, t.id) < (now(), 'd1000000-0000-0000-0000-000000000002'::uuid)
+    order by t.created_at desc, t.id desc limit 20$$),
+  'agent_tasks_agent_idx.*\n.*Index Cond: \(\(agent_id = .*user_id = .*ROW\(created_at, id\) <',
+  'one agent''s task page walks agent_tasks_agent_idx from the cursor after RLS''s user_id');
 reset enable_seqscan;
 reset enable_bitmapscan;
 reset enable_sort;
