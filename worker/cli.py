@@ -513,6 +513,9 @@ SETTING_HELP = {
                         "through a database blip",
     "db_pool_size": "work connections (the listener has its own)",
     "http_connect_timeout_s": "connect timeout of calls to the chat function (a transient error)",
+    "worker_metrics_port": "serve Prometheus metrics (/metrics) and a health check (/healthz) on this port; "
+                           "unset: off (docs/runbook.md \"Metrics\")",
+    "worker_metrics_host": "the address the metrics port listens on (0.0.0.0 for a scraper on another host)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_json": "one JSON object per log line instead of key=value",
 }

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     db_write_retry_s: float = Field(default=15.0, ge=0, le=600)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     http_connect_timeout_s: float = Field(default=5.0, gt=0)
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                            description="Prometheus /metrics and /healthz; unset = off")
+    worker_metrics_host: str = Field(default="127.0.0.1")
     log_level: str = Field(default="INFO")
     log_json: bool = Field(default=False)
 

@@ -49,6 +49,7 @@ _LISTEN: Final = {
 
 _ENQUEUE_DUE: Final = "select scheduler.enqueue_due(null, %s)"
 _RESCUE_EXPIRED: Final = "select scheduler.rescue_expired()"
+_QUEUE_STATS: Final = "select status, count, oldest, next_run_after from scheduler.queue_stats()"
 _RESCUE_DEAD_WORKERS: Final = "select rescued, pending_workers from scheduler.rescue_dead_workers(%s)"
 _ATTACH_SESSION: Final = "select scheduler.attach_worker_session(%s)"
 _TASKS_TO_PLAN: Final = "select * from scheduler.tasks_to_plan(%s)"
@@ -189,6 +190,9 @@ class PostgresQueue:
 
     async def rescue_expired(self) -> int:
         return int(await self._scalar(_RESCUE_EXPIRED, ()) or 0)
+
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        return await self._rows(_QUEUE_STATS, ())
 
     async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:
         async with self.pool.connection() as conn:

@@ -135,6 +135,10 @@ class WorkerQueue(Protocol):
 
     async def rescue_expired(self) -> int: ...
 
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        """scheduler.queue_stats(): (status, count, oldest, next_run_after) rows (the metrics)."""
+        ...
+
     async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:
         """Requeue the runs of workers whose session ended `grace_s` ago or more:
         (executions moved, workers lost but still within the grace)."""

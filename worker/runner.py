@@ -31,6 +31,9 @@ Starts and finishes of concurrent executions are batched (worker.queue.StartBatc
 FinishBatcher), so under load an execution costs a share of three round trips to
 Postgres (claim, start, finish).
 
+With WORKER_METRICS_PORT set, the worker also serves Prometheus metrics and a
+health check from its event loop (worker.metrics).
+
 Shutdown (SIGTERM/SIGINT): stop claiming, let in-flight executions finish
 within SHUTDOWN_GRACE_S, release the rest to the queue (another worker takes
 them at once), unregister. A second signal skips the grace period.
@@ -56,7 +59,7 @@ import psycopg
 import psycopg_pool
 
 from worker import templates
-from worker.breaker import CircuitBreaker
+from worker.breaker import CircuitBreaker, CircuitState
 from worker.chat_client import (
     ActAs,
     ChatClient,
@@ -69,6 +72,7 @@ from worker.chat_client import (
 from worker.config import Settings
 from worker.db import PostgresQueue
 from worker.log import log_event, setup_logging
+from worker.metrics import QueueFigures, WorkerMetrics
 from worker.plan_pool import PlanPool
 from worker.queue import (
     CHANNEL_CANCEL,
@@ -175,12 +179,18 @@ class Worker:
         self._signals = 0
         self.stats = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "timed_out": 0,
                       "needs_input": 0, "abandoned": 0, "released": 0}
+        # WORKER_METRICS_PORT: Prometheus metrics read from the tallies above (worker.metrics)
+        self.metrics = WorkerMetrics(
+            self.worker_id, lambda: self.stats, lambda: len(self.inflight), settings.worker_concurrency,
+            lambda: self.breaker.state is not CircuitState.CLOSED) if settings.worker_metrics_port is not None else None
 
     # --- lifecycle ----------------------------------------------------------
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; a second call stops without waiting for in-flight runs."""
         self._signals += 1
+        if self.metrics is not None:
+            self.metrics.stopping = True
         if self._signals == 1:
             log_event(logger, "stopping", worker_id=self.worker_id, in_flight=len(self.inflight),
                       grace_s=self.settings.shutdown_grace_s)
@@ -214,6 +224,14 @@ class Worker:
         crashed: BaseException | None = None
         loops: list[asyncio.Task[None]] = []
         try:
+            if self.metrics is not None:
+                host, port = s.worker_metrics_host, s.worker_metrics_port or 0
+                try:
+                    port = await self.metrics.serve(host, port)
+                except OSError as bind_error:
+                    raise WorkerCrashed(f"the metrics port {host}:{port} cannot be opened: {bind_error}") \
+                        from bind_error
+                log_event(logger, "metrics", url=f"http://{host}:{port}/metrics")
             await self.queue.register_worker(self.worker_id, socket.gethostname(), os.getpid(),
                                              s.worker_concurrency)
             loops = [
@@ -244,6 +262,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self.chat.aclose()
+            if self.metrics is not None:
+                await self.metrics.close()
             await self.queue.close()
             self._plan_pool.close()
             loop = asyncio.get_running_loop()
@@ -390,6 +410,8 @@ class Worker:
                     self._claim_wake.set()
                     log_event(logger, "rescued", count=rescued)
                 await self._rescue_dead_workers()
+                if self.metrics is not None and self.metrics.queue_due():
+                    self.metrics.queue = QueueFigures.from_rows(await self.queue.queue_stats())
 
             await self._survive("tick", tick)
 
@@ -540,6 +562,13 @@ class Worker:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, WRITE_RETRY_MAX_S)
 
+    def _count(self, outcome: str, entry: InFlight) -> None:
+        """A run's outcome: the worker's tally (its "stopped" log line, the metrics' counters) and,
+        with metrics on, how long it took from claim to outcome."""
+        self.stats[outcome] = self.stats.get(outcome, 0) + 1
+        if self.metrics is not None:
+            self.metrics.observe_run(outcome, time.monotonic() - entry.started_monotonic)
+
     def _duration_ms(self, entry: InFlight) -> int:
         return int((time.monotonic() - entry.started_monotonic) * 1000)
 
@@ -549,7 +578,7 @@ class Worker:
         except asyncio.CancelledError:
             reason = entry.abandon_reason or "cancelled"
             if reason != "shutdown":
-                self.stats["abandoned"] += 1
+                self._count("abandoned", entry)
             log_event(logger, "abandoned", status=reason, duration_ms=self._duration_ms(entry),
                       **entry.log_fields)
         except Exception as exc:
@@ -637,7 +666,7 @@ class Worker:
             error_kind=error_kind.value if error_kind else None,
             assistant_message_id=assistant_message_id, usage=usage), entry.log_fields)
         if ok:
-            self.stats[status] = self.stats.get(status, 0) + 1
+            self._count(status, entry)
         log_event(logger, "finished" if ok else "finish fenced", status=status,
                   level=logging.INFO if status is ExecutionStatus.SUCCEEDED or not ok else logging.WARNING,
                   duration_ms=self._duration_ms(entry), error_kind=error_kind.value if error_kind else None,
@@ -676,9 +705,9 @@ class Worker:
         outcome = await self._persist("requeue_later", lambda: self.queue.requeue_later(
             ex.id, self.worker_id, ex.attempt, error, kind.value, delay, spend_attempt), entry.log_fields)
         if outcome == ExecutionStatus.QUEUED:
-            self.stats["retried"] += 1
+            self._count("retried", entry)
         elif outcome == ExecutionStatus.FAILED:
-            self.stats["failed"] += 1
+            self._count("failed", entry)
         log_event(logger, "retry" if outcome == ExecutionStatus.QUEUED else "finished" if outcome else "finish fenced",
                   level=logging.WARNING, status=outcome or "fenced", error_kind=kind.value, error=error,
                   retry_in_s=round(delay, 3) if outcome == ExecutionStatus.QUEUED else None,

@@ -124,6 +124,7 @@ class InMemoryQueue:
         self.requeues: list[tuple[uuid.UUID, str, float]] = []
         self.circuit_reports: list[tuple[bool, str | None]] = []
         self.heartbeats = 0
+        self.queue_stats_calls = 0
         self.finish_gate: asyncio.Event | None = None
         # fail_writes["finish"] = n: the next n finish calls (likewise start, requeue_later,
         # release) raise psycopg.OperationalError before touching anything: a database blip
@@ -206,6 +207,12 @@ class InMemoryQueue:
 
     async def rescue_expired(self) -> int:
         return 0
+
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        self.queue_stats_calls += 1
+        counts = Counter(str(e.status) for e in self.executions.values())
+        return [{"status": status, "count": n, "oldest": None, "next_run_after": None}
+                for status, n in sorted(counts.items())]
 
     async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:
         return (0, 0)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import create_agent, create_task, create_user
 from tests.e2e.workers import (
@@ -31,15 +33,20 @@ from tests.e2e.workers import (
     wait_for,
     wait_status,
 )
+from worker.stack import free_port
 
 pytestmark = pytest.mark.e2e
 __all__ = ["chat_endpoint"]
 
 
+METRICS_PORT = free_port(0)
+
+
 @pytest.fixture(scope="module")
 def worker(chat_endpoint: ChatEndpoint, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     wp = spawn_worker(chat_endpoint, tmp_path_factory.mktemp("workers"), name="runs-worker",
-                      retry_base_s=0.2, retry_cap_s=0.5, poll_interval_s=0.5, lease_seconds=10)
+                      retry_base_s=0.2, retry_cap_s=0.5, poll_interval_s=0.5, lease_seconds=10,
+                      worker_metrics_port=METRICS_PORT)
     yield wp
     wp.stop()
     out = wp.output()
@@ -178,6 +185,34 @@ def test_cron_task__due_occurrence_runs_and_the_planner_moves_to_the_next(
                                       "next_run_at > %s", (task, occurrence)).fetchone(),
                    timeout_s=2.0, what="the next occurrence")
     assert nxt["next_run_at"] == occurrence + timedelta(minutes=1)
+
+
+def _metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics__a_scrape_counts_the_workers_runs_and_sees_the_queue(
+        db: psycopg.Connection[Any], owner: tuple[uuid.UUID, uuid.UUID]) -> None:
+    uid, agent = owner
+    succeeded = ("agent_tasks_worker_runs_total", (("outcome", "succeeded"),))
+    failed = ("agent_tasks_worker_runs_total", (("outcome", "failed"),))
+    before = _metrics()
+    ok = run_now(db, create_task(db, uid, agent, name="Counted", prompt_template="count me"))
+    doomed = run_now(db, create_task(db, uid, agent, name="Counted failure", prompt_template="[[fail:401]] no"))
+    wait_status(db, ok, "succeeded")
+    wait_status(db, doomed, ("failed",))
+    after = _metrics()
+    assert after[succeeded] - before[succeeded] >= 1 and after[failed] - before[failed] >= 1
+    assert after[("agent_tasks_worker_info", (("worker_id", "runs-worker"),))] == 1
+    assert after[("agent_tasks_worker_slots", ())] == 32
+    assert after[("agent_tasks_worker_run_duration_seconds_count", (("outcome", "succeeded"),))] >= 1
+    # the queue's figures, read on the worker's tick from scheduler.queue_stats()
+    assert ("agent_tasks_queue_executions", (("status", "queued"),)) in after
+    assert after[("agent_tasks_queue_figures_age_seconds", ())] < 30
+    health = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/healthz", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
 
 
 def test_retry__transient_errors_then_success_with_one_message_each(
