@@ -565,3 +565,47 @@ def test_schedule_form__every_option_enabled_box_and_what_each_save_did(browser:
     page.wait_for_url(f"**/tasks/{task['id']}/runs?queued=*")
     expect(page.locator("#notice")).to_contain_text("Run queued")
     context.close()
+
+
+def test_schedules__tick_several_pause_resume_and_delete_them_at_once(browser: Browser, console: Console,
+                                                                      stack_state: stack.State) -> None:
+    """Bulk actions from the list: ticked rows (kept across a live re-read) paused together,
+    "All on this page" resumed, two deleted after the confirmation."""
+    with console.db() as conn:
+        email = f"fay-{uuid.uuid4().hex[:6]}@example.test"
+        uid = create_user(conn, email)
+        fay = Person(uid, email, create_agent(conn, uid), stack.user_token(stack_state, str(uid), email))
+    names = ["Bulk one", "Bulk two", "Bulk three"]
+    ids = [_create_task(console, fay, name=n) for n in names]
+    context = signed_in(browser, console, fay)
+    page = context.new_page()
+    page.on("dialog", lambda d: d.accept())
+    page.goto("/tasks")
+    page.wait_for_function("document.body.dataset.liveReady === '1'")
+    page.locator("tr.task", has_text="Bulk one").locator("input.pick").check()
+    page.locator("tr.task", has_text="Bulk three").locator("input.pick").check()
+    # a change arrives while the boxes are ticked: the re-read keeps them
+    with console.db() as conn:
+        conn.execute("update public.agent_tasks set name = 'Bulk two (renamed)' where id = %s", (ids[1],))
+    expect(page.locator("tr.task", has_text="Bulk two (renamed)")).to_have_count(1)
+    expect(page.locator("tr.task", has_text="Bulk one").locator("input.pick")).to_be_checked()
+    page.select_option("#bulk-action", "pause")
+    page.click("#bulk-apply")
+    expect(page.locator("#notice")).to_have_text("Paused 2 schedules.")
+    with console.db() as conn:
+        status = {r["name"]: r["status"] for r in conn.execute(
+            "select name, status from public.agent_tasks where user_id = %s", (uid,)).fetchall()}
+    assert status == {"Bulk one": "paused", "Bulk two (renamed)": "active", "Bulk three": "paused"}
+    page.check("#select-all")
+    page.select_option("#bulk-action", "resume")
+    page.click("#bulk-apply")
+    expect(page.locator("#notice")).to_contain_text("Resumed 3 schedules.")
+    expect(page.locator("tr.task .status.paused")).to_have_count(0)
+    page.locator("tr.task", has_text="Bulk one").locator("input.pick").check()
+    page.locator("tr.task", has_text="Bulk two").locator("input.pick").check()
+    page.select_option("#bulk-action", "delete")
+    page.click("#bulk-apply")
+    expect(page.locator("#notice")).to_have_text("Deleted 2 schedules.")
+    expect(page.locator("tr.task")).to_have_count(1)
+    expect(page.locator("tr.task")).to_contain_text("Bulk three")
+    context.close()

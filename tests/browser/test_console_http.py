@@ -220,3 +220,43 @@ def test_run_now__a_full_backlog_is_refused_with_its_reason(console: Console, st
         queued = db.execute("select count(*) as n from public.agent_task_executions where task_id = %s",
                             (task,)).fetchone()["n"]
     assert queued == limit
+
+
+def test_bulk__one_refusal_keeps_the_others_and_is_named_and_not_yours_is_not_found(
+        console: Console, stack_state: stack.State) -> None:
+    """POST /tasks/bulk runs the action on each ticked schedule in its own savepoint: a full
+    backlog refuses one run now and the others are queued; the list names what was done and why
+    one was not. Another user's schedule counts as not found and is left alone; bad requests are
+    409 with the reason."""
+    with console.db() as db:
+        email = f"erin-{uuid.uuid4().hex[:6]}@example.test"
+        uid = create_user(db, email)
+        agent = create_agent(db, uid)
+        full, free = create_task(db, uid, agent, name="Full one"), create_task(db, uid, agent, name="Free one")
+        limit = db.execute("select scheduler.limit_int('max_queued_runs_per_task') as n").fetchone()["n"]
+        for _ in range(limit):
+            db.execute("select scheduler.enqueue_now(%s, 'manual', now() + interval '1 hour')", (full,))
+        bobs = create_task(db, console.bob.id, console.bob.agent_id, name="Bob's own")
+    token = stack.user_token(stack_state, str(uid), email)
+    with _client(console, token) as client:
+        r = client.post("/tasks/bulk", data={"action": "run", "ids": [str(full), str(free)]})
+        assert r.status_code == 303
+        listing = client.get(r.headers["location"])
+        text = html.unescape(listing.text)
+        assert "Queued a run of 1 schedule. 1 could not be:" in text
+        assert f"already has {limit} waiting to run" in text
+        r = client.post("/tasks/bulk", data={"action": "pause", "ids": [str(free), str(bobs)]})
+        text = html.unescape(client.get(r.headers["location"]).text)
+        assert "Paused 1 schedule. 1 could not be: a schedule was not found" in text
+        for data in ({"action": "explode", "ids": [str(free)]}, {"action": "pause"},
+                     {"action": "pause", "ids": ["not-a-uuid"]},
+                     {"action": "pause", "ids": [str(uuid.uuid4()) for _ in range(101)]}):
+            refused = client.post("/tasks/bulk", data=data, headers={"accept": "application/json"})
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "refused", data
+    with console.db() as db:
+        rows = {r["id"]: r for r in db.execute(
+            "select t.id, t.status,"
+            " (select count(*) from public.agent_task_executions e where e.task_id = t.id) as runs"
+            " from public.agent_tasks t where t.id = any(%s)", ([full, free, bobs],)).fetchall()}
+    assert rows[full]["runs"] == limit and rows[free]["runs"] == 1
+    assert rows[free]["status"] == "paused" and rows[bobs]["status"] == "active" and rows[bobs]["runs"] == 0

@@ -61,6 +61,7 @@ def routes() -> list[Route | Mount]:
         r("/tasks", pages.tasks, methods=["GET"]),
         r("/tasks/new", pages.task_new, methods=["GET"]),
         r("/tasks/new", pages.task_save, methods=["POST"]),
+        r("/tasks/bulk", pages.tasks_bulk, methods=["POST"]),
         r("/tasks/{id}/edit", pages.task_edit, methods=["GET"]),
         r("/tasks/{id}/edit", pages.task_save, methods=["POST"]),
         r("/tasks/{id}/runs", pages.task_runs, methods=["GET"]),

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, available_timezones
 
 import aiohttp
@@ -464,7 +465,7 @@ async def tasks(request: Request, user: User) -> Response:
         rows, next_cursor = await _keyset_page(
             conn, "select * from public.list_tasks(%s, %s, %s)", (), size, request.query_params.get("cursor"),
             agent_id)
-        notice = await _task_notice(conn, request)
+        notice = await _task_notice(conn, request) or _bulk_notice(request)
     return page(request, "tasks.html", user, tasks=rows, next_cursor=next_cursor, notice=notice,
                 agents=agents, agent_id=agent_id)
 
@@ -668,22 +669,81 @@ async def task_save(request: Request, user: User) -> Response:
     return RedirectResponse(f"/tasks?{'saved' if editing else 'created'}={saved['id']}", status_code=303)
 
 
+# a schedule's actions: the public functions (run now, pause, resume) or a row delete under RLS
+TASK_ACTIONS = {"run": "select public.run_task_now(%s) as id", "pause": "select (public.pause_task(%s)).id",
+                "resume": "select (public.resume_task(%s)).id",
+                "delete": "delete from public.agent_tasks where id = %s returning id"}
+# what the list says after a bulk action ("Paused 3 schedules.")
+BULK_DONE = {"run": "Queued a run of", "pause": "Paused", "resume": "Resumed", "delete": "Deleted"}
+# at most one page of the list at a time
+BULK_MAX = 100
+
+
 @signed_in
 async def task_action(request: Request, user: User) -> Response:
-    """Run now, pause, resume (the public functions) or delete (a row delete under RLS)."""
+    """Run now, pause, resume or delete one schedule (TASK_ACTIONS)."""
     tid = path_uuid(request)
     action = request.path_params["action"]
-    statements = {"run": "select public.run_task_now(%s) as id", "pause": "select (public.pause_task(%s)).id",
-                  "resume": "select (public.resume_task(%s)).id",
-                  "delete": "delete from public.agent_tasks where id = %s returning id"}
-    if action not in statements:
+    if action not in TASK_ACTIONS:
         raise NotFound
-    row = await act(as_user(pool(request), user), statements[action], (tid,))
+    row = await act(as_user(pool(request), user), TASK_ACTIONS[action], (tid,))
     if row is None:
         raise NotFound
     if action == "run":
         return RedirectResponse(f"/tasks/{tid}/runs?queued={row['id']}", status_code=303)
     return back(request, "/tasks")
+
+
+@signed_in
+async def tasks_bulk(request: Request, user: User) -> Response:
+    """One action on the schedules ticked in the list: each in its own savepoint, so one refusal
+    (a full backlog, a run cap) does not undo the others; the list then says what was done and
+    the first refusal's reason. Ids that are not the user's count as not found and change nothing."""
+    form = await request.form()
+    action = str(form.get("action", ""))
+    if action not in TASK_ACTIONS:
+        raise Refused("pick an action: run now, pause, resume or delete")
+    try:
+        ids = list(dict.fromkeys(uuid.UUID(str(v)) for v in form.getlist("ids")))
+    except ValueError:
+        raise Refused("the selection names a schedule that does not exist") from None
+    if not ids:
+        raise Refused("tick the schedules to act on first")
+    if len(ids) > BULK_MAX:
+        raise Refused(f"at most {BULK_MAX} schedules at a time")
+    done, refused, why = 0, 0, ""
+    async with as_user(pool(request), user) as conn:
+        for tid in ids:
+            try:
+                async with conn.transaction():
+                    row = await (await conn.execute(TASK_ACTIONS[action], (tid,))).fetchone()
+                if row is None:
+                    raise psycopg.errors.NoDataFound("not found")
+                done += 1
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                refused += 1
+                why = why or ("a schedule was not found" if isinstance(exc, psycopg.errors.NoDataFound)
+                              else sql_message(exc))
+    query = urlencode({"bulk": action, "done": done, "refused": refused, "why": why[:300]})
+    return RedirectResponse(f"/tasks?{query}", status_code=303)
+
+
+def _bulk_notice(request: Request) -> str | None:
+    """What the last bulk action did, from its redirect's query."""
+    action = request.query_params.get("bulk")
+    if action not in BULK_DONE:
+        return None
+    try:
+        done, refused = int(request.query_params.get("done", "0")), int(request.query_params.get("refused", "0"))
+    except ValueError:
+        return None
+    text = f"{BULK_DONE[action]} {done} schedule{'' if done == 1 else 's'}."
+    if refused:
+        why = request.query_params.get("why", "")[:300]
+        text += f" {refused} could not be: {why}" if why else f" {refused} could not be."
+    return text
 
 
 @signed_in

@@ -11,7 +11,14 @@
   // --- confirmations and small form helpers --------------------------------------------
   document.addEventListener("submit", (ev) => {
     const form = ev.target;
-    if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) ev.preventDefault();
+    // data-confirm-if: ask only when the form's action select has that value (bulk delete)
+    const asks = form.dataset && form.dataset.confirm
+      && (!form.dataset.confirmIf || (form.elements.action && form.elements.action.value === form.dataset.confirmIf));
+    if (asks && !window.confirm(form.dataset.confirm)) ev.preventDefault();
+  });
+  // the schedule list's "All on this page" box ticks every row's box (they belong to form#bulk)
+  document.addEventListener("change", (ev) => {
+    if (ev.target.id === "select-all") $$("input.pick").forEach((box) => { box.checked = ev.target.checked; });
   });
   $$("select[data-autosubmit]").forEach((s) => s.addEventListener("change", () => s.form.submit()));
 
@@ -54,7 +61,12 @@
       if (started.get(id) !== seq) return;
       const fresh = doc.getElementById(id);
       const current = document.getElementById(id);
-      if (fresh && current) current.replaceWith(document.importNode(fresh, true));
+      if (!fresh || !current) return;
+      // boxes the user ticked stay ticked across the re-read (the schedule list's bulk selection)
+      const ticked = new Set($$("input.pick:checked", current).map((box) => box.value));
+      const next = document.importNode(fresh, true);
+      $$("input.pick", next).forEach((box) => { box.checked = ticked.has(box.value); });
+      current.replaceWith(next);
     }, 150));
   }
 
