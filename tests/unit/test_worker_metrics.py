@@ -66,7 +66,12 @@ async def test_metrics__runs_by_outcome_durations_in_flight_and_the_queue() -> N
         port = await metrics_port(worker)
         await until(lambda: worker.stats["succeeded"] == 3 and worker.stats["failed"] == 1
                     and worker.stats["retried"] == 1, "three successes, a failure and a retry")
-        await until(lambda: queue.queue_stats_calls > 0, "the tick to read the queue's figures")
+        # the figures the next tick reads (a tick before the runs ended read older ones)
+        assert worker.metrics is not None
+        worker.metrics.queue = None
+        calls = queue.queue_stats_calls
+        await until(lambda: queue.queue_stats_calls > calls and worker.metrics is not None
+                    and worker.metrics.queue is not None, "the tick to read the queue's figures")
         status, text = await scrape(port)
         assert status == 200
         got = samples(text)
@@ -75,6 +80,7 @@ async def test_metrics__runs_by_outcome_durations_in_flight_and_the_queue() -> N
         assert got[("agent_tasks_worker_runs_total", (("outcome", "retried"),))] == 1
         assert got[("agent_tasks_worker_runs_total", (("outcome", "timed_out"),))] == 0
         assert got[("agent_tasks_worker_claimed_total", ())] == 5
+        assert got[("agent_tasks_worker_webhook_deliveries_total", (("outcome", "delivered"),))] == 0
         assert got[("agent_tasks_worker_run_duration_seconds_count", (("outcome", "succeeded"),))] == 3
         assert got[("agent_tasks_worker_run_duration_seconds_bucket", (("le", "+Inf"), ("outcome", "failed")))] == 1
         assert got[("agent_tasks_worker_in_flight", ())] == 0
