@@ -513,6 +513,9 @@ SETTING_HELP = {
                         "through a database blip",
     "db_pool_size": "work connections (the listener has its own)",
     "http_connect_timeout_s": "connect timeout of calls to the chat function (a transient error)",
+    "webhook_timeout_s": "how long a webhook POST may take before it counts as failed (tried again later)",
+    "webhook_retry_base_s": "the first wait before a failed webhook POST is tried again; later waits grow to "
+                            "2160 times it (5 s: 30 s, 2 min, 10 min, 30 min, 1 h, 3 h)",
     "worker_metrics_port": "serve Prometheus metrics (/metrics) and a health check (/healthz) on this port; "
                            "unset: off (docs/runbook.md \"Metrics\")",
     "worker_metrics_host": "the address the metrics port listens on (0.0.0.0 for a scraper on another host)",

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     db_write_retry_s: float = Field(default=15.0, ge=0, le=600)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     http_connect_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    webhook_retry_base_s: float = Field(default=5.0, ge=0)
     worker_metrics_port: int | None = Field(default=None, ge=0, le=65535,
                                             description="Prometheus /metrics and /healthz; unset = off")
     worker_metrics_host: str = Field(default="127.0.0.1")

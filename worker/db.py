@@ -25,6 +25,7 @@ from worker.queue import (
     CHANNEL_CANCEL,
     CHANNEL_EXECUTIONS,
     CHANNEL_PLAN,
+    CHANNEL_WEBHOOKS,
     CHANNELS,
     SQLSTATE_FENCED,
     SQLSTATE_NO_DATA_FOUND,
@@ -40,16 +41,21 @@ from worker.queue import (
     finish_item,
 )
 from worker.status import ExecutionStatus
+from worker.webhooks import Delivery
 
 _LISTEN: Final = {
     CHANNEL_EXECUTIONS: "listen agent_task_executions",
     CHANNEL_PLAN: "listen agent_tasks_plan",
     CHANNEL_CANCEL: "listen agent_task_cancel",
+    CHANNEL_WEBHOOKS: "listen webhook_deliveries",
 }
 
 _ENQUEUE_DUE: Final = "select scheduler.enqueue_due(null, %s)"
 _RESCUE_EXPIRED: Final = "select scheduler.rescue_expired()"
 _QUEUE_STATS: Final = "select status, count, oldest, next_run_after from scheduler.queue_stats()"
+_CLAIM_WEBHOOKS: Final = "select * from scheduler.claim_webhook_deliveries(%s, %s, %s)"
+_FINISH_WEBHOOK: Final = "select scheduler.finish_webhook_delivery(%s, %s, %s, %s, %s, %s)"
+_WEBHOOK_ADDRESS_PROBLEM: Final = "select scheduler.webhook_address_problem(%s::inet[])"
 _RESCUE_DEAD_WORKERS: Final = "select rescued, pending_workers from scheduler.rescue_dead_workers(%s)"
 _ATTACH_SESSION: Final = "select scheduler.attach_worker_session(%s)"
 _TASKS_TO_PLAN: Final = "select * from scheduler.tasks_to_plan(%s)"
@@ -193,6 +199,19 @@ class PostgresQueue:
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         return await self._rows(_QUEUE_STATS, ())
+
+    async def claim_webhook_deliveries(self, worker_id: str, limit: int, lease_seconds: int) -> list[Delivery]:
+        return [Delivery(**row) for row in await self._rows(_CLAIM_WEBHOOKS, (worker_id, limit, lease_seconds))]
+
+    async def finish_webhook_delivery(self, delivery_id: uuid.UUID, worker_id: str, http_status: int | None,
+                                      error: str | None, retry_in_s: float | None, disable: bool) -> str | None:
+        result = await self._scalar(_FINISH_WEBHOOK, (delivery_id, worker_id, http_status, error, retry_in_s,
+                                                      disable))
+        return None if result is None else str(result)
+
+    async def webhook_address_problem(self, addresses: list[str]) -> str | None:
+        result = await self._scalar(_WEBHOOK_ADDRESS_PROBLEM, (addresses,))
+        return None if result is None else str(result)
 
     async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:
         async with self.pool.connection() as conn:

@@ -84,6 +84,11 @@ class _WorkerCollector(Collector):
         yield runs
         yield CounterMetricFamily("agent_tasks_worker_claimed", "Executions this worker claimed.",
                                   value=stats.get("claimed", 0))
+        webhooks = CounterMetricFamily("agent_tasks_worker_webhook_deliveries", "Webhook POSTs this worker "
+                                       "made, by what came of them (retried: to be tried again).", labels=["outcome"])
+        for outcome in ("delivered", "retried", "failed"):
+            webhooks.add_metric([outcome], stats.get(f"webhook_{outcome}", 0))
+        yield webhooks
         yield GaugeMetricFamily("agent_tasks_worker_in_flight", "Executions this worker runs now.",
                                 value=self._in_flight())
         yield GaugeMetricFamily("agent_tasks_worker_slots", "WORKER_CONCURRENCY.", value=self._slots)

@@ -17,12 +17,14 @@ from datetime import datetime
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from worker.status import ExecutionStatus
+from worker.webhooks import Delivery
 
 # LISTEN channels (see the queue transitions and scheduling migrations).
 CHANNEL_EXECUTIONS: Final = "agent_task_executions"
 CHANNEL_PLAN: Final = "agent_tasks_plan"
 CHANNEL_CANCEL: Final = "agent_task_cancel"
-CHANNELS: Final = (CHANNEL_EXECUTIONS, CHANNEL_PLAN, CHANNEL_CANCEL)
+CHANNEL_WEBHOOKS: Final = "webhook_deliveries"
+CHANNELS: Final = (CHANNEL_EXECUTIONS, CHANNEL_PLAN, CHANNEL_CANCEL, CHANNEL_WEBHOOKS)
 
 # Each item of start_executions is a subtransaction with its own XID; more
 # than 64 in one transaction overflow Postgres' per-backend subxid cache and
@@ -137,6 +139,19 @@ class WorkerQueue(Protocol):
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         """scheduler.queue_stats(): (status, count, oldest, next_run_after) rows (the metrics)."""
+        ...
+
+    async def claim_webhook_deliveries(self, worker_id: str, limit: int, lease_seconds: int) -> list[Delivery]:
+        """Due webhook deliveries, leased to this worker (worker.webhooks)."""
+        ...
+
+    async def finish_webhook_delivery(self, delivery_id: uuid.UUID, worker_id: str, http_status: int | None,
+                                      error: str | None, retry_in_s: float | None, disable: bool) -> str | None:
+        """The outcome of one POST: the delivery's new status, or None when the fence dropped it."""
+        ...
+
+    async def webhook_address_problem(self, addresses: list[str]) -> str | None:
+        """Why the outbound policy refuses connecting to one of these addresses, or None."""
         ...
 
     async def rescue_dead_workers(self, grace_s: float) -> tuple[int, int]:

@@ -21,6 +21,8 @@ any of them fails (Procrastinate's habit):
   overall, WORKER_PER_USER_LIMIT per user across all workers).
 * ``heartbeat`` one call for every in-flight execution each HEARTBEAT_INTERVAL_S;
   executions the database says are no longer ours are abandoned at once.
+* ``webhooks``  the webhook outbox (worker.webhooks): due deliveries claimed
+  WEBHOOK_BATCH at a time, woken by NOTIFY webhook_deliveries, POSTed signed.
 
 Per execution: resolve the prompt, start (conversation + the scheduled user
 message, exactly once), call the chat function acting as the user, then
@@ -58,7 +60,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import psycopg_pool
 
-from worker import templates
+from worker import templates, webhooks
 from worker.breaker import CircuitBreaker, CircuitState
 from worker.chat_client import (
     ActAs,
@@ -78,6 +80,7 @@ from worker.queue import (
     CHANNEL_CANCEL,
     CHANNEL_EXECUTIONS,
     CHANNEL_PLAN,
+    CHANNEL_WEBHOOKS,
     ClaimedExecution,
     ConversationGone,
     Fenced,
@@ -99,6 +102,11 @@ CLAIM_COALESCE_S = 0.005
 # The tick runs this long after each multiple of TICK_INTERVAL_S (wall clock):
 # enough for the database's clock to be past the boundary too.
 TICK_ALIGN_OFFSET_S = 0.01
+# webhook deliveries claimed (and POSTed concurrently) at a time, their lease (longer than a POST's
+# timeout: an expired lease is POSTed again), and how often due retries are looked for
+WEBHOOK_BATCH = 8
+WEBHOOK_LEASE_S = 180
+WEBHOOK_POLL_S = 2.0
 # Bound on DB calls made during shutdown.
 SHUTDOWN_DB_TIMEOUT_S = 5.0
 HARD_STOP_DB_TIMEOUT_S = 1.0
@@ -166,6 +174,7 @@ class Worker:
         self.breaker = CircuitBreaker()
         self._claim_wake = asyncio.Event()
         self._plan_wake = asyncio.Event()
+        self._webhook_wake = asyncio.Event()
         self._idle = asyncio.Event()  # set when nothing is in flight
         self._idle.set()
         self._stopping = asyncio.Event()
@@ -178,7 +187,8 @@ class Worker:
         self._background: set[asyncio.Task[None]] = set()
         self._signals = 0
         self.stats = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "timed_out": 0,
-                      "needs_input": 0, "abandoned": 0, "released": 0}
+                      "needs_input": 0, "abandoned": 0, "released": 0,
+                      "webhook_delivered": 0, "webhook_retried": 0, "webhook_failed": 0}
         # WORKER_METRICS_PORT: Prometheus metrics read from the tallies above (worker.metrics)
         self.metrics = WorkerMetrics(
             self.worker_id, lambda: self.stats, lambda: len(self.inflight), settings.worker_concurrency,
@@ -240,6 +250,7 @@ class Worker:
                 asyncio.create_task(self._tick_loop(), name="tick"),
                 asyncio.create_task(self._planner_loop(), name="planner"),
                 asyncio.create_task(self._claim_loop(), name="claim"),
+                asyncio.create_task(self._webhook_loop(), name="webhooks"),
             ]
             stop_wait = asyncio.create_task(self._stopping.wait(), name="stop-wait")
             done, _ = await asyncio.wait([*loops, stop_wait], return_when=asyncio.FIRST_COMPLETED)
@@ -374,6 +385,8 @@ class Worker:
             self._claim_wake.set()
         elif channel == CHANNEL_PLAN:
             self._plan_wake.set()
+        elif channel == CHANNEL_WEBHOOKS:
+            self._webhook_wake.set()
         elif channel == CHANNEL_CANCEL:
             try:
                 execution_id = uuid.UUID(payload)
@@ -504,6 +517,49 @@ class Worker:
                     self._claim_wake.set()
 
             await self._survive("claim", claim)
+
+    # --- webhooks -----------------------------------------------------------
+
+    async def _webhook_loop(self) -> None:
+        """Deliveries of the webhook outbox (worker.webhooks): claimed WEBHOOK_BATCH at a time when
+        NOTIFY webhook_deliveries says there are some (and every WEBHOOK_POLL_S for retries that
+        came due), POSTed concurrently, each outcome written back."""
+        s = self.settings
+        while True:
+            await self._wait(self._webhook_wake, WEBHOOK_POLL_S)
+            if self._stopping.is_set():
+                return
+
+            async def deliver() -> None:
+                claimed = await self.queue.claim_webhook_deliveries(self.worker_id, WEBHOOK_BATCH,
+                                                                    WEBHOOK_LEASE_S)
+                await asyncio.gather(*(self._deliver(d, s.webhook_timeout_s, s.webhook_retry_base_s)
+                                       for d in claimed))
+                if len(claimed) == WEBHOOK_BATCH:
+                    self._webhook_wake.set()  # more may be due
+
+            await self._survive("webhooks", deliver)
+
+    async def _deliver(self, delivery: webhooks.Delivery, timeout_s: float, retry_base_s: float) -> None:
+        fields = {"delivery_id": delivery.id, "webhook_id": delivery.webhook_id, "kind": delivery.event,
+                  "attempt": delivery.attempt}
+        try:
+            outcome = await webhooks.post(delivery, self.queue.webhook_address_problem, timeout_s)
+        except DB_TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            # a bug, not the endpoint: tried again later like a failed POST, and the runs go on
+            logger.exception("webhook delivery crashed", extra={"fields": fields})
+            outcome = webhooks.Outcome(None, f"worker error: {exc!r}"[:500], retry=True)
+        retry_in = webhooks.retry_in_s(delivery.attempt, retry_base_s) if outcome.retry else None
+        status = await self._persist("webhook", lambda: self.queue.finish_webhook_delivery(
+            delivery.id, self.worker_id, outcome.http_status, outcome.error, retry_in, outcome.disable), fields)
+        key = {"delivered": "webhook_delivered", "pending": "webhook_retried", "failed": "webhook_failed"}
+        if status in key:
+            self.stats[key[status]] += 1
+        log_event(logger, f"webhook {status or 'fenced'}", level=logging.INFO if outcome.error is None
+                  else logging.WARNING, http_status=outcome.http_status, error=outcome.error,
+                  retry_in_s=round(retry_in, 3) if status == "pending" and retry_in is not None else None, **fields)
 
     # --- executions ---------------------------------------------------------
 

@@ -40,6 +40,7 @@ from worker.queue import (
     finish_item,
 )
 from worker.status import ExecutionStatus
+from worker.webhooks import Delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,16 @@ class InMemoryQueue:
 
     async def rescue_expired(self) -> int:
         return 0
+
+    async def claim_webhook_deliveries(self, worker_id: str, limit: int, lease_seconds: int) -> list[Delivery]:
+        return []
+
+    async def finish_webhook_delivery(self, delivery_id: uuid.UUID, worker_id: str, http_status: int | None,
+                                      error: str | None, retry_in_s: float | None, disable: bool) -> str | None:
+        return None
+
+    async def webhook_address_problem(self, addresses: list[str]) -> str | None:
+        return None
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         self.queue_stats_calls += 1

@@ -26,6 +26,7 @@ declare
   v_executions integer := 0;
   v_notifications integer := 0;
   v_usage integer := 0;
+  v_deliveries integer := 0;
 begin
   if p_batch is null or p_batch < 1 then
     raise exception 'p_batch must be at least 1, got %', p_batch using errcode = '22023';
@@ -53,7 +54,18 @@ begin
       limit p_batch);
     get diagnostics v_usage = row_count;
   end if;
-  return jsonb_build_object('executions', v_executions, 'notifications', v_notifications, 'token_usage', v_usage);
+  -- finished webhook deliveries (the webhooks migration's outbox)
+  v_days := least(scheduler.limit_int('webhook_delivery_retention_days'), 1000000);
+  if v_days is not null then
+    delete from scheduler.webhook_deliveries d
+    where d.id in (select x.id from scheduler.webhook_deliveries x
+                   where x.finished_at < v_now - make_interval(days => v_days)
+                   order by x.finished_at
+                   limit p_batch);
+    get diagnostics v_deliveries = row_count;
+  end if;
+  return jsonb_build_object('executions', v_executions, 'notifications', v_notifications, 'token_usage', v_usage,
+                            'webhook_deliveries', v_deliveries);
 end
 $$;
 revoke execute on function scheduler.purge_expired(integer, timestamptz) from public;

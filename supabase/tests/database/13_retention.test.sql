@@ -35,15 +35,15 @@ insert into scheduler.token_usage (day, user_id, tokens) values
   (current_date - 401, tests.get_user_id('alice'), 10),
   (current_date - 10, tests.get_user_id('alice'), 10);
 
-select is(scheduler.purge_expired(2), '{"executions": 2, "notifications": 2, "token_usage": 2}'::jsonb,
+select is(scheduler.purge_expired(2), '{"executions": 2, "notifications": 2, "token_usage": 2, "webhook_deliveries": 0}'::jsonb,
   'one call deletes at most a batch of each kind past its retention');
 select is(array(select id::text from public.agent_task_executions order by id),
   array['e1000000-0000-0000-0000-000000000003', 'e1000000-0000-0000-0000-000000000004',
         'e1000000-0000-0000-0000-000000000005'],
   'the oldest finished executions go first; the queued one stays however old');
-select is(scheduler.purge_expired(2), '{"executions": 1, "notifications": 0, "token_usage": 0}'::jsonb,
+select is(scheduler.purge_expired(2), '{"executions": 1, "notifications": 0, "token_usage": 0, "webhook_deliveries": 0}'::jsonb,
   'the next call takes the rest');
-select is(scheduler.purge_expired(2), '{"executions": 0, "notifications": 0, "token_usage": 0}'::jsonb,
+select is(scheduler.purge_expired(2), '{"executions": 0, "notifications": 0, "token_usage": 0, "webhook_deliveries": 0}'::jsonb,
   'and then there is nothing to do');
 select is(array(select id::text from public.agent_task_executions order by id),
   array['e1000000-0000-0000-0000-000000000004', 'e1000000-0000-0000-0000-000000000005'],
