@@ -249,7 +249,8 @@ def test_mobile_390__the_main_pages_fit_and_work(browser: Browser, console: Cons
     task_id = _create_task(console, console.alice, name="Phone task")
     pages = {"mobile-conversations": "/conversations", "mobile-schedules": "/tasks",
              "mobile-schedule-form": "/tasks/new?preset=weekly-digest",
-             "mobile-run-history": f"/tasks/{task_id}/runs", "mobile-notifications": "/notifications"}
+             "mobile-run-history": f"/tasks/{task_id}/runs", "mobile-notifications": "/notifications",
+             "mobile-webhooks": "/webhooks"}
     for name, path in pages.items():
         page.goto(path)
         expect(page.locator("header.top nav")).to_be_visible()

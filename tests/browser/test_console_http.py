@@ -15,6 +15,7 @@ from tests.browser.conftest import Console
 from tests.conftest import create_agent, create_task, create_user
 from worker import stack
 from worker.console.auth import OPERATOR_COOKIE, USER_COOKIE
+from worker.console.pages import WEBHOOK_KINDS
 
 pytestmark = pytest.mark.e2e
 
@@ -260,3 +261,47 @@ def test_bulk__one_refusal_keeps_the_others_and_is_named_and_not_yours_is_not_fo
             " from public.agent_tasks t where t.id = any(%s)", ([full, free, bobs],)).fetchall()}
     assert rows[full]["runs"] == limit and rows[free]["runs"] == 1
     assert rows[free]["status"] == "paused" and rows[bobs]["status"] == "active" and rows[bobs]["runs"] == 0
+
+
+def test_webhooks__add_toggle_delete_and_another_users_are_not_found(console: Console,
+                                                                     stack_state: stack.State) -> None:
+    """The webhooks page: an endpoint added with its kinds (its secret shown to its owner), a URL the
+    outbound policy refuses shown next to the field with nothing stored, disable / enable / delete,
+    and another user's endpoint answering 404 to every action."""
+    with console.db() as db:
+        email = f"gus-{uuid.uuid4().hex[:6]}@example.test"
+        uid = create_user(db, email)
+        allowed = {m["kind"] for m in db.execute(
+            "select distinct (regexp_matches(pg_get_constraintdef(oid), '''([a-z_]+)''', 'g'))[1] as kind"
+            " from pg_constraint where conrelid = 'public.notifications'::regclass"
+            " and conname = 'notifications_kind_check'").fetchall()}
+    assert {k for k, _ in WEBHOOK_KINDS} == allowed  # the form offers every notification kind
+    token = stack.user_token(stack_state, str(uid), email)
+    with _client(console, token) as client:
+        # (the local stack's policy allows plain HTTP and loopback, not private ranges)
+        refused = client.post("/webhooks", data={"url": "https://10.1.2.3/in", "kinds": ["task_failed"]})
+        assert refused.status_code == 422 and 'id="error-url"' in refused.text
+        assert "url must not point at a private address" in refused.text
+        assert client.post("/webhooks", data={"url": "https://hooks.example.com/in"}).status_code == 422  # no kind
+        r = client.post("/webhooks", data={"url": "https://hooks.example.com/in", "description": "Ops channel",
+                                           "kinds": ["task_failed", "task_paused"]})
+        assert r.status_code == 303
+        listing = client.get(r.headers["location"])
+        assert "Webhook added" in listing.text and "https://hooks.example.com/in" in listing.text
+        assert "task_failed, task_paused" in listing.text
+        with console.db() as db:
+            hook = db.execute("select id, secret, enabled from public.webhooks where user_id = %s", (uid,)).fetchone()
+        assert hook is not None and hook["secret"] in listing.text and hook["enabled"]
+        assert client.post(f"/webhooks/{hook['id']}/disable").status_code == 303
+        assert "disabled" in client.get("/webhooks").text
+    with _client(console, console.bob.token) as bob:
+        assert hook["secret"] not in bob.get("/webhooks").text
+        for action in ("enable", "disable", "delete"):
+            assert bob.post(f"/webhooks/{hook['id']}/{action}").status_code == 404
+        assert bob.post(f"/webhooks/{hook['id']}/explode").status_code == 404
+    with _client(console, token) as client:
+        assert client.post(f"/webhooks/{hook['id']}/enable").status_code == 303
+        with console.db() as db:
+            assert db.execute("select enabled from public.webhooks where id = %s", (hook["id"],)).fetchone()["enabled"]
+        assert client.post(f"/webhooks/{hook['id']}/delete").status_code == 303
+        assert "No webhooks yet" in client.get("/webhooks").text

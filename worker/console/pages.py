@@ -679,18 +679,22 @@ BULK_DONE = {"run": "Queued a run of", "pause": "Paused", "resume": "Resumed", "
 BULK_MAX = 100
 
 
+async def _path_action(request: Request, user: User, actions: dict[str, str]) -> tuple[uuid.UUID, str]:
+    """POST /<rows>/{id}/{action}: the action's statement on that row under the user's RLS. An
+    unknown action, or a row that is not the user's, is NotFound (like one that does not exist)."""
+    rid = path_uuid(request)
+    action = request.path_params["action"]
+    if action not in actions or await act(as_user(pool(request), user), actions[action], (rid,)) is None:
+        raise NotFound
+    return rid, action
+
+
 @signed_in
 async def task_action(request: Request, user: User) -> Response:
     """Run now, pause, resume or delete one schedule (TASK_ACTIONS)."""
-    tid = path_uuid(request)
-    action = request.path_params["action"]
-    if action not in TASK_ACTIONS:
-        raise NotFound
-    row = await act(as_user(pool(request), user), TASK_ACTIONS[action], (tid,))
-    if row is None:
-        raise NotFound
+    tid, action = await _path_action(request, user, TASK_ACTIONS)
     if action == "run":
-        return RedirectResponse(f"/tasks/{tid}/runs?queued={row['id']}", status_code=303)
+        return RedirectResponse(f"/tasks/{tid}/runs?queued=1", status_code=303)
     return back(request, "/tasks")
 
 
@@ -744,6 +748,67 @@ def _bulk_notice(request: Request) -> str | None:
         why = request.query_params.get("why", "")[:300]
         text += f" {refused} could not be: {why}" if why else f" {refused} could not be."
     return text
+
+
+# --- webhooks -----------------------------------------------------------------------
+
+# what the form offers (every notification kind), failures and questions ticked by default
+WEBHOOK_KINDS = [("task_failed", "a run fails"), ("task_needs_input", "an agent asks a question"),
+                 ("task_completed", "a task completes"), ("task_succeeded", "a run succeeds (tasks notifying of "
+                                                                            "success)"),
+                 ("task_changed", "a reply changes (tasks notifying of change)"), ("task_paused", "a task pauses"),
+                 ("info", "other notices")]
+WEBHOOK_ACTIONS = {"enable": "update public.webhooks set enabled = true where id = %s returning id",
+                   "disable": "update public.webhooks set enabled = false where id = %s returning id",
+                   "delete": "delete from public.webhooks where id = %s returning id"}
+
+
+async def _webhook_page(request: Request, user: User, status: int = 200, errors: dict[str, str] | None = None,
+                        form: dict[str, Any] | None = None, notice: str | None = None) -> Response:
+    async with as_user(pool(request), user) as conn:
+        rows = list(await (await conn.execute(
+            "select * from public.webhooks order by created_at, id")).fetchall())
+    return page(request, "webhooks.html", user, status=status, webhooks=rows, errors=errors or {},
+                form=form or {"kinds": ["task_failed", "task_needs_input"]}, kind_choices=WEBHOOK_KINDS,
+                notice=notice)
+
+
+@signed_in
+async def webhooks(request: Request, user: User) -> Response:
+    notice = {"added": "Webhook added: verify its POSTs with the signing secret below.",
+              "saved": "Webhook saved.", "deleted": "Webhook deleted."}.get(request.query_params.get("done", ""))
+    return await _webhook_page(request, user, notice=notice)
+
+
+@signed_in
+async def webhook_add(request: Request, user: User) -> Response:
+    """A row of public.webhooks under the user's RLS; the database's refusals (the URL policy, the
+    per-user cap, the kinds) are shown next to their field."""
+    form = await request.form()
+    values = {"url": str(form.get("url", "")).strip(), "description": str(form.get("description", "")).strip() or None,
+              "kinds": [str(v) for v in form.getlist("kinds")]}
+    errors: dict[str, str] = {}
+    if not values["kinds"]:
+        errors["kinds"] = "tick at least one kind"
+    if not errors:
+        try:
+            async with as_user(pool(request), user) as conn:
+                await conn.execute("insert into public.webhooks (url, description, kinds) values (%s, %s, %s)",
+                                   (values["url"], values["description"], values["kinds"]))
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            errors[field_of(exc, ["url", "description", "kinds"])] = sql_message(exc)
+    if errors:
+        return await _webhook_page(request, user, status=422, errors=errors, form=values)
+    return RedirectResponse("/webhooks?done=added", status_code=303)
+
+
+@signed_in
+async def webhook_action(request: Request, user: User) -> Response:
+    """Enable, disable or delete one endpoint (WEBHOOK_ACTIONS)."""
+    _, action = await _path_action(request, user, WEBHOOK_ACTIONS)
+    return RedirectResponse(f"/webhooks?done={'deleted' if action == 'delete' else 'saved'}", status_code=303)
 
 
 @signed_in
