@@ -47,6 +47,7 @@ create index webhooks_user_idx on public.webhooks (user_id);
 
 insert into scheduler.limits (name, value, description) values
   ('max_webhooks_per_user', '5', 'webhook endpoints one user may have'),
+  ('webhook_test_per_minute', '5', 'public.test_webhook calls per user per minute'),
   ('webhook_max_attempts', '8',
    'POSTs of one delivery before it fails (backoff 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h: about 5 hours)'),
   ('webhook_delivery_retention_days', '7', 'finished webhook deliveries older than this many days are deleted')
@@ -281,6 +282,40 @@ begin
 end
 $$;
 
+-- A test delivery to one of your endpoints (type webhook.test), to set up and
+-- check a receiver without waiting for a real notification; it is delivered,
+-- retried and recorded like any other. Rate limited (webhook_test_per_minute).
+-- Returns the delivery's id: the webhook-id header the receiver will see.
+create or replace function public.test_webhook(p_webhook_id uuid) returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_hook public.webhooks;
+  v_id uuid;
+begin
+  select * into v_hook from public.webhooks w where w.id = p_webhook_id and w.user_id = auth.uid();
+  if not found then
+    raise exception 'webhook % not found', p_webhook_id using errcode = 'P0002';
+  end if;
+  if not v_hook.enabled then
+    raise exception 'webhook % is disabled: enable it first', p_webhook_id using errcode = '55000';
+  end if;
+  perform scheduler.action_rate_check('webhook_test');
+  insert into scheduler.webhook_deliveries (webhook_id, user_id, event, payload)
+  values (v_hook.id, v_hook.user_id, 'webhook.test',
+          jsonb_build_object('type', 'webhook.test', 'timestamp', now(),
+                             'data', jsonb_build_object('webhook_id', v_hook.id,
+                                                        'title', 'A test delivery from agent-tasks')))
+  returning id into v_id;
+  perform pg_notify('webhook_deliveries', '');
+  return v_id;
+end
+$$;
+comment on function public.test_webhook(uuid) is
+  'Send a test delivery (type webhook.test) to one of your webhooks; returns its webhook-id.';
+
 -- RLS and grants --------------------------------------------------------------
 revoke all on public.webhooks from anon, authenticated;
 grant select, delete on public.webhooks to authenticated;
@@ -298,6 +333,8 @@ revoke execute on function scheduler.webhook_url_problem(text), scheduler.webhoo
   scheduler.finish_webhook_delivery(uuid, text, integer, text, double precision, boolean, timestamptz),
   scheduler.webhooks_before_write(), scheduler.webhooks_fan_out(), scheduler.webhooks_after_disable()
   from public, anon, authenticated;
+revoke execute on function public.test_webhook(uuid) from public, anon;
+grant execute on function public.test_webhook(uuid) to authenticated, service_role;
 grant execute on function scheduler.webhook_address_problem(inet[]),
   scheduler.claim_webhook_deliveries(text, integer, integer, timestamptz),
   scheduler.finish_webhook_delivery(uuid, text, integer, text, double precision, boolean, timestamptz)

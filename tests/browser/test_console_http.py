@@ -292,11 +292,20 @@ def test_webhooks__add_toggle_delete_and_another_users_are_not_found(console: Co
         with console.db() as db:
             hook = db.execute("select id, secret, enabled from public.webhooks where user_id = %s", (uid,)).fetchone()
         assert hook is not None and hook["secret"] in listing.text and hook["enabled"]
+        tested = client.post(f"/webhooks/{hook['id']}/test")
+        assert tested.status_code == 303 and "Test delivery queued" in client.get(tested.headers["location"]).text
+        with console.db() as db:
+            sent = db.execute("select event from scheduler.webhook_deliveries where webhook_id = %s",
+                              (hook["id"],)).fetchone()
+        assert sent is not None and sent["event"] == "webhook.test"
         assert client.post(f"/webhooks/{hook['id']}/disable").status_code == 303
+        # a disabled endpoint cannot be tested: a 409 with the reason
+        off = client.post(f"/webhooks/{hook['id']}/test", headers={"accept": "application/json"})
+        assert off.status_code == 409 and "is disabled" in off.json()["error"]["message"]
         assert "disabled" in client.get("/webhooks").text
     with _client(console, console.bob.token) as bob:
         assert hook["secret"] not in bob.get("/webhooks").text
-        for action in ("enable", "disable", "delete"):
+        for action in ("enable", "disable", "delete", "test"):
             assert bob.post(f"/webhooks/{hook['id']}/{action}").status_code == 404
         assert bob.post(f"/webhooks/{hook['id']}/explode").status_code == 404
     with _client(console, token) as client:
@@ -305,3 +314,10 @@ def test_webhooks__add_toggle_delete_and_another_users_are_not_found(console: Co
             assert db.execute("select enabled from public.webhooks where id = %s", (hook["id"],)).fetchone()["enabled"]
         assert client.post(f"/webhooks/{hook['id']}/delete").status_code == 303
         assert "No webhooks yet" in client.get("/webhooks").text
+        # the per-user cap (SQLSTATE 54000) is a refusal shown on the form, not an outage
+        with console.db() as db:
+            for i in range(5):
+                db.execute("insert into public.webhooks (user_id, url) values (%s, %s)",
+                           (uid, f"https://hooks.example.com/{i}"))
+        full = client.post("/webhooks", data={"url": "https://hooks.example.com/6", "kinds": ["info"]})
+        assert full.status_code == 422 and "at most 5 webhooks (max_webhooks_per_user)" in full.text

@@ -94,16 +94,19 @@ def db(chat_endpoint: ChatEndpoint, worker: WorkerProcess) -> Iterator[psycopg.C
         yield conn
 
 
-def add_webhook(db: psycopg.Connection[Any], user: uuid.UUID, url: str, kinds: list[str]) -> dict[str, Any]:
-    """As the user would, through RLS (set local role authenticated + the JWT claims)."""
+def as_user(db: psycopg.Connection[Any], user: uuid.UUID, sql: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    """One statement as the user would run it through PostgREST (role authenticated, the JWT claims)."""
     with db.transaction():
         db.execute("set local role authenticated")
         db.execute("select set_config('request.jwt.claims', %s, true)",
                    (json.dumps({"sub": str(user), "role": "authenticated"}),))
-        row = db.execute("insert into public.webhooks (url, kinds) values (%s, %s) returning *",
-                         (url, kinds)).fetchone()
+        row = db.execute(sql, params).fetchone()
     assert row is not None
     return dict(row)
+
+
+def add_webhook(db: psycopg.Connection[Any], user: uuid.UUID, url: str, kinds: list[str]) -> dict[str, Any]:
+    return as_user(db, user, "insert into public.webhooks (url, kinds) values (%s, %s) returning *", (url, kinds))
 
 
 def hits(receiver: Receiver, marker: str) -> list[dict[str, Any]]:
@@ -195,3 +198,14 @@ def test_webhook__an_address_the_policy_refuses_is_never_connected_to(db: psycop
         assert hits(receiver, marker) == []
     finally:
         db.execute("update chat_private.integration_policy set allow_loopback = true")
+
+
+def test_webhook__a_test_delivery_reaches_the_endpoint(db: psycopg.Connection[Any], receiver: Receiver) -> None:
+    uid = create_user(db)
+    hook = add_webhook(db, uid, receiver.url, ["task_failed"])
+    delivery_id = str(as_user(db, uid, "select public.test_webhook(%s) as id", (hook["id"],))["id"])
+    wait_for(lambda: any(r["headers"].get("webhook-id") == delivery_id for r in receiver.requests), 10,
+             what="the test delivery")
+    [request] = [r for r in receiver.requests if r["headers"].get("webhook-id") == delivery_id]
+    payload = Webhook(hook["secret"]).verify(request["body"], request["headers"])
+    assert payload["type"] == "webhook.test" and payload["data"]["webhook_id"] == str(hook["id"])

@@ -70,6 +70,17 @@ class Refused(Exception):
     """The database refused an action with a readable reason (answered 409 with code `refused`)."""
 
 
+# SQLSTATE classes of a database in trouble (connection, resources, operator intervention, system,
+# internal), as opposed to a refusal of the request: psycopg files both under OperationalError
+# (a cap's 54000 or a state's 55000 is a readable refusal, not an outage)
+_TROUBLE_CLASSES = ("08", "53", "57", "58", "XX")
+
+
+def is_refusal(exc: psycopg.Error) -> bool:
+    """The database refused the request with a reason (shown to the user), rather than failing."""
+    return exc.sqlstate is not None and not exc.sqlstate.startswith(_TROUBLE_CLASSES)
+
+
 async def act(conn_cm: Any, statement: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
     """Run one action statement in `conn_cm` (db.as_user or db.as_operator); the row it returns.
     "Not found" from the SQL function becomes NotFound, any other refusal Refused."""
@@ -79,9 +90,9 @@ async def act(conn_cm: Any, statement: str, params: tuple[Any, ...]) -> dict[str
             return row
     except psycopg.errors.NoDataFound:
         raise NotFound from None
-    except psycopg.OperationalError:
-        raise
     except psycopg.Error as exc:
+        if not is_refusal(exc):
+            raise
         raise Refused(sql_message(exc)) from exc
 
 
@@ -656,7 +667,7 @@ async def task_save(request: Request, user: User) -> Response:
                 errors["conversation_id" if "conversation" in (exc.diag.constraint_name or "")
                        else "agent_id"] = "not found"
             except psycopg.Error as exc:
-                if isinstance(exc, psycopg.OperationalError):
+                if not is_refusal(exc):
                     raise
                 errors[field_of(exc, [*TASK_FIELDS, "agent_id"])] = sql_message(exc)
         if errors:
@@ -724,9 +735,9 @@ async def tasks_bulk(request: Request, user: User) -> Response:
                 if row is None:
                     raise psycopg.errors.NoDataFound("not found")
                 done += 1
-            except psycopg.OperationalError:
-                raise
             except psycopg.Error as exc:
+                if not is_refusal(exc) and not isinstance(exc, psycopg.errors.NoDataFound):
+                    raise
                 refused += 1
                 why = why or ("a schedule was not found" if isinstance(exc, psycopg.errors.NoDataFound)
                               else sql_message(exc))
@@ -760,7 +771,8 @@ WEBHOOK_KINDS = [("task_failed", "a run fails"), ("task_needs_input", "an agent 
                  ("info", "other notices")]
 WEBHOOK_ACTIONS = {"enable": "update public.webhooks set enabled = true where id = %s returning id",
                    "disable": "update public.webhooks set enabled = false where id = %s returning id",
-                   "delete": "delete from public.webhooks where id = %s returning id"}
+                   "delete": "delete from public.webhooks where id = %s returning id",
+                   "test": "select public.test_webhook(%s) as id"}
 
 
 async def _webhook_page(request: Request, user: User, status: int = 200, errors: dict[str, str] | None = None,
@@ -775,8 +787,10 @@ async def _webhook_page(request: Request, user: User, status: int = 200, errors:
 
 @signed_in
 async def webhooks(request: Request, user: User) -> Response:
-    notice = {"added": "Webhook added: verify its POSTs with the signing secret below.",
-              "saved": "Webhook saved.", "deleted": "Webhook deleted."}.get(request.query_params.get("done", ""))
+    notices = {"added": "Webhook added: verify its POSTs with the signing secret below.",
+               "saved": "Webhook saved.", "deleted": "Webhook deleted.",
+               "tested": "Test delivery queued: your endpoint receives a webhook.test POST in a moment."}
+    notice = notices.get(request.query_params.get("done", ""))
     return await _webhook_page(request, user, notice=notice)
 
 
@@ -795,9 +809,9 @@ async def webhook_add(request: Request, user: User) -> Response:
             async with as_user(pool(request), user) as conn:
                 await conn.execute("insert into public.webhooks (url, description, kinds) values (%s, %s, %s)",
                                    (values["url"], values["description"], values["kinds"]))
-        except psycopg.OperationalError:
-            raise
         except psycopg.Error as exc:
+            if not is_refusal(exc):
+                raise
             errors[field_of(exc, ["url", "description", "kinds"])] = sql_message(exc)
     if errors:
         return await _webhook_page(request, user, status=422, errors=errors, form=values)
@@ -806,9 +820,10 @@ async def webhook_add(request: Request, user: User) -> Response:
 
 @signed_in
 async def webhook_action(request: Request, user: User) -> Response:
-    """Enable, disable or delete one endpoint (WEBHOOK_ACTIONS)."""
+    """Enable, disable, delete or test one endpoint (WEBHOOK_ACTIONS)."""
     _, action = await _path_action(request, user, WEBHOOK_ACTIONS)
-    return RedirectResponse(f"/webhooks?done={'deleted' if action == 'delete' else 'saved'}", status_code=303)
+    done = {"delete": "deleted", "test": "tested"}.get(action, "saved")
+    return RedirectResponse(f"/webhooks?done={done}", status_code=303)
 
 
 @signed_in

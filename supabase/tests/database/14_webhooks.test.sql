@@ -7,7 +7,7 @@
 -- old finished deliveries.
 begin;
 \ir helpers/personas.psql
-select plan(35);
+select plan(39);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -64,6 +64,24 @@ select is_empty($$update public.webhooks set url = 'https://evil.example.com/' r
   'bob cannot redirect them');
 select throws_ok($$insert into public.webhooks (user_id, url) values (tests.get_user_id('alice'), 'https://evil.example.com/')$$,
   '42501', null, 'nor add one for alice');
+
+-- a test delivery: the owner's only, to an enabled endpoint, rate limited
+select tests.authenticate_as('bob');
+select throws_ok($$select public.test_webhook('f1000000-0000-0000-0000-000000000001')$$,
+  'P0002', 'webhook f1000000-0000-0000-0000-000000000001 not found', 'bob cannot test alice''s endpoint');
+select tests.authenticate_as('alice');
+select isnt(public.test_webhook('f1000000-0000-0000-0000-000000000002'), null, 'alice sends a test delivery');
+select tests.clear_authentication();
+select is((select (event, payload -> 'data' ->> 'title', status) from scheduler.webhook_deliveries),
+  row('webhook.test'::text, 'A test delivery from agent-tasks'::text, 'pending'::text),
+  'a webhook.test delivery waits in the outbox');
+delete from scheduler.webhook_deliveries;
+update scheduler.limits set value = '1' where name = 'webhook_test_per_minute';
+select tests.authenticate_as('alice');
+select throws_ok($$select public.test_webhook('f1000000-0000-0000-0000-000000000002')$$,
+  'PT429', null, 'webhook_test_per_minute holds');
+select tests.clear_authentication();
+delete from scheduler.webhook_deliveries;
 
 -- fan-out ------------------------------------------------------------------------
 select tests.clear_authentication();
