@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from datetime import UTC, datetime
+
+from pygments.token import STANDARD_TYPES
 
 from worker.console.live import LiveHub
 from worker.console.render import cron_in_words, markdown, next_occurrences
@@ -26,6 +29,21 @@ def test_markdown__javascript_links_are_not_links() -> None:
 def test_markdown__code_and_lists_survive() -> None:
     html = str(markdown("- a\n- b\n\n```\n<b>x</b>\n```"))
     assert "<li>a</li>" in html and "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def test_markdown__fenced_code_with_a_known_language_is_highlighted_and_stays_inert() -> None:
+    html = str(markdown("```python\ndef f(x):\n    return '<b>' + x  # hi\n```"))
+    assert html.startswith('<pre class="hl"><code><span class="k">def</span>')
+    assert '<span class="s1">\'&lt;b&gt;\'</span>' in html and '<span class="c1"># hi</span>' in html
+    # no language, an unknown one, or an info string trying to add attributes: plain and escaped
+    for fence in ("", "nosuchlang", 'python" onclick="alert(1)'):
+        plain = str(markdown(f"```{fence}\n<i>x</i>\n```"))
+        assert "<span" not in plain and "onclick" not in plain and "&lt;i&gt;" in plain, fence
+    # the only classes a reply's tags carry are Pygments' token classes and pre.hl, never the page's own
+    classes = set(re.findall(r'<[a-z0-9]+ [^>]*class="([^"]*)"', html + str(markdown("```js\nlet a = `x`\n```"))))
+    assert classes and classes <= {c for c in STANDARD_TYPES.values() if c} | {"hl"}
+    too_long = str(markdown("```python\n" + "x = 1\n" * 5000 + "```"))
+    assert "<span" not in too_long
 
 
 def test_cron_in_words__uses_24_hour_time() -> None:
