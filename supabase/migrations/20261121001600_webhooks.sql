@@ -37,6 +37,9 @@ create table public.webhooks (
   last_delivered_at timestamptz,
   last_failed_at timestamptz,
   last_error text check (char_length(last_error) <= 500),
+  -- deliveries in a row that failed for good (every attempt spent); reset by a
+  -- delivery and by enabling the endpoint again
+  consecutive_failures integer not null default 0 check (consecutive_failures >= 0),
   disabled_reason text check (char_length(disabled_reason) <= 500),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
@@ -48,6 +51,8 @@ create index webhooks_user_idx on public.webhooks (user_id);
 insert into scheduler.limits (name, value, description) values
   ('max_webhooks_per_user', '5', 'webhook endpoints one user may have'),
   ('webhook_test_per_minute', '5', 'public.test_webhook calls per user per minute'),
+  ('webhook_disable_after_failures', '10',
+   'deliveries in a row that fail for good (each after webhook_max_attempts) before the endpoint is disabled'),
   ('webhook_max_attempts', '8',
    'POSTs of one delivery before it fails (backoff 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 3 h: about 5 hours)'),
   ('webhook_delivery_retention_days', '7', 'finished webhook deliveries older than this many days are deleted')
@@ -107,6 +112,7 @@ begin
   end if;
   if tg_op = 'UPDATE' and new.enabled and not old.enabled then
     new.disabled_reason := null;
+    new.consecutive_failures := 0;
   end if;
   new.updated_at := now();
   return new;
@@ -251,7 +257,9 @@ as $$
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_max integer := coalesce(scheduler.limit_int('webhook_max_attempts'), 8);
+  v_streak integer := scheduler.limit_int('webhook_disable_after_failures');
   v_delivery scheduler.webhook_deliveries;
+  v_failed boolean;
 begin
   update scheduler.webhook_deliveries d set
     status = case when p_error is null then 'delivered'
@@ -271,12 +279,25 @@ begin
   if not found then
     return null;
   end if;
+  -- an endpoint whose deliveries keep failing for good (each after ~5 hours of
+  -- retries) is switched off after webhook_disable_after_failures in a row,
+  -- rather than being POSTed at for ever
+  v_failed := v_delivery.status = 'failed';
   update public.webhooks w set
     last_delivered_at = case when p_error is null then v_now else w.last_delivered_at end,
     last_failed_at = case when p_error is null then w.last_failed_at else v_now end,
     last_error = case when p_error is null then w.last_error else left(p_error, 500) end,
-    enabled = w.enabled and not p_disable,
-    disabled_reason = case when p_disable then left(p_error, 500) else w.disabled_reason end
+    consecutive_failures = case when p_error is null then 0
+                                when v_failed then w.consecutive_failures + 1
+                                else w.consecutive_failures end,
+    enabled = w.enabled and not p_disable
+              and not (v_failed and v_streak is not null and w.consecutive_failures + 1 >= v_streak),
+    disabled_reason = case
+      when p_disable then left(p_error, 500)
+      when w.enabled and v_failed and v_streak is not null and w.consecutive_failures + 1 >= v_streak
+        then left(format('%s deliveries in a row failed (webhook_disable_after_failures); the last: %s',
+                         w.consecutive_failures + 1, p_error), 500)
+      else w.disabled_reason end
   where w.id = v_delivery.webhook_id;
   return v_delivery.status;
 end

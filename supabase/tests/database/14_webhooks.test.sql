@@ -7,7 +7,7 @@
 -- old finished deliveries.
 begin;
 \ir helpers/personas.psql
-select plan(39);
+select plan(42);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -142,12 +142,32 @@ select is((select array_agg(last_error) from scheduler.webhook_deliveries
   array['the webhook was disabled: the endpoint answered 410 Gone: the webhook was disabled'],
   'what waited for it fails, saying why');
 
+-- a streak of deliveries failing for good switches an endpoint off; enabling it again starts afresh
+update scheduler.limits set value = '2' where name = 'webhook_disable_after_failures';
+insert into public.webhooks (id, user_id, url, kinds) values
+  ('f1000000-0000-0000-0000-000000000004', tests.get_user_id('alice'), 'https://fourth.example.com/in', '{task_paused}');
+insert into public.notifications (user_id, kind, title) values
+  (tests.get_user_id('alice'), 'task_paused', 'P1'), (tests.get_user_id('alice'), 'task_paused', 'P2');
+select is(array(select scheduler.finish_webhook_delivery(c.id, 'w1', 500, 'the endpoint answered 500')
+                from scheduler.claim_webhook_deliveries('w1', 10, 60) c),
+  array['failed', 'failed'], 'two deliveries fail for good');
+select is((select (enabled, consecutive_failures, disabled_reason) from public.webhooks
+           where id = 'f1000000-0000-0000-0000-000000000004'),
+  row(false, 2, '2 deliveries in a row failed (webhook_disable_after_failures); the last: the endpoint answered 500'::text),
+  'webhook_disable_after_failures in a row disable the endpoint, saying why');
+select tests.authenticate_as('alice');
+update public.webhooks set enabled = true where id = 'f1000000-0000-0000-0000-000000000004';
+select tests.clear_authentication();
+select is((select (enabled, consecutive_failures, disabled_reason) from public.webhooks
+           where id = 'f1000000-0000-0000-0000-000000000004'),
+  row(true, 0, null::text), 'enabled again by its owner, it starts afresh');
+
 -- the purge: finished deliveries past webhook_delivery_retention_days go
 insert into public.webhooks (id, user_id, url) values
   ('f1000000-0000-0000-0000-000000000003', tests.get_user_id('alice'), 'https://third.example.com/in');
 insert into public.notifications (user_id, kind, title) values (tests.get_user_id('alice'), 'task_needs_input', 'Q?');
 update scheduler.webhook_deliveries set finished_at = now() - interval '8 days' where status in ('delivered', 'failed');
-select is((scheduler.purge_expired()) -> 'webhook_deliveries', '3'::jsonb, 'old finished deliveries are purged');
+select is((scheduler.purge_expired()) -> 'webhook_deliveries', '5'::jsonb, 'old finished deliveries are purged');
 select is((select count(*)::int from scheduler.webhook_deliveries where status = 'pending'), 1,
   'what still waits is kept');
 
