@@ -149,7 +149,9 @@ comment on table scheduler.webhook_deliveries is
 alter table scheduler.webhook_deliveries enable row level security;
 create index webhook_deliveries_due_idx on scheduler.webhook_deliveries (next_attempt_at) where status = 'pending';
 create index webhook_deliveries_lease_idx on scheduler.webhook_deliveries (lease_expires_at) where status = 'delivering';
-create index webhook_deliveries_webhook_idx on scheduler.webhook_deliveries (webhook_id);
+-- one endpoint's deliveries, newest first (public.list_webhook_deliveries: keyset on
+-- (created_at, id)); also the cascade from webhooks
+create index webhook_deliveries_webhook_idx on scheduler.webhook_deliveries (webhook_id, created_at desc, id desc);
 -- the purge (scheduler.purge_expired)
 create index webhook_deliveries_finished_idx on scheduler.webhook_deliveries (finished_at)
   where finished_at is not null;
@@ -337,6 +339,44 @@ $$;
 comment on function public.test_webhook(uuid) is
   'Send a test delivery (type webhook.test) to one of your webhooks; returns its webhook-id.';
 
+-- What became of one of your endpoint's deliveries, newest first, a keyset page
+-- at a time (the cursor of the other list functions). security definer: the
+-- outbox is in scheduler, which clients cannot reach; an endpoint that is not
+-- the caller's pages like one that does not exist (no rows). The payloads
+-- are left out (they are the caller's notifications).
+create or replace function public.list_webhook_deliveries(
+  p_webhook_id uuid,
+  p_limit integer default 20,
+  p_cursor text default null
+) returns table (
+  id uuid, event text, status text, attempts integer, last_status integer, last_error text,
+  next_attempt_at timestamptz, created_at timestamptz, finished_at timestamptz, next_cursor text
+)
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_after record;
+begin
+  v_after := public.page_cursor_position(p_cursor, p_limit);
+  if not exists (select 1 from public.webhooks w where w.id = p_webhook_id and w.user_id = auth.uid()) then
+    return;
+  end if;
+  return query
+    select d.id, d.event, d.status, d.attempts, d.last_status, d.last_error,
+           case when d.status = 'pending' then d.next_attempt_at end, d.created_at, d.finished_at,
+           public.page_cursor(d.created_at, d.id)
+    from scheduler.webhook_deliveries d
+    where d.webhook_id = p_webhook_id and (d.created_at, d.id) < (v_after.at, v_after.id)
+    order by d.created_at desc, d.id desc
+    limit p_limit;
+end
+$$;
+comment on function public.list_webhook_deliveries(uuid, integer, text) is
+  'Your webhook''s deliveries (event, status, attempts, last answer), newest first; keyset pagination via next_cursor.';
+
 -- RLS and grants --------------------------------------------------------------
 revoke all on public.webhooks from anon, authenticated;
 grant select, delete on public.webhooks to authenticated;
@@ -354,8 +394,10 @@ revoke execute on function scheduler.webhook_url_problem(text), scheduler.webhoo
   scheduler.finish_webhook_delivery(uuid, text, integer, text, double precision, boolean, timestamptz),
   scheduler.webhooks_before_write(), scheduler.webhooks_fan_out(), scheduler.webhooks_after_disable()
   from public, anon, authenticated;
-revoke execute on function public.test_webhook(uuid) from public, anon;
-grant execute on function public.test_webhook(uuid) to authenticated, service_role;
+revoke execute on function public.test_webhook(uuid), public.list_webhook_deliveries(uuid, integer, text)
+  from public, anon;
+grant execute on function public.test_webhook(uuid), public.list_webhook_deliveries(uuid, integer, text)
+  to authenticated, service_role;
 grant execute on function scheduler.webhook_address_problem(inet[]),
   scheduler.claim_webhook_deliveries(text, integer, integer, timestamptz),
   scheduler.finish_webhook_delivery(uuid, text, integer, text, double precision, boolean, timestamptz)

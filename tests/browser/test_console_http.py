@@ -298,6 +298,8 @@ def test_webhooks__add_toggle_delete_and_another_users_are_not_found(console: Co
             sent = db.execute("select event from scheduler.webhook_deliveries where webhook_id = %s",
                               (hook["id"],)).fetchone()
         assert sent is not None and sent["event"] == "webhook.test"
+        # the page's log of the endpoint's latest deliveries (public.list_webhook_deliveries)
+        assert '<tr class="delivery status-' in client.get("/webhooks").text
         assert client.post(f"/webhooks/{hook['id']}/disable").status_code == 303
         # a disabled endpoint cannot be tested: a 409 with the reason
         off = client.post(f"/webhooks/{hook['id']}/test", headers={"accept": "application/json"})

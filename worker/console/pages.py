@@ -769,6 +769,8 @@ WEBHOOK_KINDS = [("task_failed", "a run fails"), ("task_needs_input", "an agent 
                                                                             "success)"),
                  ("task_changed", "a reply changes (tasks notifying of change)"), ("task_paused", "a task pauses"),
                  ("info", "other notices")]
+# the newest deliveries shown under each endpoint (public.list_webhook_deliveries)
+WEBHOOK_LOG_ROWS = 5
 WEBHOOK_ACTIONS = {"enable": "update public.webhooks set enabled = true where id = %s returning id",
                    "disable": "update public.webhooks set enabled = false where id = %s returning id",
                    "delete": "delete from public.webhooks where id = %s returning id",
@@ -778,8 +780,11 @@ WEBHOOK_ACTIONS = {"enable": "update public.webhooks set enabled = true where id
 async def _webhook_page(request: Request, user: User, status: int = 200, errors: dict[str, str] | None = None,
                         form: dict[str, Any] | None = None, notice: str | None = None) -> Response:
     async with as_user(pool(request), user) as conn:
-        rows = list(await (await conn.execute(
-            "select * from public.webhooks order by created_at, id")).fetchall())
+        rows = [dict(r) for r in await (await conn.execute(
+            "select * from public.webhooks order by created_at, id")).fetchall()]
+        for row in rows:  # at most max_webhooks_per_user of them
+            row["deliveries"] = list(await (await conn.execute(
+                "select * from public.list_webhook_deliveries(%s, %s)", (row["id"], WEBHOOK_LOG_ROWS))).fetchall())
     return page(request, "webhooks.html", user, status=status, webhooks=rows, errors=errors or {},
                 form=form or {"kinds": ["task_failed", "task_needs_input"]}, kind_choices=WEBHOOK_KINDS,
                 notice=notice)

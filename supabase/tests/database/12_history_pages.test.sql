@@ -157,7 +157,8 @@ select throws_ok($$select * from public.list_messages('c1000000-0000-0000-0000-0
 select is(array(select p.proname::text from pg_proc p
                 where p.pronamespace = 'public'::regnamespace and 'p_cursor' = any (p.proargnames)
                 order by 1),
-  array['list_conversations', 'list_executions', 'list_messages', 'list_tasks', 'page_cursor_position'],
+  array['list_conversations', 'list_executions', 'list_messages', 'list_tasks', 'list_webhook_deliveries',
+        'page_cursor_position'],
   'the functions that take a page cursor');
 select is(array(select p.proname::text from pg_proc p
                 where p.pronamespace = 'public'::regnamespace and 'p_cursor' = any (p.proargnames)

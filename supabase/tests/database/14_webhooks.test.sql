@@ -7,7 +7,7 @@
 -- old finished deliveries.
 begin;
 \ir helpers/personas.psql
-select plan(42);
+select plan(45);
 
 select tests.create_user('alice');
 select tests.create_user('bob');
@@ -125,6 +125,21 @@ select is(scheduler.finish_webhook_delivery((select id from scheduler.webhook_de
                                              where webhook_id = 'f1000000-0000-0000-0000-000000000002'),
                                             'w3', 500, 'the endpoint answered 500', 30), 'failed',
   'after webhook_max_attempts it fails');
+
+-- the owner's delivery log, newest first, a keyset page at a time; not yours: no rows
+update scheduler.webhook_deliveries set created_at = now() - interval '1 minute'
+  where webhook_id = 'f1000000-0000-0000-0000-000000000001';
+select tests.authenticate_as('alice');
+select results_eq(
+  $$select event, status, attempts from public.list_webhook_deliveries('f1000000-0000-0000-0000-000000000002')$$,
+  $$values ('task_failed'::text, 'failed'::text, 8)$$, 'alice reads what became of her endpoint''s deliveries');
+select is((select count(*)::int from public.list_webhook_deliveries('f1000000-0000-0000-0000-000000000001', 1,
+            (select next_cursor from public.list_webhook_deliveries('f1000000-0000-0000-0000-000000000001', 1)))), 0,
+  'the next page continues after the cursor (one delivery: none)');
+select tests.authenticate_as('bob');
+select is_empty($$select id from public.list_webhook_deliveries('f1000000-0000-0000-0000-000000000001')$$,
+  'bob''s view of alice''s endpoint: like one that does not exist');
+select tests.clear_authentication();
 
 -- 410 Gone disables the endpoint; what waits for it fails
 delete from public.webhooks where id = 'f1000000-0000-0000-0000-000000000002';
