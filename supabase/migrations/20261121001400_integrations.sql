@@ -25,10 +25,11 @@ comment on table chat_private.integration_policy is
   'Which MCP server URLs users may connect: plain HTTP, loopback, private ranges (all off by default).';
 insert into chat_private.integration_policy default values;
 
--- Why a URL is refused under the operator's policy, or null when it is accepted.
+-- Why a URL is refused under the operator's policy, or null when it is accepted;
+-- the reason names p_field (webhooks check their `url` with the same rule).
 -- The function's connect-time check (url_policy.ts) applies the same ranges to
 -- every resolved address; this one sees only what is written.
-create or replace function chat_private.integration_url_problem(p_url text)
+create or replace function chat_private.integration_url_problem(p_url text, p_field text default 'server_url')
 returns text
 language plpgsql
 stable
@@ -43,63 +44,63 @@ declare
 begin
   select * into v_policy from chat_private.integration_policy;
   if p_url is null or length(p_url) > 2000 then
-    return 'server_url must be an http(s) URL of at most 2000 characters';
+    return p_field || ' must be an http(s) URL of at most 2000 characters';
   end if;
   v_parts := regexp_match(p_url, '^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#]*)([/?#].*)?$');
   if v_parts is null then
-    return 'server_url is not an absolute URL';
+    return p_field || ' is not an absolute URL';
   end if;
   if lower(v_parts[1]) = 'http' then
     if not coalesce(v_policy.allow_http, false) then
-      return 'server_url must use https';
+      return p_field || ' must use https';
     end if;
   elsif lower(v_parts[1]) <> 'https' then
-    return 'server_url must use https';
+    return p_field || ' must use https';
   end if;
   if position('@' in v_parts[2]) > 0 then
-    return 'server_url must not carry a user name or password';
+    return p_field || ' must not carry a user name or password';
   end if;
   v_host := lower(v_parts[2]);
   if v_host like '[%' then
     v_host := substring(v_host from '^\[([0-9a-f:.]+)\](:[0-9]{1,5})?$');
     if v_host is null then
-      return 'server_url has a malformed IPv6 host';
+      return p_field || ' has a malformed IPv6 host';
     end if;
   else
     v_host := substring(v_host from '^([a-z0-9.-]+)(:[0-9]{1,5})?$');
     if v_host is null or v_host = '' then
-      return 'server_url has a malformed host';
+      return p_field || ' has a malformed host';
     end if;
     v_host := rtrim(v_host, '.');
   end if;
   if v_host = 'localhost' or v_host like '%.localhost' then
-    return case when v_policy.allow_loopback then null else 'server_url must not point at a loopback address' end;
+    return case when v_policy.allow_loopback then null else p_field || ' must not point at a loopback address' end;
   end if;
   -- a leading zero: Postgres reads 0177 as decimal, URL parsers (fetch) as
   -- octal, so the address written and the address reached would differ
   if v_host ~ '(^|\.)0[0-9]' and v_host ~ '^[0-9.]+$' then
-    return 'server_url has a malformed IP address';
+    return p_field || ' has a malformed IP address';
   end if;
   if v_host ~ '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' or v_host like '%:%' then
     begin
       v_addr := v_host::inet;
     exception when others then
-      return 'server_url has a malformed IP address';
+      return p_field || ' has a malformed IP address';
     end;
-    return chat_private.integration_address_problem(v_addr);
+    return chat_private.integration_address_problem(v_addr, p_field);
   end if;
   -- numeric forms that resolvers read as addresses (2130706433, 0x7f.1, 127.1)
   if v_host ~ '^[0-9.]+$' or v_host ~ '(^|\.)0x[0-9a-f]*(\.|$)' then
-    return 'server_url has a malformed IP address';
+    return p_field || ' has a malformed IP address';
   end if;
   return null;
 end
 $$;
-comment on function chat_private.integration_url_problem(text) is
+comment on function chat_private.integration_url_problem(text, text) is
   'Why an MCP server URL is refused (scheme, user info, host form, literal address ranges), or null.';
 
 -- Why connecting to an address is refused under the operator's policy, or null.
-create or replace function chat_private.integration_address_problem(p_addr inet)
+create or replace function chat_private.integration_address_problem(p_addr inet, p_field text default 'server_url')
 returns text
 language plpgsql
 stable
@@ -116,23 +117,23 @@ begin
     v_v4 := substring(host(p_addr) from '^::ffff:([0-9.]+)$')::inet;
   end if;
   if v_v4 <<= '127.0.0.0/8'::inet or v_v4 = '::1'::inet then
-    return case when v_policy.allow_loopback then null else 'server_url must not point at a loopback address' end;
+    return case when v_policy.allow_loopback then null else p_field || ' must not point at a loopback address' end;
   end if;
   if v_v4 <<= '169.254.0.0/16'::inet or v_v4 <<= 'fe80::/10'::inet then
-    return 'server_url must not point at a link-local address';
+    return p_field || ' must not point at a link-local address';
   end if;
   if v_v4 <<= '0.0.0.0/8'::inet or v_v4 = '::'::inet or v_v4 <<= '224.0.0.0/3'::inet
      or v_v4 <<= 'ff00::/8'::inet then
-    return 'server_url must not point at an unspecified, multicast or reserved address';
+    return p_field || ' must not point at an unspecified, multicast or reserved address';
   end if;
   if v_v4 <<= '10.0.0.0/8'::inet or v_v4 <<= '172.16.0.0/12'::inet or v_v4 <<= '192.168.0.0/16'::inet
      or v_v4 <<= '100.64.0.0/10'::inet or v_v4 <<= '198.18.0.0/15'::inet or v_v4 <<= 'fc00::/7'::inet then
-    return case when v_policy.allow_private then null else 'server_url must not point at a private address' end;
+    return case when v_policy.allow_private then null else p_field || ' must not point at a private address' end;
   end if;
   return null;
 end
 $$;
-comment on function chat_private.integration_address_problem(inet) is
+comment on function chat_private.integration_address_problem(inet, text) is
   'Why an MCP server address is refused (loopback, link-local, reserved, private ranges), or null.';
 
 -- user_integrations -----------------------------------------------------------

@@ -66,7 +66,7 @@ stable
 security definer -- the rule reads the operator's policy, which no client role can
 set search_path = ''
 as $$
-  select replace(chat_private.integration_url_problem(p_url), 'server_url', 'url')
+  select chat_private.integration_url_problem(p_url, 'url')
 $$;
 
 -- Why connecting to these addresses (what the URL's host resolved to) is
@@ -77,8 +77,8 @@ stable
 security definer
 set search_path = ''
 as $$
-  select replace(p, 'server_url', 'url')
-  from unnest(p_addrs) a, lateral (select chat_private.integration_address_problem(a) as p) x
+  select p
+  from unnest(p_addrs) a, lateral (select chat_private.integration_address_problem(a, 'url') as p) x
   where p is not null
   limit 1
 $$;

@@ -5,7 +5,6 @@ policy refuses is never connected to."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import create_agent, create_task, create_user
+from tests.conftest import as_user, create_agent, create_task, create_user
 from tests.e2e.workers import (
     ChatEndpoint,
     WorkerProcess,
@@ -94,19 +93,16 @@ def db(chat_endpoint: ChatEndpoint, worker: WorkerProcess) -> Iterator[psycopg.C
         yield conn
 
 
-def as_user(db: psycopg.Connection[Any], user: uuid.UUID, sql: str, params: tuple[Any, ...]) -> dict[str, Any]:
-    """One statement as the user would run it through PostgREST (role authenticated, the JWT claims)."""
-    with db.transaction():
-        db.execute("set local role authenticated")
-        db.execute("select set_config('request.jwt.claims', %s, true)",
-                   (json.dumps({"sub": str(user), "role": "authenticated"}),))
+def user_row(db: psycopg.Connection[Any], user: uuid.UUID, sql: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    """One statement's row as the user would get it through PostgREST (tests.conftest.as_user)."""
+    with as_user(db, user):
         row = db.execute(sql, params).fetchone()
     assert row is not None
     return dict(row)
 
 
 def add_webhook(db: psycopg.Connection[Any], user: uuid.UUID, url: str, kinds: list[str]) -> dict[str, Any]:
-    return as_user(db, user, "insert into public.webhooks (url, kinds) values (%s, %s) returning *", (url, kinds))
+    return user_row(db, user, "insert into public.webhooks (url, kinds) values (%s, %s) returning *", (url, kinds))
 
 
 def hits(receiver: Receiver, marker: str) -> list[dict[str, Any]]:
@@ -203,7 +199,7 @@ def test_webhook__an_address_the_policy_refuses_is_never_connected_to(db: psycop
 def test_webhook__a_test_delivery_reaches_the_endpoint(db: psycopg.Connection[Any], receiver: Receiver) -> None:
     uid = create_user(db)
     hook = add_webhook(db, uid, receiver.url, ["task_failed"])
-    delivery_id = str(as_user(db, uid, "select public.test_webhook(%s) as id", (hook["id"],))["id"])
+    delivery_id = str(user_row(db, uid, "select public.test_webhook(%s) as id", (hook["id"],))["id"])
     wait_for(lambda: any(r["headers"].get("webhook-id") == delivery_id for r in receiver.requests), 10,
              what="the test delivery")
     [request] = [r for r in receiver.requests if r["headers"].get("webhook-id") == delivery_id]

@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import create_agent, create_task, create_user
 from tests.e2e.workers import (
@@ -33,6 +32,7 @@ from tests.e2e.workers import (
     wait_for,
     wait_status,
 )
+from tests.unit.test_worker_metrics import samples
 from worker.stack import free_port
 
 pytestmark = pytest.mark.e2e
@@ -188,9 +188,7 @@ def test_cron_task__due_occurrence_runs_and_the_planner_moves_to_the_next(
 
 
 def _metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return samples(httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).text)
 
 
 def test_metrics__a_scrape_counts_the_workers_runs_and_sees_the_queue(
